@@ -1,0 +1,87 @@
+"""Atomic, complete checkpoints in RUN_DIR/checkpoints/step_XXXXXXXX.pt.
+
+A write goes to a temporary file in the same folder, is fsynced, then os.replace'd into its
+final name and the folder fsynced: a process killed mid-write leaves the previous checkpoint
+untouched. Loading uses torch.load(weights_only=True), which refuses pickled code.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+PATTERN = re.compile(r"step_(\d{8})\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoints of a run, oldest first."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if PATTERN.search(p.name))
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(state: dict, run_dir: str | Path, step: int, keep: int) -> Path:
+    """Write state atomically as the checkpoint of `step`, then delete all but the newest
+    `keep`. Raises OSError (disk full, permissions) with the previous checkpoints intact."""
+    folder = checkpoint_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".step_*.tmp*"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
+    final = folder / f"step_{step:08d}.pt"
+    tmp = folder / f".{final.name}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(folder)
+    finally:
+        tmp.unlink(missing_ok=True)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return final
+
+
+def load(path: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint safely; a pickle that would run code, or a damaged file, is refused
+    with a CheckpointError naming the file."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(f"refusing to load {path}: it contains pickled objects other "
+                                  f"than tensors and plain data (would run code)") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
+
+
+def load_latest(run_dir: str | Path, warn=print) -> dict | None:
+    """The newest checkpoint of a run that loads; damaged newer ones are reported and skipped."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return load(path)
+        except CheckpointError as e:
+            warn(f"warning: {e}; trying an older checkpoint")
+    return None

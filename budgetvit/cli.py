@@ -1,0 +1,134 @@
+"""Command line: python -m budgetvit {train,eval,predict,export,info,speed,...}.
+
+Any user error (bad config, path, argument, checkpoint) is one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from .checkpoint import CheckpointError
+from .config import ConfigError
+
+EXIT_USAGE = 2
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 64,128,224, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"image sizes must be positive, got {text!r}")
+    return sizes
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like every other user error
+        sys.stderr.write(f"error: {self.prog}: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="budgetvit", description="Train ViTs from scratch within a time budget.")
+    sub = p.add_subparsers(dest="command", parser_class=Parser)
+
+    t = sub.add_parser("train", help="train within a budget (no arguments: the fmnist default)")
+    t.add_argument("--preset", default="fmnist", help="recipe name (default: fmnist)")
+    t.add_argument("--budget", help="training-time budget: 90s, 5m, 24h, or 500steps")
+    t.add_argument("--out", help="run directory (default runs/PRESET); rerun to resume")
+    t.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override config values, e.g. --set optim.lr=1e-3 data.path=/x")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
+
+    e = sub.add_parser("eval", help="top-1/top-5 of a checkpoint at one or several sizes")
+    e.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    e.add_argument("--img-size", type=_sizes, nargs="+", action="extend", metavar="S",
+                   help="evaluation sizes (default: the run's final size)")
+    e.add_argument("--data-path", help="dataset root, if not where the run found it")
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    pr = sub.add_parser("predict", help="top-5 classes of image files")
+    pr.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    pr.add_argument("--img-size", type=_positive_int, help="input size (default: final size)")
+    pr.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+    pr.add_argument("images", nargs="+", help="image files")
+
+    x = sub.add_parser("export", help="export a checkpoint's weights as safetensors + JSON")
+    x.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    x.add_argument("--out", required=True, help="output .safetensors path")
+    x.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA")
+
+    i = sub.add_parser("info", help="parameters and forward GFLOPs of a model at several sizes")
+    i.add_argument("--model", default="vit_s16_local")
+    i.add_argument("--sizes", type=_sizes, default=[32, 64, 96, 128, 160, 192, 224])
+    i.add_argument("--num-classes", type=_positive_int, default=1000)
+    i.add_argument("--in-chans", type=_positive_int, default=3)
+
+    s = sub.add_parser("speed", help="training-step throughput (images/s), optionally vs timm")
+    s.add_argument("--model", default="vit_s16_local")
+    s.add_argument("--img-size", "--sizes", dest="sizes", type=_sizes, default=[224],
+                   help="one or several sizes, e.g. 64,128,224")
+    s.add_argument("--batch-size", type=_positive_int, default=64)
+    s.add_argument("--steps", type=_positive_int, default=10, help="timed steps per repeat")
+    s.add_argument("--repeats", type=_positive_int, default=3)
+    s.add_argument("--compare-timm", action="store_true",
+                   help="also time timm's same-shaped ViT in the same run")
+    s.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--trainer", action="store_true",
+                   help="also time the full trainer step on the same model, batch and size")
+    return p
+
+
+def cmd_train(args) -> int:
+    from .config import apply_overrides, validate
+    from .presets import get_preset
+    from .train import TrainingStopped, train
+    cfg = get_preset(args.preset)
+    if args.budget:
+        cfg.train.budget = args.budget
+    apply_overrides(cfg, args.set)
+    validate(cfg)
+    if args.print_config:
+        import json
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    command = "budgetvit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        train(cfg, args.out or f"runs/{cfg.preset}", command)
+    except TrainingStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from . import commands
+    handlers = {"train": cmd_train, "eval": commands.cmd_eval, "predict": commands.cmd_predict,
+                "export": commands.cmd_export, "info": commands.cmd_info,
+                "speed": commands.cmd_speed}
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,114 @@
+"""The smaller subcommands: eval, predict, export, info, speed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError
+
+
+def cmd_eval(args) -> int:
+    from . import inference
+    from .data import build_data
+    from .evaluate import evaluate
+    from .runtime import resolve
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but no CUDA GPU is visible")
+    ld = inference.load(args.checkpoint)
+    cfg = ld.cfg
+    cfg.train.device = args.device
+    if args.data_path:
+        cfg.data.path = args.data_path
+    rt = resolve(cfg.train)
+    sizes = [s for group in (args.img_size or [[cfg.curriculum.final_size_px]]) for s in group]
+    for s in sizes:
+        if s % ld.model.cfg.patch_size:
+            raise ConfigError(f"--img-size {s} is not a multiple of the patch size "
+                              f"{ld.model.cfg.patch_size}")
+    data = build_data(cfg, rt.device)
+    print(f"checkpoint {inference.resolve_checkpoint(args.checkpoint)} (step {ld.step}), "
+          f"{cfg.data.dataset} evaluation split")
+    print(f"{'size':>6} {'top1':>8} {'top5':>8} {'top1_ema':>9} {'top5_ema':>9}")
+    for s in sizes:
+        r = evaluate(ld.model.to(rt.device), data, s, cfg.train.eval_batch_size, rt)
+        e = (evaluate(ld.ema.to(rt.device), data, s, cfg.train.eval_batch_size, rt)
+             if ld.ema is not None else None)
+        ema = f"{e['top1']:9.2f} {e['top5']:9.2f}" if e else f"{'-':>9} {'-':>9}"
+        print(f"{s:>6} {r['top1']:8.2f} {r['top5']:8.2f} {ema}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from torchvision.transforms import v2
+
+    from . import inference
+    from .data.imagefolder import EVAL_CROP, open_rgb
+    from .evaluate import normalize
+    ld = inference.load(args.checkpoint)
+    model = ld.model if (args.no_ema or ld.ema is None) else ld.ema
+    size = args.img_size or ld.cfg.curriculum.final_size_px
+    if size % model.cfg.patch_size:
+        raise ConfigError(f"--img-size {size} is not a multiple of the patch size "
+                          f"{model.cfg.patch_size}")
+    tf = v2.Compose([v2.Resize(round(size / EVAL_CROP)), v2.CenterCrop(size), v2.PILToTensor()])
+    for path in args.images:
+        try:
+            img = open_rgb(path)
+        except FileNotFoundError:
+            raise
+        except Exception as e:
+            raise FileNotFoundError(f"cannot read image {path}: {e}") from None
+        if model.cfg.in_chans == 1:
+            img = img.convert("L")
+        x = normalize(tf(img).unsqueeze(0), ld.mean, ld.std)
+        with torch.no_grad():
+            probs = model(x).softmax(-1)[0]
+        top = probs.topk(min(5, len(probs)))
+        ranked = ", ".join(f"{ld.classes[i]} {100 * p:.1f}%"
+                           for p, i in zip(top.values.tolist(), top.indices.tolist()))
+        print(f"{path}: {ranked}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from . import inference
+    from .export import save_weights
+    ld = inference.load(args.checkpoint)
+    model = ld.model if (args.no_ema or ld.ema is None) else ld.ema
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(model, out)
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .models import count_params, create_model, forward_flops, model_config
+    try:
+        cfg = model_config(args.model, num_classes=args.num_classes, in_chans=args.in_chans)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for s in args.sizes:
+        if s % cfg.patch_size:
+            raise ConfigError(f"--sizes: {s} is not a multiple of the patch size {cfg.patch_size}")
+    base = args.model[:-6] if args.model.endswith("_local") else args.model
+    plain_params = count_params(create_model(base, num_classes=args.num_classes,
+                                             in_chans=args.in_chans))
+    local_params = count_params(create_model(base + "_local", num_classes=args.num_classes,
+                                             in_chans=args.in_chans))
+    print(f"{args.model}: dim {cfg.dim}, depth {cfg.depth}, heads {cfg.heads}, patch "
+          f"{cfg.patch_size}, ffn {cfg.ffn} ({cfg.act}), {args.num_classes} classes")
+    print(f"params: {count_params(create_model(cfg)):,}  "
+          f"(plain {base}: {plain_params:,}; locality {base}_local: {local_params:,}; "
+          f"difference {local_params - plain_params:+,})")
+    print(f"{'size':>6} {'tokens':>7} {'fwd GFLOPs':>11}")
+    for s in args.sizes:
+        tokens = (s // cfg.patch_size) ** 2 + 1
+        print(f"{s:>6} {tokens:>7} {forward_flops(cfg, s) / 1e9:11.3f}")
+    return 0
+
+
+def cmd_speed(args) -> int:
+    from .speed import run_speed
+    return run_speed(args)

@@ -1,0 +1,338 @@
+"""Typed run configuration: dataclasses, `--set key=value` overrides, and validation.
+
+Every check happens here, before any work starts, and fails with a one-line ConfigError that
+names the key and what is allowed; the CLI turns it into exit code 2 without a traceback.
+No value is ever evaluated as code: strings are parsed by the field's declared type.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A bad configuration value, path or argument; its message is one line for the user."""
+
+
+@dataclass
+class ModelSection:
+    name: str = "vit_micro4_local"
+    # Overrides of the named shape; None keeps the shape's own value.
+    dim: int | None = None
+    depth: int | None = None
+    heads: int | None = None
+    patch_size: int | None = None
+    base_img_size: int | None = None
+    mlp_ratio: float | None = None
+    ffn: str | None = None
+    act: str | None = None
+    ffn_bias: bool | None = None
+    drop_path: float = 0.0
+
+
+@dataclass
+class DataSection:
+    dataset: str = "fashion_mnist"  # fashion_mnist | imagefolder | synthetic
+    path: str = ""  # dataset root; empty = the dataset's default location
+    num_workers: int = -1  # loader worker processes; -1 = one per CPU core
+    synthetic_images: int = 10_000  # size of the synthetic dataset
+    synthetic_classes: int = 10
+
+
+@dataclass
+class CurriculumSection:
+    mode: str = "stages"  # off | paper | stages
+    final_size_px: int = 28  # last training size, and the evaluation size
+    # mode=paper, the rule of Irandoust et al.: start at S0, add M px every N epochs.
+    start_size_px: int = 16
+    step_px: int = 4
+    every_epochs: float = 1.0
+    # mode=stages: "size:share,..." with shares of the budget summing to 1.
+    stages: str = "16:0.25,20:0.25,24:0.25,28:0.25"
+
+
+@dataclass
+class OptimSection:
+    lr: float = 2e-3  # peak learning rate for the global batch train.batch_size
+    min_lr: float = 1e-5  # reached exactly when the budget is spent
+    warmup: float = 0.05  # share of the budget spent warming up linearly
+    decay: str = "cosine"  # cosine | linear
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+
+
+@dataclass
+class AugSection:
+    crop_scale_min: float = 0.35  # random-resized-crop area range [crop_scale_min, 1]; 1 = off
+    hflip: bool = True
+    randaugment_ops: int = 0  # RandAugment: ops per image (0 = off) ...
+    randaugment_magnitude: int = 9  # ... and their magnitude
+    mixup: float = 0.0  # Beta(alpha, alpha) for mixup; 0 = off
+    cutmix: float = 0.0  # Beta(alpha, alpha) for cutmix; 0 = off
+    label_smoothing: float = 0.1
+    random_erasing: float = 0.0  # probability per image
+
+
+@dataclass
+class TrainSection:
+    budget: str = "5m"  # training-time budget: 90s, 5m, 24h, 1d; or NNNsteps (reproducible mode)
+    batch_size: int = 128  # global batch; each of W processes takes batch_size / W
+    eval_batch_size: int = 500
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    compile: str = "auto"  # auto (on for CUDA) | on | off
+    ema: bool = True
+    ema_decay: float = 0.998
+    seed: int = 0
+    deterministic: bool = False  # deterministic kernels (for exact-resume tests)
+    log_every: int = 20  # steps between log.jsonl lines
+    eval_every_s: float = 0.0  # training seconds between evaluations (0 = only at the end)
+    warmup_steps: int = 3  # untimed steps per image size before the clock starts
+    max_bad_steps: int = 5  # consecutive non-finite steps before a rollback
+    max_rollbacks: int = 3  # rollbacks before the run stops
+    rollback_lr_factor: float = 0.5  # lr multiplier applied at each rollback
+
+
+@dataclass
+class CheckpointSection:
+    every_s: float = 600.0  # training seconds between checkpoints (0 = off)
+    every_steps: int = 0  # steps between checkpoints (0 = off)
+    keep: int = 2  # newest checkpoints kept on disk
+
+
+@dataclass
+class Config:
+    preset: str = "fmnist"
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    curriculum: CurriculumSection = field(default_factory=CurriculumSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    aug: AugSection = field(default_factory=AugSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "preset"]
+
+
+# ---------------------------------------------------------------- parsing values by type
+
+def _parse(text: str, kind, key: str):
+    """Parse `text` as the declared type `kind` (int, float, bool, str, or X | None)."""
+    args = typing.get_args(kind)
+    if type(None) in args:  # Optional[X]
+        if text.lower() in ("none", "null", ""):
+            return None
+        kind = next(a for a in args if a is not type(None))
+    if kind is bool:
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true/false, got {text!r}")
+    if kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            raise ConfigError(f"{key}: expected {kind.__name__}, got {text!r}") from None
+    return text
+
+
+def _hints(section) -> dict:
+    return typing.get_type_hints(type(section))
+
+
+def apply_overrides(cfg: Config, pairs: list[str]) -> Config:
+    """Apply ["section.key=value", ...] to cfg in place; unknown keys fail with the choices."""
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        key, text = pair.split("=", 1)
+        section_name, _, name = key.strip().partition(".")
+        if section_name not in SECTIONS:
+            raise ConfigError(f"unknown config section {section_name!r} in {key!r}; "
+                              f"sections: {', '.join(SECTIONS)}")
+        section = getattr(cfg, section_name)
+        hints = _hints(section)
+        if name not in hints:
+            raise ConfigError(f"unknown config key {key!r}; {section_name} keys: "
+                              f"{', '.join(hints)}")
+        setattr(section, name, _parse(text.strip(), hints[name], key))
+    return cfg
+
+
+def from_dict(d: dict) -> Config:
+    """Rebuild a Config saved with to_dict (e.g. from a checkpoint), checking every type."""
+    cfg = Config(preset=d.get("preset", "custom"))
+    for name in SECTIONS:
+        section = getattr(cfg, name)
+        hints = _hints(section)
+        for key, value in d.get(name, {}).items():
+            if key not in hints:
+                raise ConfigError(f"unknown config key '{name}.{key}'")
+            setattr(section, key, _parse(str(value), hints[key], f"{name}.{key}")
+                    if value is not None else None)
+    return cfg
+
+
+# ---------------------------------------------------------------- budgets and stages
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_budget(text: str) -> tuple[float, str]:
+    """'90s' -> (90.0, 'seconds'); '24h' -> (86400.0, 'seconds'); '500steps' -> (500, 'steps')."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|steps)\s*", str(text))
+    if not m:
+        raise ConfigError(f"train.budget: expected a duration like 90s, 5m, 24h, 1d or a step "
+                          f"count like 500steps, got {text!r}")
+    value, unit = float(m.group(1)), m.group(2)
+    if value <= 0:
+        raise ConfigError(f"train.budget must be positive, got {text!r}")
+    if unit == "steps":
+        if value != int(value):
+            raise ConfigError(f"train.budget: step count must be whole, got {text!r}")
+        return value, "steps"
+    return value * _UNITS[unit], "seconds"
+
+
+def parse_stages(text: str) -> list[tuple[int, float]]:
+    """'16:0.5,28:0.5' -> [(16, 0.5), (28, 0.5)]."""
+    out = []
+    for item in str(text).split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d*\.?\d+)\s*", item)
+        if not m:
+            raise ConfigError(f"curriculum.stages: expected 'size:share,...' like "
+                              f"'16:0.5,28:0.5', got {text!r}")
+        out.append((int(m.group(1)), float(m.group(2))))
+    return out
+
+
+# ---------------------------------------------------------------- validation
+
+def _choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of: "
+                          f"{', '.join(map(str, allowed))}")
+
+
+def _range(key: str, value, lo=None, hi=None, lo_open=False) -> None:
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        raise ConfigError(f"{key}={value} must be {'>' if lo_open else '>='} {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{key}={value} must be <= {hi}")
+
+
+def validate(cfg: Config) -> None:
+    """Check every value that can be checked without touching data; raise ConfigError."""
+    from .models import model_names
+    m, d, c, o, a, t, k = (cfg.model, cfg.data, cfg.curriculum, cfg.optim, cfg.aug, cfg.train,
+                           cfg.checkpoint)
+    _choice("model.name", m.name, model_names())
+    for key in ("dim", "depth", "heads", "patch_size", "base_img_size"):
+        if getattr(m, key) is not None:
+            _range(f"model.{key}", getattr(m, key), 1)
+    if m.ffn is not None:
+        _choice("model.ffn", m.ffn, ["mlp", "local"])
+    if m.act is not None:
+        _choice("model.act", m.act, ["gelu", "hswish"])
+    if m.mlp_ratio is not None:
+        _range("model.mlp_ratio", m.mlp_ratio, 0, lo_open=True)
+    _range("model.drop_path", m.drop_path, 0.0, 0.99)
+    shape = model_shape(cfg)
+    if shape.dim % shape.heads:
+        raise ConfigError(f"model.dim={shape.dim} is not divisible by model.heads={shape.heads}")
+    P = shape.patch_size
+    if shape.base_img_size % P:
+        raise ConfigError(f"model.base_img_size={shape.base_img_size} is not a multiple of "
+                          f"model.patch_size={P}")
+
+    _choice("data.dataset", d.dataset, ["fashion_mnist", "imagefolder", "synthetic"])
+    if d.dataset == "imagefolder" and not d.path:
+        raise ConfigError("data.dataset=imagefolder needs a root: --set data.path=/path/to/imagenet")
+    _range("data.num_workers", d.num_workers, -1)
+    _range("data.synthetic_images", d.synthetic_images, 1)
+    _range("data.synthetic_classes", d.synthetic_classes, 2)
+
+    _choice("curriculum.mode", c.mode, ["off", "paper", "stages"])
+    _range("curriculum.final_size_px", c.final_size_px, 1)
+    sizes = {"curriculum.final_size_px": c.final_size_px}
+    if c.mode == "paper":
+        sizes["curriculum.start_size_px"] = c.start_size_px
+        sizes["curriculum.step_px"] = c.step_px
+        _range("curriculum.start_size_px", c.start_size_px, 1)
+        _range("curriculum.step_px", c.step_px, 1)
+        _range("curriculum.every_epochs", c.every_epochs, 0, lo_open=True)
+        if c.start_size_px > c.final_size_px:
+            raise ConfigError(f"curriculum.final_size_px={c.final_size_px} is below "
+                              f"curriculum.start_size_px={c.start_size_px}")
+    elif c.mode == "stages":
+        stages = parse_stages(c.stages)
+        for size, share in stages:
+            sizes[f"curriculum.stages size {size}"] = size
+            _range(f"curriculum.stages share of size {size}", share, 0, lo_open=True)
+        if abs(sum(s for _, s in stages) - 1.0) > 1e-6:
+            raise ConfigError(f"curriculum.stages shares must sum to 1, got "
+                              f"{sum(s for _, s in stages):g} in {c.stages!r}")
+        if stages[-1][0] != c.final_size_px:
+            raise ConfigError(f"curriculum.stages must end at curriculum.final_size_px="
+                              f"{c.final_size_px}, but ends at {stages[-1][0]}")
+    for key, size in sizes.items():
+        if size % P:
+            raise ConfigError(f"{key}={size} is not a multiple of model.patch_size={P}")
+
+    _range("optim.lr", o.lr, 0, lo_open=True)
+    _range("optim.min_lr", o.min_lr, 0)
+    if o.min_lr > o.lr:
+        raise ConfigError(f"optim.min_lr={o.min_lr} is above optim.lr={o.lr}")
+    _range("optim.warmup", o.warmup, 0, 0.99)
+    _choice("optim.decay", o.decay, ["cosine", "linear"])
+    _range("optim.weight_decay", o.weight_decay, 0)
+    _range("optim.beta1", o.beta1, 0, 0.9999)
+    _range("optim.beta2", o.beta2, 0, 0.99999)
+    _range("optim.grad_clip", o.grad_clip, 0)
+
+    _range("aug.crop_scale_min", a.crop_scale_min, 0.01, 1.0)
+    _range("aug.randaugment_ops", a.randaugment_ops, 0, 10)
+    _range("aug.randaugment_magnitude", a.randaugment_magnitude, 0, 30)
+    _range("aug.mixup", a.mixup, 0)
+    _range("aug.cutmix", a.cutmix, 0)
+    _range("aug.label_smoothing", a.label_smoothing, 0, 0.99)
+    _range("aug.random_erasing", a.random_erasing, 0, 1)
+
+    parse_budget(t.budget)
+    _range("train.batch_size", t.batch_size, 1)
+    _range("train.eval_batch_size", t.eval_batch_size, 1)
+    _choice("train.device", t.device, ["auto", "cpu", "cuda"])
+    _choice("train.precision", t.precision, ["auto", "fp32", "bf16", "fp16"])
+    _choice("train.compile", t.compile, ["auto", "on", "off"])
+    _range("train.ema_decay", t.ema_decay, 0, 0.999999)
+    _range("train.seed", t.seed, 0)
+    _range("train.log_every", t.log_every, 1)
+    _range("train.eval_every_s", t.eval_every_s, 0)
+    _range("train.warmup_steps", t.warmup_steps, 0)
+    _range("train.max_bad_steps", t.max_bad_steps, 1)
+    _range("train.max_rollbacks", t.max_rollbacks, 0)
+    _range("train.rollback_lr_factor", t.rollback_lr_factor, 0, 1, lo_open=True)
+    _range("checkpoint.every_s", k.every_s, 0)
+    _range("checkpoint.every_steps", k.every_steps, 0)
+    _range("checkpoint.keep", k.keep, 1)
+
+
+def model_shape(cfg: Config, num_classes: int = 1000, in_chans: int = 3):
+    """The ViTConfig this run trains: the named shape with the config's overrides."""
+    from .models import model_config
+    m = cfg.model
+    overrides = {k: getattr(m, k) for k in ("dim", "depth", "heads", "patch_size",
+                                            "base_img_size", "mlp_ratio", "ffn", "act",
+                                            "ffn_bias") if getattr(m, k) is not None}
+    return model_config(m.name, drop_path=m.drop_path, num_classes=num_classes,
+                        in_chans=in_chans, **overrides)

@@ -1,0 +1,86 @@
+"""The image-size curriculum: which size to train at, as a function of budget progress.
+
+A plan is a list of stages (size, start, end) with start/end as budget shares in [0, 1].
+It is made once, before the clock starts, and saved in every checkpoint so that resume
+continues the same plan (the paper's code forgot its stage on resume).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Stage:
+    size: int
+    start: float  # budget share at which this size begins
+    end: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def from_shares(pairs: list[tuple[int, float]]) -> list[Stage]:
+    """[(size, share), ...] with shares summing to 1 -> contiguous stages covering [0, 1]."""
+    stages, start = [], 0.0
+    for i, (size, share) in enumerate(pairs):
+        end = 1.0 if i == len(pairs) - 1 else start + share
+        stages.append(Stage(size, start, end))
+        start = end
+    return stages
+
+
+def paper_sizes(start: int, step: int, final: int) -> list[int]:
+    """S0, S0 + M, ... up to and including the final size (all multiples of the patch size
+    when S0, M and final are)."""
+    sizes = list(range(start, final, step))
+    return sizes + [final]
+
+
+def paper_shares(sizes: list[int], every_epochs: float, seconds_per_epoch: dict[int, float],
+                 budget: float) -> list[tuple[int, float]]:
+    """The paper's rule "add M px every N epochs", converted into budget shares.
+
+    Each size but the last lasts N epochs, whose cost is N * seconds_per_epoch[size] (budget
+    units: seconds, or steps in step-budget mode); the final size gets what is left. If the
+    budget ends before the final size is reached, the plan stops at the size being trained.
+    """
+    out, spent = [], 0.0
+    for size in sizes[:-1]:
+        share = every_epochs * seconds_per_epoch[size] / budget
+        if spent + share >= 1.0:
+            out.append((size, 1.0 - spent))
+            return out
+        out.append((size, share))
+        spent += share
+    out.append((sizes[-1], 1.0 - spent))
+    return out
+
+
+def size_at(stages: list[Stage], p: float) -> int:
+    for stage in stages:
+        if p < stage.end:
+            return stage.size
+    return stages[-1].size
+
+
+def planned_sizes(cfg) -> list[int]:
+    """Every size the config may train at (compiled and timed before the clock starts)."""
+    from .config import parse_stages
+    c = cfg.curriculum
+    if c.mode == "off":
+        return [c.final_size_px]
+    if c.mode == "paper":
+        return paper_sizes(c.start_size_px, c.step_px, c.final_size_px)
+    return list(dict.fromkeys(size for size, _ in parse_stages(c.stages)))
+
+
+def make_plan(cfg, seconds_per_epoch: dict[int, float], budget: float) -> list[Stage]:
+    """The stages of this run; seconds_per_epoch (measured) is only used by the paper rule."""
+    from .config import parse_stages
+    c = cfg.curriculum
+    if c.mode == "off":
+        return [Stage(c.final_size_px, 0.0, 1.0)]
+    if c.mode == "paper":
+        sizes = paper_sizes(c.start_size_px, c.step_px, c.final_size_px)
+        return from_shares(paper_shares(sizes, c.every_epochs, seconds_per_epoch, budget))
+    return from_shares(parse_stages(c.stages))

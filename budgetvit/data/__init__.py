@@ -1,0 +1,27 @@
+"""Datasets behind one interface: set_size, next_batch, eval_batches, state_dict.
+
+next_batch() returns this rank's share of the next global batch on the device, as uint8 or
+float in [0, 1]; the trainer normalises. The data position (epoch, batch) is the state."""
+from __future__ import annotations
+
+from . import fashion_mnist, synthetic
+from .imagefolder import FolderData
+from .memory import MemoryData
+
+
+def build_data(cfg, device, rank: int = 0, world: int = 1):
+    d, t = cfg.data, cfg.train
+    common = dict(batch_size=t.batch_size, seed=t.seed, aug=cfg.aug, device=device,
+                  rank=rank, world=world)
+    if d.dataset == "fashion_mnist":
+        return MemoryData(fashion_mnist.load("train", d.path), fashion_mnist.load("test", d.path),
+                          classes=fashion_mnist.CLASSES, mean=fashion_mnist.MEAN,
+                          std=fashion_mnist.STD, **common)
+    if d.dataset == "synthetic":
+        k = d.synthetic_classes
+        train = synthetic.make(d.synthetic_images, k, seed=1)
+        test = synthetic.make(max(d.synthetic_images // 10, k), k, seed=2)
+        return MemoryData(train, test, classes=[str(i) for i in range(k)], mean=(0.5,) * 3,
+                          std=(0.5,) * 3, **common)
+    return FolderData(d.path, num_workers=d.num_workers, size=cfg.curriculum.final_size_px,
+                      **common)

@@ -1,0 +1,96 @@
+"""Batched augmentation on tensors, for data that lives in memory (or on the GPU) as a whole.
+
+Per-image decoders (ImageFolder) use torchvision.transforms.v2 per image instead; these
+functions exist because v2 transforms applied to a batch draw one set of parameters for the
+whole batch, while training wants every image cropped and erased differently.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+
+def resized_crop_flip(x: torch.Tensor, size: int, scale_min: float, hflip: bool,
+                      u: torch.Tensor) -> torch.Tensor:
+    """Random-resized-crop (area share U(scale_min, 1), aspect ratio log-U(3/4, 4/3)) and random
+    horizontal flip, every image with its own parameters, to a (size x size) output.
+
+    x: (B, C, H, W) uint8 or float in [0, 1]; u: (B, 5) uniform draws in [0, 1), one row per
+    image (drawn by the caller so that an image's crop does not depend on how the batch is
+    split across processes). Returns float (B, C, size, size) in [0, 1].
+    One affine grid_sample does crop, flip and resize at once; crops wider or taller than
+    the image are clamped to it (torchvision retries instead; the difference is rare and small).
+    """
+    B = x.shape[0]
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    dev = x.device
+    u = u.to(dev)
+    area = scale_min + (1.0 - scale_min) * u[:, 0]
+    log_ratio = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[:, 1]
+    ratio = log_ratio.exp()
+    w = (area * ratio).sqrt().clamp(max=1.0)  # crop width as a share of the image width
+    h = (area / ratio).sqrt().clamp(max=1.0)
+    cx = (1.0 - w) * (2 * u[:, 2] - 1)  # crop centre in [-1, 1] grid coordinates
+    cy = (1.0 - h) * (2 * u[:, 3] - 1)
+    flip = torch.where((u[:, 4] < 0.5) & hflip, -1.0, 1.0)
+    theta = torch.zeros(B, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 2] = w * flip, cx
+    theta[:, 1, 1], theta[:, 1, 2] = h, cy
+    grid = F.affine_grid(theta, [B, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
+                         align_corners=False)
+
+
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Deterministic resize for evaluation: (B, C, H, W) -> float (B, C, size, size) in [0, 1]."""
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False).clamp_(0, 1)
+
+
+def random_erasing(x: torch.Tensor, prob: float) -> torch.Tensor:
+    """Per-image random erasing (area 2%-33%, aspect 0.3-3.3) with N(0, 1) noise, as DeiT/timm
+    apply it to normalised images. x: (B, C, H, W) float, normalised."""
+    if prob <= 0:
+        return x
+    B, _, H, W = x.shape
+    u = torch.rand(B, 5, device=x.device)
+    area = (0.02 + (1 / 3 - 0.02) * u[:, 0]) * H * W
+    ratio = (math.log(0.3) + (math.log(1 / 0.3) - math.log(0.3)) * u[:, 1]).exp()
+    h = (area * ratio).sqrt().clamp(1, H)
+    w = (area / ratio).sqrt().clamp(1, W)
+    top = ((H - h) * u[:, 2]).floor()
+    left = ((W - w) * u[:, 3]).floor()
+    rows = torch.arange(H, device=x.device).view(1, H, 1)
+    cols = torch.arange(W, device=x.device).view(1, 1, W)
+    mask = ((rows >= top.view(B, 1, 1)) & (rows < (top + h).view(B, 1, 1))
+            & (cols >= left.view(B, 1, 1)) & (cols < (left + w).view(B, 1, 1))
+            & (u[:, 4] < prob).view(B, 1, 1))  # (B, H, W)
+    return torch.where(mask.unsqueeze(1), torch.randn_like(x), x)
+
+
+def randaugment_chunks(x: torch.Tensor, ops: int, magnitude: int, chunk: int = 8) -> torch.Tensor:
+    """torchvision RandAugment on uint8 images, with fresh ops for every chunk of `chunk`
+    images: a batch-wide call would give every image the same ops."""
+    if ops <= 0:
+        return x
+    ra = v2.RandAugment(num_ops=ops, magnitude=magnitude)
+    return torch.cat([ra(part) for part in x.split(chunk)])
+
+
+def mixup_cutmix(mixup: float, cutmix: float, num_classes: int):
+    """torchvision's batch MixUp / CutMix (one of them per batch when both are on), or None.
+    Returns a callable (x, y) -> (x, soft targets (B, num_classes))."""
+    ops = []
+    if mixup > 0:
+        ops.append(v2.MixUp(alpha=mixup, num_classes=num_classes))
+    if cutmix > 0:
+        ops.append(v2.CutMix(alpha=cutmix, num_classes=num_classes))
+    if not ops:
+        return None
+    return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)

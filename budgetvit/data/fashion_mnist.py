@@ -1,0 +1,61 @@
+"""Fashion-MNIST from its IDX files: Debian's dataset-fashion-mnist package, a given folder,
+or torchvision's download where a network exists. 70k 28x28 grayscale images, 10 classes."""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+           "Bag", "Ankle boot"]
+MEAN, STD = (0.2860,), (0.3530,)
+FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """IDX format: 2 zero bytes, dtype code 0x08 (uint8), ndim, big-endian dims, raw data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if data[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    ndim = data[3]
+    dims = np.frombuffer(data, ">u4", count=ndim, offset=4).astype(int)
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find(root: Path, stem: str) -> Path | None:
+    for candidate in (root / stem, root / (stem + ".gz"), root / "FashionMNIST" / "raw" / stem):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _download(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchvision.datasets import FashionMNIST
+    ds = FashionMNIST(str(Path.home() / ".cache" / "budgetvit"), train=split == "train",
+                      download=True)
+    return ds.data.unsqueeze(1).clone(), ds.targets.clone()
+
+
+def load(split: str, root: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 (N, 1, 28, 28), labels int64 (N,)) of split 'train' or 'test'."""
+    roots = [Path(root)] if root else [Path(DEBIAN_ROOT)]
+    for r in roots:
+        images, labels = (_find(r, stem) for stem in FILES[split])
+        if images and labels:
+            x = torch.from_numpy(_read_idx(images).copy()).unsqueeze(1)
+            y = torch.from_numpy(_read_idx(labels).astype(np.int64))
+            return x, y
+    if root:
+        raise FileNotFoundError(f"no Fashion-MNIST {split} files ({FILES[split][0]}[.gz]) in {root}")
+    try:
+        return _download(split)
+    except Exception as e:  # no network: say how to get the data instead
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found in {DEBIAN_ROOT} and could not be downloaded ({e}); "
+            f"install it with: apt-get install dataset-fashion-mnist") from None

@@ -1,0 +1,176 @@
+"""ImageNet-style ImageFolder trees (`root/train/<class>/*.jpg`, `root/val/<class>/*`), decoded
+per image in DataLoader worker processes with torchvision.transforms.v2.
+
+The image size changes during training, so the batch sampler stamps every index with the size
+current when the batch is dispatched; workers crop to that size. Batches prefetched before a
+size change keep their old size (a handful of steps; the model accepts any size). Each image's
+augmentation is seeded by (seed, epoch, index), so the stream is a function of the position.
+Unreadable images are counted and replaced by the next readable one, never fatal.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.transforms import v2
+
+from .memory import mix_seed
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+EVAL_CROP = 0.875  # evaluation: resize the shorter side to size / 0.875, centre-crop size
+
+
+def scan(root: str | Path, split: str, class_to_idx: dict | None = None):
+    """[(path, label)] of root/split, and the class list (sorted folder names, from train)."""
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no {split}/ folder in {root} (expected {folder}/<class>/<image>)")
+    if class_to_idx is None:
+        classes, class_to_idx = find_classes(str(folder))
+    else:
+        classes = sorted(class_to_idx, key=class_to_idx.get)
+    samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS,
+                           allow_empty=True)
+    if not samples:
+        raise FileNotFoundError(f"no images in {folder}")
+    return samples, classes, class_to_idx
+
+
+def open_rgb(path: str) -> Image.Image:
+    """Decode any PIL-readable file to 8-bit RGB (grayscale, CMYK, 16-bit, palette included)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # EXIF/ICC chatter from odd files is not our business
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale
+                img = img.point(lambda v: v / 256).convert("L")
+            return img.convert("RGB")
+
+
+class FolderDataset(Dataset):
+    def __init__(self, samples, train: bool, aug, seed: int):
+        self.samples, self.train, self.aug, self.seed = samples, train, aug, seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def transform(self, size: int):
+        if not self.train:
+            return v2.Compose([v2.Resize(round(size / EVAL_CROP)), v2.CenterCrop(size),
+                               v2.PILToTensor()])
+        a = self.aug
+        steps = [v2.RandomResizedCrop(size, scale=(a.crop_scale_min, 1.0), antialias=True)]
+        if a.hflip:
+            steps.append(v2.RandomHorizontalFlip())
+        if a.randaugment_ops:
+            steps.append(v2.RandAugment(a.randaugment_ops, a.randaugment_magnitude))
+        return v2.Compose(steps + [v2.PILToTensor()])
+
+    def __getitem__(self, key):
+        idx, size, epoch = key
+        bad = 0
+        for attempt in range(len(self.samples)):
+            path, label = self.samples[(idx + attempt) % len(self.samples)]
+            try:
+                img = open_rgb(path)
+                break
+            except Exception:  # truncated, zero-byte, not an image: count it, take the next
+                bad += 1
+        else:
+            raise RuntimeError("no readable image in the dataset")
+        torch.manual_seed(mix_seed(self.seed, epoch, idx))  # this image's augmentation
+        return self.transform(size)(img), label, bad
+
+
+class CurriculumBatchSampler:
+    """Endless global batches from (epoch, batch) on, this rank's share of each, stamped with
+    the current size. Epoch e's order is a permutation seeded by (seed, e)."""
+
+    def __init__(self, n: int, global_batch: int, rank: int, world: int, seed: int,
+                 epoch: int, batch: int, size: int):
+        self.n, self.global_batch, self.local = n, global_batch, global_batch // world
+        self.rank, self.seed, self.epoch, self.batch, self.size = rank, seed, epoch, batch, size
+        self.batches_per_epoch = n // global_batch
+
+    def __iter__(self):
+        epoch, batch = self.epoch, self.batch
+        while True:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(
+                mix_seed(self.seed, epoch))).tolist()
+            for b in range(batch, self.batches_per_epoch):
+                start = b * self.global_batch + self.rank * self.local
+                yield [(i, self.size, epoch) for i in order[start:start + self.local]]
+            epoch, batch = epoch + 1, 0
+
+
+def _collate(items):
+    images, labels, bad = zip(*items)
+    return torch.stack(images), torch.tensor(labels), sum(bad)
+
+
+class FolderData:
+    def __init__(self, root: str, *, batch_size: int, seed: int, aug, device, num_workers: int,
+                 rank: int = 0, world: int = 1, size: int = 224):
+        train, self.classes, class_to_idx = scan(root, "train")
+        self.val_samples, _, _ = scan(root, "val", class_to_idx)
+        self.num_classes, self.in_chans = len(self.classes), 3
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        self.num_images = len(train)
+        if batch_size > self.num_images:
+            raise ValueError(f"train.batch_size={batch_size} exceeds the {self.num_images} "
+                             f"training images")
+        self.dataset = FolderDataset(train, True, aug, seed)
+        self.global_batch, self.seed, self.device = batch_size, seed, device
+        self.rank, self.world = rank, world
+        self.workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
+        self.batches_per_epoch = self.num_images // batch_size
+        self.epoch, self.batch, self.size = 0, 0, size
+        self.bad_images = 0
+        self._it = self._sampler = None
+
+    def set_size(self, size: int) -> None:
+        self.size = size
+        if self._sampler is not None:
+            self._sampler.size = size
+
+    def _start(self):
+        self._sampler = CurriculumBatchSampler(self.num_images, self.global_batch, self.rank,
+                                               self.world, self.seed, self.epoch, self.batch,
+                                               self.size)
+        loader = DataLoader(self.dataset, batch_sampler=self._sampler, num_workers=self.workers,
+                            collate_fn=_collate, pin_memory=torch.cuda.is_available(),
+                            persistent_workers=self.workers > 0,
+                            prefetch_factor=4 if self.workers > 0 else None)
+        self._it = iter(loader)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._it is None:
+            self._start()
+        x, y, bad = next(self._it)
+        self.bad_images += bad
+        self.batch += 1
+        if self.batch >= self.batches_per_epoch:
+            self.epoch, self.batch = self.epoch + 1, 0
+        return (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
+
+    def eval_batches(self, size: int, batch_size: int, rank: int = 0, world: int = 1):
+        ds = FolderDataset(self.val_samples, False, None, self.seed)
+        keys = [(i, size, 0) for i in range(rank, len(ds), world)]
+        batches = [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
+        loader = DataLoader(ds, batch_sampler=batches, num_workers=self.workers,
+                            collate_fn=_collate, pin_memory=torch.cuda.is_available())
+        for x, y, bad in loader:
+            self.bad_images += bad
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        self._it = self._sampler = None  # restart the workers from the loaded position

@@ -1,0 +1,83 @@
+"""Training data held in memory as one uint8 tensor (Fashion-MNIST, synthetic), augmented a
+whole batch at a time on the training device: at small image sizes a per-image pipeline would
+be the bottleneck on a 2-core machine.
+
+The order of epoch e is a permutation seeded by (seed, e) and the augmentation of batch b by
+(seed, e, b), so the data stream is a pure function of the position (epoch, batch),
+which is all a checkpoint needs to resume it exactly.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import augment
+
+
+def mix_seed(*parts: int) -> int:
+    """A stable 63-bit seed from integers (Python's hash() of tuples is not stable across runs)."""
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (int(p) & 0xFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
+    return h
+
+
+class MemoryData:
+    def __init__(self, train: tuple[torch.Tensor, torch.Tensor],
+                 test: tuple[torch.Tensor, torch.Tensor], *, classes: list[str],
+                 mean: tuple, std: tuple, batch_size: int, seed: int, aug, device,
+                 rank: int = 0, world: int = 1):
+        self.images, self.labels = train[0].to(device), train[1].to(device)
+        self.test_images, self.test_labels = test
+        self.classes, self.mean, self.std = classes, mean, std
+        self.num_classes, self.in_chans = len(classes), train[0].shape[1]
+        self.num_images = len(self.labels)
+        if batch_size > self.num_images:
+            raise ValueError(f"train.batch_size={batch_size} exceeds the {self.num_images} "
+                             f"training images")
+        self.global_batch, self.local_batch = batch_size, batch_size // world
+        self.seed, self.aug, self.device, self.rank = seed, aug, device, rank
+        self.batches_per_epoch = self.num_images // batch_size  # drop the ragged last batch
+        self.epoch, self.batch, self.size = 0, 0, train[0].shape[-1]
+        self._perm_epoch, self._perm = -1, None
+        self.bad_images = 0  # in-memory tensors cannot be corrupt; kept for the common interface
+
+    def set_size(self, size: int) -> None:
+        self.size = size
+
+    def _order(self, epoch: int) -> torch.Tensor:
+        if self._perm_epoch != epoch:
+            gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
+            self._perm = torch.randperm(self.num_images, generator=gen).to(self.device)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of the next global batch: (float (b, C, S, S) in [0, 1], (b,))."""
+        start = self.batch * self.global_batch + self.rank * self.local_batch
+        idx = self._order(self.epoch)[start:start + self.local_batch]
+        # Crop parameters are drawn for the whole global batch, then sliced: each image gets the
+        # same crop whatever the world size.
+        gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, self.batch))
+        u = torch.rand(self.global_batch, 5, generator=gen)
+        u = u[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
+        x = augment.randaugment_chunks(self.images[idx], self.aug.randaugment_ops,
+                                       self.aug.randaugment_magnitude)
+        x = augment.resized_crop_flip(x, self.size, self.aug.crop_scale_min, self.aug.hflip, u)
+        self.batch += 1
+        if self.batch >= self.batches_per_epoch:
+            self.epoch, self.batch = self.epoch + 1, 0
+        return x, self.labels[idx]
+
+    def eval_batches(self, size: int, batch_size: int, rank: int = 0, world: int = 1):
+        """This rank's share of the evaluation split (every image exactly once over all ranks),
+        resized to `size`: yields (float (b, C, size, size) in [0, 1], labels) on the device."""
+        idx = torch.arange(rank, len(self.test_labels), world)
+        for part in idx.split(batch_size):
+            x = self.test_images[part].to(self.device)
+            yield augment.resize(x, size), self.test_labels[part].to(self.device)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])

@@ -1,0 +1,37 @@
+"""Top-1 / top-5 accuracy on the evaluation split at a given image size, sharded over ranks."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .distributed import Dist, all_sum
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 or [0, 1] float (B, C, H, W) -> normalised float32."""
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+@torch.no_grad()
+def evaluate(model, data, size: int, batch_size: int, runtime, d: Dist = Dist()) -> dict:
+    """{'top1', 'top5' (percent), 'loss', 'images'} of `model` at `size` px. Every image of
+    the split is seen exactly once across ranks; counts are summed over ranks."""
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = loss_sum = n = 0.0
+    for x, y in data.eval_batches(size, batch_size, d.rank, d.world):
+        with runtime.autocast():
+            logits = model(normalize(x, data.mean, data.std)).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += (top[:, 0] == y).sum().item()
+        correct5 += (top == y[:, None]).any(dim=1).sum().item()
+        n += len(y)
+    model.train(was_training)
+    correct1, correct5, loss_sum, n = all_sum([correct1, correct5, loss_sum, n], d,
+                                              runtime.device)
+    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n,
+            "images": int(n)}

@@ -1,0 +1,73 @@
+"""What a run tells the user and other tools while it trains: a progress bar (or periodic
+lines when the output is not a terminal), RUN_DIR/log.jsonl, RUN_DIR/eval.jsonl and, when
+tensorboard is installed, TensorBoard event files. Only rank 0 creates one."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def fmt_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class Progress:
+    def __init__(self, run_dir: Path, budget: float, unit: str, start: float = 0.0):
+        self.run_dir, self.budget, self.unit = run_dir, budget, unit
+        self.log_file = open(run_dir / "log.jsonl", "a")
+        self.eval_file = open(run_dir / "eval.jsonl", "a")
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=round(budget), initial=round(start), unit=unit[0],
+                            dynamic_ncols=True, bar_format="{l_bar}{bar}| {postfix}")
+        self._next_line = start  # when the output is no terminal: a line every 5% of budget
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(run_dir / "tb"))
+        except Exception:  # tensorboard not installed: the JSON logs suffice
+            pass
+
+    def update(self, spent: float, rec: dict) -> None:
+        """spent: budget units used so far; rec: the latest log record."""
+        left = max(0.0, self.budget - spent)
+        left_txt = fmt_duration(left) if self.unit == "seconds" else f"{left:.0f} steps"
+        text = (f"{rec['img_size']}px {rec['img_per_s']:.0f} img/s loss {rec['loss']:.3f} "
+                f"lr {rec['lr']:.2e} left {left_txt}")
+        if self.bar is not None:
+            self.bar.n = min(round(spent), self.bar.total)
+            self.bar.set_postfix_str(text, refresh=True)
+        elif spent >= self._next_line:
+            print(f"[{100 * spent / self.budget:5.1f}%] step {rec['step']} {text}", flush=True)
+            self._next_line = spent + 0.05 * self.budget
+
+    def log(self, rec: dict) -> None:
+        self.log_file.write(json.dumps(rec) + "\n")
+        self.log_file.flush()
+        if self.tb is not None:
+            for key in ("loss", "lr", "img_size", "img_per_s"):
+                self.tb.add_scalar(f"train/{key}", rec[key], rec["step"])
+
+    def log_eval(self, rec: dict) -> None:
+        self.eval_file.write(json.dumps(rec) + "\n")
+        self.eval_file.flush()
+        if self.tb is not None:
+            for key in ("top1", "top5", "top1_ema"):
+                if rec.get(key) is not None:
+                    self.tb.add_scalar(f"eval/{key}", rec[key], rec["step"])
+
+    def message(self, text: str) -> None:
+        (self.bar.write if self.bar is not None else print)(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        self.log_file.close()
+        self.eval_file.close()

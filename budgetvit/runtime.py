@@ -1,0 +1,70 @@
+"""Device, precision and compile choices, resolved once from the config."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from .config import ConfigError
+
+# Peak dense bf16 matrix throughput (FLOP/s) of known GPUs, for MFU; vendor datasheet figures
+# for the SXM parts (dense, no sparsity). BUDGETVIT_PEAK_TFLOPS overrides it.
+PEAK_BF16_FLOPS = {
+    "H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12,
+    "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12,
+}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Peak bf16 FLOP/s of this device (env BUDGETVIT_PEAK_TFLOPS wins), None if unknown."""
+    import os
+    if os.environ.get("BUDGETVIT_PEAK_TFLOPS"):
+        return float(os.environ["BUDGETVIT_PEAK_TFLOPS"]) * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in PEAK_BF16_FLOPS.items():
+        if key in name:
+            return flops
+    return None
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    amp_dtype: torch.dtype | None  # None = float32
+    compile: bool
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def describe(self) -> str:
+        if self.cuda:
+            return torch.cuda.get_device_name(self.device)
+        import platform
+        return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def resolve(train_cfg, local_rank: int = 0) -> Runtime:
+    want = train_cfg.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu")
+    cuda = want == "cuda" or (want == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    precision = train_cfg.precision
+    if precision == "auto":
+        precision = "bf16" if cuda else "fp32"
+    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    compile_on = train_cfg.compile == "on" or (train_cfg.compile == "auto" and cuda)
+    return Runtime(device, amp, compile_on)

@@ -1,0 +1,84 @@
+"""RUN_DIR/summary.json (the contract other tools read) and the one-screen end-of-run report."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .models import count_params
+from .progress import fmt_duration
+
+
+def code_version() -> str:
+    """git sha of the checkout the package runs from (+ '-dirty'), else the package version."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here,
+                             capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except Exception:
+        return __version__
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_summary(trainer, final: dict, wall_s: float) -> dict:
+    t, clock = trainer, trainer.clock
+    budget_s = clock.budget_s()
+    summary = {
+        "top1": final["top1"], "top5": final["top5"],
+        "top1_ema": final.get("top1_ema"), "top5_ema": final.get("top5_ema"),
+        "budget": t.cfg.train.budget, "budget_s": budget_s,
+        "train_time_s": clock.train_s,
+        "overrun_s": None if budget_s is None else clock.train_s - budget_s,
+        "eval_time_s": clock.other_s.get("eval", 0.0),
+        "checkpoint_time_s": clock.other_s.get("checkpoint", 0.0),
+        "warmup_time_s": clock.other_s.get("warmup", 0.0),
+        "wall_time_s": wall_s,
+        "steps": clock.steps, "images_seen": t.images, "epochs": t.images / t.data.num_images,
+        "final_img_size": t.cfg.curriculum.final_size_px,
+        "stages": t.stages,
+        "plan": [s.to_dict() for s in t.plan],
+        "final_lr": t.opt.param_groups[0]["lr"],
+        "bad_images": t.data.bad_images,
+        "faults": t.faults,
+        "evals": t.evals,
+        "model": t.cfg.model.name, "model_config": t.model_cfg.to_dict(),
+        "params": count_params(t.model),
+        "device": t.rt.describe(), "world_size": t.dist.world,
+        "torch": torch.__version__,
+        "preset": t.cfg.preset, "config": t.cfg.to_dict(), "code_version": code_version(),
+    }
+    if summary["top1_ema"] is None:
+        del summary["top1_ema"], summary["top5_ema"]
+    write_json_atomic(t.out / "summary.json", summary)
+    print_summary(summary, t.out)
+    return summary
+
+
+def print_summary(s: dict, out: Path) -> None:
+    budget = "steps" if s["budget_s"] is None else fmt_duration(s["budget_s"])
+    overrun = "" if s["overrun_s"] is None else f" (overrun {s['overrun_s']:+.2f}s)"
+    stages = ", ".join(f"{st['img_size']}px {fmt_duration(st['end_s'] - st['start_s'])}"
+                       for st in s["stages"])
+    ema = f"   EMA top-1 {s['top1_ema']:.2f}%" if "top1_ema" in s else ""
+    print("\n".join([
+        "",
+        f"== {s['preset']}: {s['model']} ({s['params'] / 1e6:.2f}M params) on {s['device']}",
+        f"budget {budget}, trained {fmt_duration(s['train_time_s'])}{overrun}; eval "
+        f"{s['eval_time_s']:.1f}s, checkpoints {s['checkpoint_time_s']:.1f}s, warm-up "
+        f"{s['warmup_time_s']:.1f}s (not charged)",
+        f"{s['steps']} steps, {s['images_seen']} images, {s['epochs']:.2f} epochs; stages: {stages}",
+        f"top-1 {s['top1']:.2f}%   top-5 {s['top5']:.2f}%{ema}   (at {s['final_img_size']}px)",
+        f"summary: {out / 'summary.json'}",
+    ]), flush=True)

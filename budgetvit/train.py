@@ -1,0 +1,413 @@
+"""The training loop: one trainer for every model, dataset, device and world size.
+
+Read top to bottom: setup (model, optimizer, EMA, data, clock), resume or warm-up, the loop
+(progress p -> image size and lr -> step -> log / eval / checkpoint), the end (final checkpoint,
+evaluation, summary.json). Clock, schedules, curriculum and checkpoints live in their own files.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
+
+from . import checkpoint, curriculum, distributed
+from .budget import BudgetClock
+from .config import Config, ConfigError, model_shape, parse_budget, validate
+from .data import augment, build_data
+from .evaluate import evaluate, normalize
+from .models import VisionTransformer, count_params, param_groups, train_flops
+from .progress import Progress, fmt_duration
+from .runtime import peak_flops, resolve
+from .schedules import lr_at
+from .summary import write_summary
+
+
+def ema_update(decay: float):
+    """EMA update for AveragedModel whose decay ramps up as min(decay, (1 + n) / (10 + n)):
+    with a fixed decay, a short budget's EMA would still be mostly the random init."""
+    def update(averaged: list, current: list, num_averaged) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+    return update
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (repeated non-finite steps); the message says why."""
+
+
+def prepare_out_dir(out: str | Path) -> Path:
+    """Create the run directory and prove it is writable, before any work starts."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--out {out} is not writable: {e.strerror or e}") from None
+    return out
+
+
+class Trainer:
+    def __init__(self, cfg: Config, out: str | Path, command: str = ""):
+        validate(cfg)
+        self.cfg, self.command = cfg, command
+        self.budget, self.unit = parse_budget(cfg.train.budget)
+        self.dist = distributed.init("cuda" if resolve(cfg.train).cuda else "cpu")
+        self.rt = resolve(cfg.train, self.dist.local_rank)
+        if cfg.train.batch_size % self.dist.world:
+            raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by "
+                              f"the world size {self.dist.world}")
+        self.out = prepare_out_dir(out) if self.dist.main else Path(out)
+        t = cfg.train
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True)
+        torch.manual_seed(t.seed + self.dist.rank)
+        random.seed(t.seed + self.dist.rank)
+
+        self.data = build_data(cfg, self.rt.device, self.dist.rank, self.dist.world)
+        self.model_cfg = model_shape(cfg, self.data.num_classes, self.data.in_chans)
+        self.model = VisionTransformer(self.model_cfg).to(self.rt.device)
+        self.opt = torch.optim.AdamW(param_groups(self.model, cfg.optim.weight_decay),
+                                     lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+                                     fused=self.rt.cuda or None)
+        self.scaler = torch.amp.GradScaler(self.rt.device.type,
+                                           enabled=self.rt.amp_dtype == torch.float16)
+        self.ema = (AveragedModel(self.model, multi_avg_fn=ema_update(t.ema_decay),
+                                  use_buffers=True) if t.ema else None)
+        self.forward = self.model
+        if self.dist.enabled:
+            self.forward = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.dist.local_rank] if self.rt.cuda else None)
+        if self.rt.compile:
+            import torch._dynamo as dynamo
+            dynamo.config.cache_size_limit = max(
+                16, 2 * len(curriculum.planned_sizes(cfg)) + 4)
+            self.forward = torch.compile(self.forward, dynamic=False)
+        self.mix = augment.mixup_cutmix(cfg.aug.mixup, cfg.aug.cutmix, self.data.num_classes)
+        self.clock = BudgetClock(self.budget, self.unit, self.rt.sync)
+
+        # Everything below is the run's state and goes into every checkpoint.
+        self.plan: list[curriculum.Stage] = []
+        self.images = 0
+        self.stages: list[dict] = []  # {img_size, start_s, end_s, images}
+        self.evals: list[dict] = []
+        self.lr_scale = 1.0  # lowered by each rollback after non-finite steps
+        self.faults = {"nonfinite_steps": 0, "rollbacks": 0, "checkpoint_failures": 0}
+        self.seconds_per_epoch: dict[int, float] = {}
+        self.stop_signal: str | None = None
+
+    # ------------------------------------------------------------------ one step
+
+    def loss_fn(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.aug.label_smoothing)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[float, bool]:
+        """One optimizer step; returns (loss, finite). A non-finite loss or gradient skips
+        the update (weights, optimizer state and EMA stay as they were)."""
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        x = normalize(x, self.data.mean, self.data.std)
+        if self.mix is not None:
+            x, y = self.mix(x, y)
+        x = augment.random_erasing(x, self.cfg.aug.random_erasing)
+        with self.rt.autocast():
+            loss = self.loss_fn(self.forward(x), y)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        clip = self.cfg.optim.grad_clip or math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        # One host sync per step: it both reads the loss and guards the update.
+        loss_value, norm_value = torch.stack([loss.detach().float(), norm.float()]).tolist()
+        finite = math.isfinite(loss_value) and math.isfinite(norm_value)
+        if finite:
+            self.scaler.step(self.opt)
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        return loss_value, finite
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if self.rt.cuda else None,
+                    "python": random.getstate()},
+            "data": self.data.state_dict(),
+            "clock": self.clock.state_dict(),
+            "plan": [s.to_dict() for s in self.plan],
+            "seconds_per_epoch": {str(k): v for k, v in self.seconds_per_epoch.items()},
+            "images": self.images, "stages": copy.deepcopy(self.stages),
+            "evals": copy.deepcopy(self.evals), "lr_scale": self.lr_scale,
+            "faults": dict(self.faults), "config": self.cfg.to_dict(),
+            "world_size": self.dist.world,
+            # What inference needs without the training data:
+            "model_config": self.model_cfg.to_dict(), "classes": list(self.data.classes),
+            "mean": list(self.data.mean), "std": list(self.data.std),
+        }
+
+    def load_state_dict(self, s: dict, restore_clock: bool = True) -> None:
+        self.model.load_state_dict(s["model"])
+        self.opt.load_state_dict(s["optimizer"])
+        self.scaler.load_state_dict(s["scaler"])
+        if self.ema is not None and s["ema"] is not None:
+            self.ema.load_state_dict(s["ema"])
+        if self.dist.main:  # other ranks keep their own seeds: their streams must differ
+            torch.set_rng_state(s["rng"]["torch"])
+            if self.rt.cuda and s["rng"]["cuda"] is not None:
+                torch.cuda.set_rng_state_all(s["rng"]["cuda"])
+            random.setstate(s["rng"]["python"])
+        self.data.load_state_dict(s["data"])
+        self.plan = [curriculum.Stage(**d) for d in s["plan"]]
+        self.seconds_per_epoch = {int(k): v for k, v in s["seconds_per_epoch"].items()}
+        self.images, self.stages = s["images"], copy.deepcopy(s["stages"])
+        self.evals, self.lr_scale = copy.deepcopy(s["evals"]), s["lr_scale"]
+        if restore_clock:
+            self.clock.load_state_dict(s["clock"])
+            self.faults = dict(s["faults"])
+
+    def save_checkpoint(self) -> None:
+        """Write a checkpoint (rank 0); on a disk error keep the old one, warn, retry later."""
+        with self.clock.paused("checkpoint"):
+            if self.dist.main:
+                try:
+                    checkpoint.save(self.state_dict(), self.out, self.clock.steps,
+                                    self.cfg.checkpoint.keep)
+                except OSError as e:
+                    self.faults["checkpoint_failures"] += 1
+                    self.say(f"warning: checkpoint at step {self.clock.steps} not written "
+                             f"({e.strerror or e}); keeping the previous one, retrying later")
+            distributed.barrier(self.dist)
+        self._last_ckpt = (self.clock.read(), self.clock.steps)
+
+    # ------------------------------------------------------------------ before the clock
+
+    def warm_up(self) -> None:
+        """Run a few untimed steps at every planned size: on CUDA this compiles each shape
+        before the clock starts; everywhere it measures seconds per step at each size, which
+        the paper's curriculum rule needs. Then restore the initial state, so the warm-up
+        steps have not trained the model."""
+        n = self.cfg.train.warmup_steps
+        if n == 0:
+            return
+        initial = copy.deepcopy(self.state_dict())
+        with self.clock.paused("warmup"):
+            for size in curriculum.planned_sizes(self.cfg):
+                self.data.set_size(size)
+                times = []
+                for _ in range(n + 1):
+                    self.rt.sync()
+                    t0 = time.perf_counter()
+                    x, y = self.data.next_batch()
+                    self.step(x, y, lr=0.0)
+                    self.rt.sync()
+                    times.append(time.perf_counter() - t0)
+                step_s = sorted(times[1:])[len(times[1:]) // 2]  # median, first one excluded
+                self.seconds_per_epoch[size] = step_s * self.data.batches_per_epoch
+        self.load_state_dict(initial, restore_clock=False)
+
+    def make_plan(self) -> None:
+        if self.unit == "steps":  # epochs convert to steps exactly
+            per_epoch = {s: float(self.data.batches_per_epoch)
+                         for s in curriculum.planned_sizes(self.cfg)}
+        else:
+            per_epoch = self.seconds_per_epoch
+            if self.cfg.curriculum.mode == "paper" and not per_epoch:
+                raise ConfigError("curriculum.mode=paper needs train.warmup_steps >= 1 to "
+                                  "measure the throughput at each size")
+        self.plan = curriculum.make_plan(self.cfg, per_epoch, self.budget)
+
+    # ------------------------------------------------------------------ helpers
+
+    def say(self, text: str) -> None:
+        if self.dist.main:
+            (self.progress.message if getattr(self, "progress", None) else print)(text)
+
+    def run_eval(self, train_s: float) -> dict:
+        size = self.cfg.curriculum.final_size_px
+        bs = self.cfg.train.eval_batch_size
+        with self.clock.paused("eval"):
+            r = evaluate(self.model, self.data, size, bs, self.rt, self.dist)
+            rec = {"step": self.clock.steps, "train_time_s": train_s, "images": self.images,
+                   "img_size": size, "top1": r["top1"], "top5": r["top5"], "loss": r["loss"],
+                   "eval_images": r["images"]}
+            if self.ema is not None:
+                e = evaluate(self.ema.module, self.data, size, bs, self.rt, self.dist)
+                rec.update(top1_ema=e["top1"], top5_ema=e["top5"])
+        self.evals.append(rec)
+        if self.dist.main:
+            self.progress.log_eval(rec)
+        return rec
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_signal = signal.Signals(signum).name
+
+    def _rollback(self, first_bad: int) -> None:
+        self.faults["rollbacks"] += 1
+        if self.faults["rollbacks"] > self.cfg.train.max_rollbacks:
+            raise TrainingStopped(
+                f"non-finite loss or gradient in steps {first_bad}-{self.clock.steps} after "
+                f"{self.cfg.train.max_rollbacks} rollbacks; lower optim.lr or check the data")
+        faults, clock = dict(self.faults), self.clock.state_dict()
+        state = checkpoint.load_latest(self.out) if self.dist.main else None
+        if state is None:
+            raise TrainingStopped("non-finite steps and no checkpoint to roll back to")
+        self.load_state_dict(state, restore_clock=False)
+        self.faults = faults
+        self.lr_scale *= self.cfg.train.rollback_lr_factor
+        self.say(f"warning: {self.cfg.train.max_bad_steps} non-finite steps in a row "
+                 f"({first_bad}-{clock['steps']}); rolled back to step {state['clock']['steps']}"
+                 f" with lr x{self.lr_scale:g}")
+        # The clock keeps running: time lost to the fault is charged, as it would be anyway.
+        self.clock.steps = state["clock"]["steps"]
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> dict:
+        cfg, t = self.cfg, self.cfg.train
+        wall0 = time.perf_counter()
+        state = checkpoint.load_latest(self.out) if self.dist.main else None
+        resumed = distributed.broadcast_floats([float(state is not None)], self.dist,
+                                               self.rt.device)[0] > 0
+        if resumed:
+            if not self.dist.main:  # rank 0 read it; the others read the same file
+                state = checkpoint.load_latest(self.out)
+            self.load_state_dict(state)
+            self.warn_config_change(state["config"])
+        else:
+            self.warm_up()
+            self.make_plan()
+        if self.dist.main:
+            self.progress = Progress(self.out, self.budget, self.unit,
+                                     self.clock.spent_units(self.clock.train_s))
+            self.print_header(resumed)
+        if not resumed:
+            self.save_checkpoint()  # step 0: there is always a state to roll back to
+        self._last_ckpt = (self.clock.train_s, self.clock.steps)
+        last_eval = self.evals[-1]["train_time_s"] if self.evals else 0.0
+        old_handlers = {s: signal.signal(s, self._on_signal)
+                        for s in (signal.SIGTERM, signal.SIGINT)}
+        bad_run, first_bad = 0, 0
+        window = {"loss": 0.0, "n": 0, "images": 0, "t": self.clock.train_s}
+        try:
+            self.clock.start()
+            while True:
+                train_s = self.clock.read()
+                stop = float(self.stop_signal is not None)
+                train_s, stop = distributed.broadcast_floats([train_s, stop], self.dist,
+                                                             self.rt.device)
+                p = self.clock.progress(train_s)
+                if p >= 1.0 or stop:
+                    break
+                k = cfg.checkpoint
+                if ((k.every_s and train_s - self._last_ckpt[0] >= k.every_s) or
+                        (k.every_steps and self.clock.steps - self._last_ckpt[1] >= k.every_steps)):
+                    self.save_checkpoint()
+                if t.eval_every_s and train_s - last_eval >= t.eval_every_s:
+                    self.run_eval(train_s)
+                    last_eval = train_s
+                size = curriculum.size_at(self.plan, p)
+                if not self.stages or self.stages[-1]["img_size"] != size:
+                    self.data.set_size(size)
+                    self.stages.append({"img_size": size, "start_s": train_s, "end_s": train_s,
+                                        "images": 0})
+                lr = lr_at(p, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup,
+                           cfg.optim.decay) * self.lr_scale
+                x, y = self.data.next_batch()
+                loss, finite = self.step(x, y, lr)
+                self.clock.steps += 1
+                if not finite:
+                    self.faults["nonfinite_steps"] += 1
+                    bad_run, first_bad = bad_run + 1, first_bad if bad_run else self.clock.steps
+                    self.say(f"warning: non-finite loss or gradient at step {self.clock.steps}; "
+                             f"update skipped")
+                    if bad_run >= t.max_bad_steps:
+                        self._rollback(first_bad)
+                        bad_run = 0
+                    continue
+                bad_run = 0
+                self.images += t.batch_size
+                self.stages[-1]["images"] += t.batch_size
+                self.stages[-1]["end_s"] = self.clock.read()
+                window["loss"] += loss
+                window["n"] += 1
+                window["images"] += t.batch_size
+                if self.clock.steps % t.log_every == 0:
+                    self.log_window(window, size, lr)
+            self.clock.stop()
+        finally:
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        train_s = self.clock.read()
+        self.save_checkpoint()
+        if self.stop_signal:
+            self.say(f"stopped by {self.stop_signal} at step {self.clock.steps} "
+                     f"({fmt_duration(train_s)} of training); checkpoint written. "
+                     f"Resume with: {self.command or 'the same command'}")
+            self.progress_close()
+            return {"interrupted": True, "step": self.clock.steps}
+        final = self.run_eval(train_s)
+        summary = write_summary(self, final, time.perf_counter() - wall0) if self.dist.main else {}
+        self.progress_close()
+        return summary
+
+    def log_window(self, window: dict, size: int, lr: float) -> None:
+        now = self.clock.read()
+        img_per_s = window["images"] / max(now - window["t"], 1e-9)
+        rec = {"step": self.clock.steps, "train_time_s": round(now, 3), "img_size": size,
+               "lr": lr, "loss": window["loss"] / max(window["n"], 1), "img_per_s": img_per_s,
+               "images": self.images, "epoch": self.images / self.data.num_images}
+        peak = peak_flops(self.rt.device)
+        if peak:
+            rec["mfu"] = train_flops(self.model_cfg, size) * img_per_s / peak
+        if self.dist.main:
+            self.progress.log(rec)
+            self.progress.update(self.clock.spent_units(now), rec)
+        window.update(loss=0.0, n=0, images=0, t=now)
+
+    def warn_config_change(self, saved: dict) -> None:
+        now = self.cfg.to_dict()
+        changed = [f"{sec}.{k}" for sec in now if isinstance(now[sec], dict)
+                   for k in now[sec] if saved.get(sec, {}).get(k) != now[sec][k]]
+        if changed:
+            self.say(f"warning: resuming with a config that differs from the checkpoint's in "
+                     f"{', '.join(changed)}; the new values apply from here on")
+
+    def print_header(self, resumed: bool) -> None:
+        sizes = " -> ".join(f"{s.size}px@{s.start:.0%}" for s in self.plan)
+        budget = (fmt_duration(self.budget) if self.unit == "seconds"
+                  else f"{self.budget:.0f} steps")
+        print(f"{'resuming' if resumed else 'training'} {self.cfg.model.name} "
+              f"({count_params(self.model) / 1e6:.2f}M params) on {self.cfg.data.dataset}, "
+              f"{self.data.num_images} images, device {self.rt.describe()}, "
+              f"world {self.dist.world}, budget {budget}\ncurriculum: {sizes}; "
+              f"warm-up {self.clock.other_s.get('warmup', 0):.1f}s (not charged); "
+              f"run dir {self.out}", flush=True)
+
+    def progress_close(self) -> None:
+        if self.dist.main:
+            self.progress.close()
+
+
+def train(cfg: Config, out: str | Path, command: str = "") -> dict:
+    trainer = Trainer(cfg, out, command)
+    try:
+        return trainer.run()
+    finally:
+        distributed.shutdown(trainer.dist)

@@ -1,0 +1,48 @@
+"""Shared helpers: tiny configs on real Fashion-MNIST, and real JPEG ImageFolder trees."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from budgetvit.config import apply_overrides
+from budgetvit.presets import fmnist
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_fmnist = pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").exists(),
+                                  reason="apt-get install dataset-fashion-mnist")
+
+
+def tiny_config(*overrides: str):
+    """A model small enough that a test trains it in seconds on 2 cores."""
+    cfg = fmnist()
+    apply_overrides(cfg, ["model.dim=32", "model.depth=2", "model.heads=2",
+                          "train.batch_size=64", "train.eval_batch_size=1000",
+                          "train.warmup_steps=1", "train.log_every=5",
+                          "curriculum.stages=16:0.5,28:0.5", *overrides])
+    return cfg
+
+
+def fmnist_images(n: int, split: str = "test"):
+    from budgetvit.data import fashion_mnist
+    x, y = fashion_mnist.load(split)
+    return x[:n, 0].numpy(), y[:n].tolist()
+
+
+def write_image_tree(root: Path, per_class_train: int = 12, per_class_val: int = 4,
+                     classes=("bag", "coat", "sneaker"), sizes=((48, 40), (64, 64), (90, 70))):
+    """root/{train,val}/<class>/*.jpg: real Fashion-MNIST images of three classes, written as
+    RGB JPEGs at several sizes (labels: Bag=8, Coat=4, Sneaker=7)."""
+    wanted = {"bag": 8, "coat": 4, "sneaker": 7}
+    images, labels = fmnist_images(2000)
+    for split, count in (("train", per_class_train), ("val", per_class_val)):
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            picks = [i for i, l in enumerate(labels) if l == wanted[name]]
+            offset = 0 if split == "train" else per_class_train
+            for j, i in enumerate(picks[offset:offset + count]):
+                w, h = sizes[j % len(sizes)]
+                img = Image.fromarray(images[i]).convert("RGB").resize((w, h))
+                img.save(folder / f"{name}_{j:03d}.jpg", quality=90)
+    return root

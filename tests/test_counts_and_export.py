@@ -1,0 +1,49 @@
+"""FLOP counts against torch's FlopCounterMode, the info command, and safetensors export."""
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from budgetvit.cli import main
+from budgetvit.export import load_weights, save_weights
+from budgetvit.models import create_model, forward_flops, train_flops
+
+
+@pytest.mark.parametrize("name", ["vit_ti16", "vit_ti16_local", "vit_micro4_local"])
+@pytest.mark.parametrize("size", [32, 64, (64, 96)])
+def test_forward_flops_match_torch_flop_counter(name, size):
+    model = create_model(name, depth=2, num_classes=10)
+    h, w = (size, size) if isinstance(size, int) else size
+    # The math SDPA backend runs attention as matmuls, which the counter sees (the fused CPU
+    # kernel is invisible to it).
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 3, h, w))
+    assert forward_flops(model.cfg, (h, w)) == counter.get_total_flops()
+
+
+def test_train_flops_are_three_forwards():
+    cfg = create_model("vit_s16").cfg
+    assert train_flops(cfg, 224) == 3 * forward_flops(cfg, 224)
+    assert 9.0e9 < forward_flops(cfg, 224) < 9.4e9  # ViT-S/16 at 224: ~4.6 GMACs
+
+
+def test_info_prints_counts_at_every_size(capsys):
+    assert main(["info", "--model", "vit_s16_local"]) == 0
+    out = capsys.readouterr().out
+    assert "22,193,512" in out and "plain vit_s16: 22,050,664" in out
+    for size in (32, 64, 96, 128, 160, 192, 224):
+        assert f"\n{size:>6} " in out
+    gflops_224 = float(out.strip().splitlines()[-1].split()[-1])
+    assert gflops_224 == pytest.approx(forward_flops(create_model("vit_s16_local").cfg, 224) / 1e9,
+                                       abs=1e-3)
+
+
+def test_safetensors_roundtrip(tmp_path):
+    model = create_model("vit_micro4_local", num_classes=10, in_chans=1).eval()
+    save_weights(model, tmp_path / "w.safetensors")
+    assert (tmp_path / "w.json").exists()
+    loaded = load_weights(tmp_path / "w.safetensors").eval()
+    assert loaded.cfg == model.cfg
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))

@@ -1,0 +1,129 @@
+"""Malformed input of every kind: one line on stderr naming the problem, exit code 2, and no
+work started. Also: a crafted pickle checkpoint is refused instead of run."""
+import os
+import pickle
+
+import pytest
+
+from budgetvit.cli import main
+from budgetvit.config import Config, ConfigError, apply_overrides, from_dict, validate
+
+# (arguments after `budgetvit`, a fragment the one-line error must contain)
+CASES = [
+    (["train", "--budget", "0s"], "train.budget must be positive"),
+    (["train", "--budget", "-5m"], "expected a duration like 90s"),
+    (["train", "--budget", "five minutes"], "expected a duration like 90s"),
+    (["train", "--budget", "5x"], "expected a duration like 90s"),
+    (["train", "--budget", "2.5steps"], "step count must be whole"),
+    (["train", "--preset", "imagenet"], "unknown preset 'imagenet'; choose one of: fmnist"),
+    (["train", "--set", "optim.lrr=1"], "unknown config key 'optim.lrr'; optim keys: lr"),
+    (["train", "--set", "optimizer.lr=1"], "unknown config section 'optimizer'"),
+    (["train", "--set", "optim.lr"], "--set expects key=value, got 'optim.lr'"),
+    (["train", "--set", "optim.lr=fast"], "optim.lr: expected float, got 'fast'"),
+    (["train", "--set", "optim.lr=0"], "optim.lr=0.0 must be > 0"),
+    (["train", "--set", "optim.min_lr=1"], "optim.min_lr=1.0 is above optim.lr"),
+    (["train", "--set", "optim.decay=step"], "optim.decay='step' is not allowed; choose one of: cosine, linear"),
+    (["train", "--set", "train.batch_size=0"], "train.batch_size=0 must be >= 1"),
+    (["train", "--set", "train.batch_size=12.5"], "train.batch_size: expected int, got '12.5'"),
+    (["train", "--set", "train.ema=maybe"], "train.ema: expected true/false, got 'maybe'"),
+    (["train", "--set", "train.device=tpu"], "train.device='tpu' is not allowed"),
+    (["train", "--set", "model.name=vit_huge"], "model.name='vit_huge' is not allowed"),
+    (["train", "--set", "model.heads=5"], "model.dim=96 is not divisible by model.heads=5"),
+    (["train", "--set", "model.drop_path=1.5"], "model.drop_path=1.5 must be <= 0.99"),
+    (["train", "--set", "curriculum.final_size_px=30", "curriculum.mode=off"],
+     "curriculum.final_size_px=30 is not a multiple of model.patch_size=4"),
+    (["train", "--set", "curriculum.mode=paper", "curriculum.start_size_px=18"],
+     "curriculum.start_size_px=18 is not a multiple of model.patch_size=4"),
+    (["train", "--set", "curriculum.mode=paper", "curriculum.start_size_px=32"],
+     "curriculum.final_size_px=28 is below curriculum.start_size_px=32"),
+    (["train", "--set", "curriculum.stages=16:0.5,28:0.4"], "shares must sum to 1"),
+    (["train", "--set", "curriculum.stages=16-0.5"], "expected 'size:share,...'"),
+    (["train", "--set", "curriculum.stages=16:0.5,24:0.5"], "must end at curriculum.final_size_px=28"),
+    (["train", "--set", "curriculum.mode=grow"], "curriculum.mode='grow' is not allowed"),
+    (["train", "--set", "aug.crop_scale_min=0"], "aug.crop_scale_min=0.0 must be >= 0.01"),
+    (["train", "--set", "data.dataset=cifar"], "data.dataset='cifar' is not allowed"),
+    (["train", "--set", "data.dataset=imagefolder"], "needs a root: --set data.path="),
+    (["train", "--set", "data.dataset=imagefolder", "data.path=/nonexistent/imagenet",
+      "train.budget=5s"], "no train/ folder in /nonexistent/imagenet"),
+    (["train", "--set", "data.path=/nonexistent/fmnist", "train.budget=5s"],
+     "no Fashion-MNIST train files"),
+    (["train", "--set", "checkpoint.keep=0"], "checkpoint.keep=0 must be >= 1"),
+    (["train", "--budget", "5s", "--out", "/proc/budgetvit-run"], "--out /proc/budgetvit-run is not writable"),
+    (["eval", "--checkpoint", "/nonexistent/ckpt.pt"], "checkpoint /nonexistent/ckpt.pt does not exist"),
+    (["eval", "--checkpoint", "CORRUPT"], "cannot read checkpoint"),
+    (["eval", "--checkpoint", "EMPTYDIR"], "no checkpoints in"),
+    (["predict", "--checkpoint", "CRAFTED", "x.png"], "refusing to load"),
+    (["eval", "--checkpoint", "x", "--img-size", "0"], "image sizes must be positive"),
+    (["eval", "--checkpoint", "x", "--img-size", "big"], "expected sizes like 64,128,224"),
+    (["info", "--model", "vit_s16", "--sizes", "100"], "100 is not a multiple of the patch size 16"),
+    (["info", "--model", "resnet50"], "unknown model 'resnet50'"),
+    (["speed", "--batch-size", "0"], "must be >= 1, got 0"),
+    (["bogus"], "invalid choice: 'bogus'"),
+]
+
+
+class Boom:
+    """A pickle that would run a shell command when loaded with plain pickle."""
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/budgetvit-pwned",))
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"this is not a checkpoint")
+    crafted = tmp_path / "crafted.pt"
+    crafted.write_bytes(pickle.dumps({"model": Boom()}))
+    empty = tmp_path / "emptyrun"
+    empty.mkdir()
+    return {"CORRUPT": str(corrupt), "CRAFTED": str(crafted), "EMPTYDIR": str(empty)}
+
+
+def test_at_least_25_cases():
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("args,fragment", CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
+def test_malformed_input_gives_one_line_and_exit_2(args, fragment, bad_files, capsys, tmp_path,
+                                                   monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a default runs/ folder would land here
+    code = run_cli([bad_files.get(a, a) for a in args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ")
+    assert fragment in err
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def run_cli(args) -> int:
+    """Exit code of `budgetvit ARGS` (argparse errors exit through SystemExit)."""
+    try:
+        return main(args)
+    except SystemExit as e:
+        return e.code
+
+
+def test_crafted_pickle_is_refused_and_never_runs(bad_files):
+    from budgetvit.checkpoint import CheckpointError, load
+    if os.path.exists("/tmp/budgetvit-pwned"):
+        os.remove("/tmp/budgetvit-pwned")
+    with pytest.raises(CheckpointError, match="refusing to load .* would run code"):
+        load(bad_files["CRAFTED"])
+    assert not os.path.exists("/tmp/budgetvit-pwned")
+
+
+def test_config_values_are_parsed_never_evaluated():
+    cfg = Config()
+    with pytest.raises(ConfigError, match="expected float"):
+        apply_overrides(cfg, ["optim.lr=__import__('os').getcwd()"])
+    apply_overrides(cfg, ["data.path=__import__('os')"])
+    assert cfg.data.path == "__import__('os')"  # just a string
+
+
+def test_config_roundtrips_through_dict():
+    cfg = Config()
+    apply_overrides(cfg, ["optim.lr=3e-3", "model.dim=64", "train.ema=false"])
+    again = from_dict(cfg.to_dict())
+    assert again == cfg
+    validate(again)

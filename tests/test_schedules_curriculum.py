@@ -1,0 +1,74 @@
+"""Learning-rate schedule and image-size curriculum as functions of budget progress."""
+import math
+
+import pytest
+
+from budgetvit import curriculum
+from budgetvit.config import Config
+from budgetvit.schedules import lr_at
+
+
+def test_lr_warmup_and_cosine_endpoints():
+    peak, floor, warm = 1e-3, 1e-5, 0.1
+    assert lr_at(0.0, peak, floor, warm) == 0.0
+    assert lr_at(0.05, peak, floor, warm) == pytest.approx(peak / 2)
+    assert lr_at(warm, peak, floor, warm) == pytest.approx(peak)
+    assert lr_at(0.55, peak, floor, warm) == pytest.approx((peak + floor) / 2)  # cosine midpoint
+    assert lr_at(1.0, peak, floor, warm) == pytest.approx(floor, abs=1e-15)
+    assert lr_at(1.7, peak, floor, warm) == pytest.approx(floor, abs=1e-15)  # clamped
+
+
+def test_lr_linear_decay_and_monotone():
+    peak, floor = 2.0, 0.0
+    assert lr_at(0.6, peak, floor, 0.2, "linear") == pytest.approx(1.0)
+    values = [lr_at(p / 100, 1.0, 0.01, 0.05) for p in range(5, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    with pytest.raises(ValueError, match="decay"):
+        lr_at(0.5, 1.0, 0.0, 0.1, "step")
+
+
+def test_lr_without_warmup_starts_at_peak():
+    assert lr_at(0.0, 1.0, 0.0, 0.0) == 1.0
+
+
+def test_paper_sizes_are_multiples_up_to_final():
+    assert curriculum.paper_sizes(32, 32, 224) == [32, 64, 96, 128, 160, 192, 224]
+    assert curriculum.paper_sizes(16, 8, 28) == [16, 24, 28]
+    for s in curriculum.paper_sizes(64, 32, 224):
+        assert s % 16 == 0
+
+
+def test_paper_rule_converts_epochs_to_budget_shares():
+    # 2 epochs per size; an epoch at 16 px takes 10 s, at 20 px 20 s; budget 100 s.
+    shares = curriculum.paper_shares([16, 20, 24], 2.0, {16: 10.0, 20: 20.0, 24: 40.0}, 100.0)
+    assert shares == [(16, pytest.approx(0.2)), (20, pytest.approx(0.4)),
+                      (24, pytest.approx(0.4))]
+    plan = curriculum.from_shares(shares)
+    assert [(s.size, s.start, s.end) for s in plan] == [
+        (16, 0.0, pytest.approx(0.2)), (20, pytest.approx(0.2), pytest.approx(0.6)),
+        (24, pytest.approx(0.6), 1.0)]
+    assert curriculum.size_at(plan, 0.0) == 16
+    assert curriculum.size_at(plan, 0.59) == 20
+    assert curriculum.size_at(plan, 0.6) == 24
+    assert curriculum.size_at(plan, 1.0) == 24
+
+
+def test_paper_rule_truncates_when_budget_ends_early():
+    shares = curriculum.paper_shares([16, 20, 24], 5.0, {16: 10.0, 20: 20.0, 24: 40.0}, 80.0)
+    assert [s for s, _ in shares] == [16, 20]
+    assert math.isclose(sum(sh for _, sh in shares), 1.0)
+
+
+def test_make_plan_for_each_mode():
+    cfg = Config()
+    cfg.curriculum.mode, cfg.curriculum.stages = "stages", "16:0.5,20:0.25,28:0.25"
+    plan = curriculum.make_plan(cfg, {}, 300)
+    assert [(s.size, s.start) for s in plan] == [(16, 0.0), (20, 0.5), (28, 0.75)]
+    cfg.curriculum.mode = "off"
+    assert [(s.size, s.start, s.end) for s in curriculum.make_plan(cfg, {}, 300)] == [(28, 0.0, 1.0)]
+    cfg.curriculum.mode = "paper"
+    cfg.curriculum.start_size_px, cfg.curriculum.step_px, cfg.curriculum.every_epochs = 20, 4, 1
+    plan = curriculum.make_plan(cfg, {20: 30.0, 24: 60.0, 28: 90.0}, 300.0)
+    assert [s.size for s in plan] == [20, 24, 28]
+    assert plan[1].start == pytest.approx(0.1) and plan[2].start == pytest.approx(0.3)
+    assert curriculum.planned_sizes(cfg) == [20, 24, 28]

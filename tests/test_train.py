@@ -1,0 +1,178 @@
+"""The trainer end to end on real Fashion-MNIST: summary contract, budget, curriculum,
+schedules, exact resume, eval / predict / export on a saved checkpoint, ImageFolder trees."""
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from budgetvit import checkpoint
+from budgetvit.cli import main
+from budgetvit.train import Trainer, train
+
+from .conftest import fmnist_images, needs_fmnist, tiny_config, write_image_tree
+
+pytestmark = needs_fmnist
+
+SUMMARY_KEYS = {"top1", "top5", "top1_ema", "budget_s", "train_time_s", "eval_time_s",
+                "wall_time_s", "images_seen", "epochs", "final_img_size", "stages", "model",
+                "params", "device", "world_size", "preset", "config", "code_version"}
+LOG_KEYS = {"step", "train_time_s", "img_size", "lr", "loss", "img_per_s"}
+
+
+@pytest.fixture(scope="module")
+def timed_run(tmp_path_factory):
+    """A 6-second-budget run with a two-stage curriculum (16 px, then 28 px)."""
+    out = tmp_path_factory.mktemp("timed")
+    cfg = tiny_config("train.budget=6s", "train.eval_every_s=2")
+    summary = train(cfg, out)
+    return out, cfg, summary
+
+
+def test_summary_has_the_contract_fields(timed_run):
+    out, cfg, summary = timed_run
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(on_disk)
+    assert on_disk["budget_s"] == 6.0 and on_disk["world_size"] == 1
+    assert on_disk["final_img_size"] == 28 and on_disk["preset"] == "fmnist"
+    assert on_disk["config"]["train"]["budget"] == "6s"
+    assert 0 <= on_disk["top5"] <= 100 and on_disk["top1"] <= on_disk["top5"]
+    assert on_disk["top1"] > 30  # far above chance (10%) even after 6 s
+    assert on_disk["images_seen"] == on_disk["steps"] * 64
+    assert on_disk["epochs"] == pytest.approx(on_disk["images_seen"] / 60000)
+
+
+def test_budget_is_respected_within_one_step(timed_run):
+    out, _, s = timed_run
+    logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    slowest_step = max(64 / r["img_per_s"] for r in logs)
+    assert s["train_time_s"] >= 6.0
+    assert s["overrun_s"] <= max(0.01 * 6.0, slowest_step)
+    # Evaluation is not charged to the budget, so wall time exceeds training time.
+    assert s["eval_time_s"] > 0 and s["wall_time_s"] > s["train_time_s"]
+
+
+def test_stages_grow_and_lr_ends_at_floor(timed_run):
+    out, cfg, s = timed_run
+    sizes = [st["img_size"] for st in s["stages"]]
+    assert sizes == [16, 28]
+    assert s["stages"][0]["end_s"] <= s["stages"][1]["start_s"] + 1e-6
+    assert s["stages"][1]["start_s"] == pytest.approx(3.0, abs=0.5)  # half the budget
+    assert sum(st["images"] for st in s["stages"]) == s["images_seen"]
+    peak, floor = cfg.optim.lr, cfg.optim.min_lr
+    assert floor <= s["final_lr"] <= floor + 2e-3 * (peak - floor)
+
+
+def test_log_lines_and_eval_history(timed_run):
+    out, _, s = timed_run
+    logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert logs and all(LOG_KEYS <= set(r) for r in logs)
+    assert [r["step"] for r in logs] == sorted(r["step"] for r in logs)
+    assert {r["img_size"] for r in logs} == {16, 28}
+    evals = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert len(evals) >= 3  # every 2 s of training, plus the final one
+    assert all(e["eval_images"] == 10000 for e in evals)
+    assert evals[-1]["top1"] == s["top1"]
+
+
+def _weights(path):
+    return checkpoint.load(path)["model"]
+
+
+def test_resume_after_interruption_gives_identical_weights(tmp_path):
+    """Deterministic step-budget runs: stop one at step 23 (after its step-20 checkpoint,
+    losing 3 steps), rerun the same command, and compare with an uninterrupted run."""
+    args = ("train.budget=40steps", "checkpoint.every_steps=10", "train.deterministic=true",
+            "model.drop_path=0.1", "aug.mixup=0.2", "aug.random_erasing=0.25")
+    train(tiny_config(*args), tmp_path / "straight")
+
+    crashing = Trainer(tiny_config(*args), tmp_path / "resumed")
+    real_step = crashing.step
+
+    def step_then_crash(*a):
+        if crashing.clock.steps == 23:
+            raise RuntimeError("simulated crash")
+        return real_step(*a)
+    crashing.step = step_then_crash
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashing.run()
+    assert checkpoint.list_checkpoints(tmp_path / "resumed")[-1].name == "step_00000020.pt"
+
+    summary = train(tiny_config(*args), tmp_path / "resumed")
+    assert summary["steps"] == 40
+    a = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "straight")[-1])
+    b = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "resumed")[-1])
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
+    assert a["data"] == b["data"] and a["stages"][0]["images"] == b["stages"][0]["images"]
+
+
+def test_eval_predict_and_export_on_a_checkpoint(timed_run, tmp_path, capsys):
+    out, _, s = timed_run
+    assert main(["eval", "--checkpoint", str(out), "--img-size", "28", "16"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = {int(line.split()[0]): line.split()[1:] for line in lines[2:]}
+    assert set(rows) == {28, 16}
+    assert float(rows[28][0]) == pytest.approx(s["top1"], abs=0.01)
+    assert float(rows[28][2]) == pytest.approx(s["top1_ema"], abs=0.01)
+
+    images, labels = fmnist_images(3)
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(tmp_path / f"img{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    assert main(["predict", "--checkpoint", str(out), *map(str, paths)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        ranked = line.split(": ", 1)[1].split(", ")
+        assert len(ranked) == 5
+        probs = [float(r.rsplit(" ", 1)[1].rstrip("%")) for r in ranked]
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 100.05
+
+    assert main(["export", "--checkpoint", str(out), "--out", str(tmp_path / "w.safetensors")]) == 0
+    from budgetvit.export import load_weights
+    model = load_weights(tmp_path / "w.safetensors")
+    assert model.cfg.in_chans == 1 and model.cfg.num_classes == 10
+
+
+def test_imagefolder_tree_of_real_jpegs(tmp_path):
+    root = write_image_tree(tmp_path / "tree")
+    cfg = tiny_config("data.dataset=imagefolder", f"data.path={root}", "data.num_workers=0",
+                      "train.batch_size=12", "train.budget=6steps", "train.eval_batch_size=5",
+                      "curriculum.stages=16:0.5,32:0.5", "curriculum.final_size_px=32")
+    summary = train(cfg, tmp_path / "run")
+    assert summary["steps"] == 6 and [st["img_size"] for st in summary["stages"]] == [16, 32]
+    assert summary["evals"][-1]["eval_images"] == 12  # 3 classes x 4 val images
+    state = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "run")[-1])
+    assert state["classes"] == ["bag", "coat", "sneaker"]  # sorted folder names
+    assert state["model_config"]["in_chans"] == 3
+
+
+def test_nonfinite_steps_are_skipped_then_rolled_back_then_stop(tmp_path, monkeypatch):
+    from budgetvit.train import TrainingStopped
+    cfg = tiny_config("train.budget=30steps", "checkpoint.every_steps=5", "train.max_bad_steps=3",
+                      "train.max_rollbacks=1", "train.deterministic=true")
+    trainer = Trainer(cfg, tmp_path / "nan")
+    real_loss = trainer.loss_fn
+    bad_steps = {7, 12, 13, 14}  # one isolated NaN, then three in a row -> one rollback
+
+    def loss_fn(logits, y):
+        loss = real_loss(logits, y)
+        return loss * math.nan if trainer.clock.steps + 1 in bad_steps else loss
+    trainer.loss_fn = loss_fn
+    summary = trainer.run()
+    assert summary["faults"]["nonfinite_steps"] == 4
+    assert summary["faults"]["rollbacks"] == 1
+    assert summary["steps"] == 30
+    assert math.isfinite(summary["top1"])
+
+    # NaN at every step from step 3 on: rollback once, then stop with the step range.
+    bad_steps.update(range(3, 100))
+    trainer = Trainer(cfg, tmp_path / "nan2")
+    trainer.loss_fn = loss_fn
+    with pytest.raises(TrainingStopped, match=r"non-finite loss or gradient in steps \d+-\d+ "
+                                              r"after 1 rollbacks"):
+        trainer.run()
