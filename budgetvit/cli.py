@@ -89,7 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--trainer", action="store_true",
                    help="also time the full trainer step on the same model, batch and size")
+    for module in command_modules():
+        module.add_arguments(sub.add_parser(module.COMMAND, help=module.HELP))
     return p
+
+
+# Subcommands that live in their own modules; each defines COMMAND, HELP, add_arguments(parser)
+# and run(args) -> exit code.
+EXTRA_COMMANDS = ["budgetvit.bench", "budgetvit.report", "budgetvit.data.prepare",
+                  "budgetvit.data.bench_data"]
+
+
+def command_modules():
+    import importlib
+    import importlib.util
+    return [importlib.import_module(name) for name in EXTRA_COMMANDS
+            if importlib.util.find_spec(name) is not None]
 
 
 def cmd_train(args) -> int:
@@ -124,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"train": cmd_train, "eval": commands.cmd_eval, "predict": commands.cmd_predict,
                 "export": commands.cmd_export, "info": commands.cmd_info,
                 "speed": commands.cmd_speed}
+    handlers.update({m.COMMAND: m.run for m in command_modules()})
     try:
         return handlers[args.command](args)
     except (ConfigError, CheckpointError, FileNotFoundError) as e:

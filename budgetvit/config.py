@@ -7,6 +7,7 @@ No value is ever evaluated as code: strings are parsed by the field's declared t
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    dataset: str = "fashion_mnist"  # fashion_mnist | imagefolder | synthetic
+    dataset: str = "fashion_mnist"  # fashion_mnist | imagefolder | cache | synthetic
     path: str = ""  # dataset root; empty = the dataset's default location
     num_workers: int = -1  # loader worker processes; -1 = one per CPU core
     synthetic_images: int = 10_000  # size of the synthetic dataset
@@ -255,9 +256,18 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.base_img_size={shape.base_img_size} is not a multiple of "
                           f"model.patch_size={P}")
 
-    _choice("data.dataset", d.dataset, ["fashion_mnist", "imagefolder", "synthetic"])
+    _choice("data.dataset", d.dataset, ["fashion_mnist", "imagefolder", "cache", "synthetic"])
     if d.dataset == "imagefolder" and not d.path:
         raise ConfigError("data.dataset=imagefolder needs a root: --set data.path=/path/to/imagenet")
+    if d.dataset == "cache" and not d.path:
+        raise ConfigError("data.dataset=cache needs the directory `budgetvit prepare` made: "
+                          "--set data.path=/path/to/cache")
+    # Paths are checked here, before the run directory or any data is touched.
+    if d.dataset == "imagefolder" and not os.path.isdir(os.path.join(d.path, "train")):
+        raise ConfigError(f"data.path: no train/ folder in {d.path} (expected "
+                          f"{os.path.join(d.path, 'train')}/<class>/<image>)")
+    if d.dataset in ("fashion_mnist", "cache") and d.path and not os.path.isdir(d.path):
+        raise ConfigError(f"data.path: {d.path} is not a directory")
     _range("data.num_workers", d.num_workers, -1)
     _range("data.synthetic_images", d.synthetic_images, 1)
     _range("data.synthetic_classes", d.synthetic_classes, 2)

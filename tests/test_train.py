@@ -38,17 +38,18 @@ def test_summary_has_the_contract_fields(timed_run):
     assert on_disk["final_img_size"] == 28 and on_disk["preset"] == "fmnist"
     assert on_disk["config"]["train"]["budget"] == "6s"
     assert 0 <= on_disk["top5"] <= 100 and on_disk["top1"] <= on_disk["top5"]
-    assert on_disk["top1"] > 30  # far above chance (10%) even after 6 s
+    assert on_disk["top1"] == on_disk["evals"][-1]["top1"]
     assert on_disk["images_seen"] == on_disk["steps"] * 64
     assert on_disk["epochs"] == pytest.approx(on_disk["images_seen"] / 60000)
 
 
 def test_budget_is_respected_within_one_step(timed_run):
     out, _, s = timed_run
-    logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    slowest_step = max(64 / r["img_per_s"] for r in logs)
     assert s["train_time_s"] >= 6.0
-    assert s["overrun_s"] <= max(0.01 * 6.0, slowest_step)
+    # The run stops at the first step that crosses the budget: the overrun is at most that
+    # step, and a step of this tiny model is far below 1% of the budget on an idle machine.
+    assert 0 <= s["overrun_s"] <= max(0.01 * 6.0, s["last_step_s"])
+    assert s["last_step_s"] < 1.0
     # Evaluation is not charged to the budget, so wall time exceeds training time.
     assert s["eval_time_s"] > 0 and s["wall_time_s"] > s["train_time_s"]
 
@@ -58,7 +59,9 @@ def test_stages_grow_and_lr_ends_at_floor(timed_run):
     sizes = [st["img_size"] for st in s["stages"]]
     assert sizes == [16, 28]
     assert s["stages"][0]["end_s"] <= s["stages"][1]["start_s"] + 1e-6
-    assert s["stages"][1]["start_s"] == pytest.approx(3.0, abs=0.5)  # half the budget
+    assert s["plan"][1]["start"] == 0.5
+    # The switch happens at the first step after half the budget (3 s), never before.
+    assert 3.0 <= s["stages"][1]["start_s"] < 4.0
     assert sum(st["images"] for st in s["stages"]) == s["images_seen"]
     peak, floor = cfg.optim.lr, cfg.optim.min_lr
     assert floor <= s["final_lr"] <= floor + 2e-3 * (peak - floor)
@@ -76,8 +79,10 @@ def test_log_lines_and_eval_history(timed_run):
     assert evals[-1]["top1"] == s["top1"]
 
 
-def _weights(path):
-    return checkpoint.load(path)["model"]
+def test_learns_fashion_mnist_within_a_step_budget(tmp_path):
+    """Machine-independent learning check: 150 steps of a tiny ViT, far above chance (10%)."""
+    summary = train(tiny_config("train.budget=150steps", "train.ema=false"), tmp_path)
+    assert summary["top1"] > 30.0  # 39.6% when written
 
 
 def test_resume_after_interruption_gives_identical_weights(tmp_path):
@@ -90,10 +95,10 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
     crashing = Trainer(tiny_config(*args), tmp_path / "resumed")
     real_step = crashing.step
 
-    def step_then_crash(*a):
+    def step_then_crash(*a, **kw):
         if crashing.clock.steps == 23:
             raise RuntimeError("simulated crash")
-        return real_step(*a)
+        return real_step(*a, **kw)
     crashing.step = step_then_crash
     with pytest.raises(RuntimeError, match="simulated crash"):
         crashing.run()
@@ -158,10 +163,16 @@ def test_nonfinite_steps_are_skipped_then_rolled_back_then_stop(tmp_path, monkey
     trainer = Trainer(cfg, tmp_path / "nan")
     real_loss = trainer.loss_fn
     bad_steps = {7, 12, 13, 14}  # one isolated NaN, then three in a row -> one rollback
+    transient = set(bad_steps)
 
     def loss_fn(logits, y):
         loss = real_loss(logits, y)
-        return loss * math.nan if trainer.clock.steps + 1 in bad_steps else loss
+        step = trainer.clock.steps + 1
+        if step in bad_steps:
+            if step in transient:  # after a rollback these steps are replayed cleanly
+                bad_steps.discard(step)
+            return loss * math.nan
+        return loss
     trainer.loss_fn = loss_fn
     summary = trainer.run()
     assert summary["faults"]["nonfinite_steps"] == 4
@@ -171,6 +182,7 @@ def test_nonfinite_steps_are_skipped_then_rolled_back_then_stop(tmp_path, monkey
 
     # NaN at every step from step 3 on: rollback once, then stop with the step range.
     bad_steps.update(range(3, 100))
+    transient.clear()
     trainer = Trainer(cfg, tmp_path / "nan2")
     trainer.loss_fn = loss_fn
     with pytest.raises(TrainingStopped, match=r"non-finite loss or gradient in steps \d+-\d+ "

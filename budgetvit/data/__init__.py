@@ -5,6 +5,7 @@ float in [0, 1]; the trainer normalises. The data position (epoch, batch) is the
 from __future__ import annotations
 
 from . import fashion_mnist, synthetic
+from .cache_loader import CacheData
 from .imagefolder import FolderData
 from .memory import MemoryData
 
@@ -23,5 +24,8 @@ def build_data(cfg, device, rank: int = 0, world: int = 1):
         test = synthetic.make(max(d.synthetic_images // 10, k), k, seed=2)
         return MemoryData(train, test, classes=[str(i) for i in range(k)], mean=(0.5,) * 3,
                           std=(0.5,) * 3, **common)
+    if d.dataset == "cache":  # made by `budgetvit prepare`; same interface as the tree
+        return CacheData(d.path, num_workers=d.num_workers, size=cfg.curriculum.final_size_px,
+                         **common)
     return FolderData(d.path, num_workers=d.num_workers, size=cfg.curriculum.final_size_px,
                       **common)

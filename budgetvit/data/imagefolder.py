@@ -41,15 +41,20 @@ def scan(root: str | Path, split: str, class_to_idx: dict | None = None):
     return samples, classes, class_to_idx
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB from any PIL mode (grayscale, CMYK, 16-bit, palette, alpha); loads the pixels."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale
+        img = img.point(lambda v: v / 256).convert("L")
+    return img.convert("RGB")
+
+
 def open_rgb(path: str) -> Image.Image:
     """Decode any PIL-readable file to 8-bit RGB (grayscale, CMYK, 16-bit, palette included)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # EXIF/ICC chatter from odd files is not our business
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale
-                img = img.point(lambda v: v / 256).convert("L")
-            return img.convert("RGB")
+            return to_rgb(img)
 
 
 class FolderDataset(Dataset):

@@ -1,0 +1,464 @@
+"""budgetvit bench: several arms x several seeds under one budget, one run after another.
+
+An arm is a named change of the preset's config (plain ViT, + locality FFN, + curriculum, ...),
+written as `--set` overrides so that every run's exact command can be read, copied and rerun.
+Each run is its own `budgetvit train` process (a clean process and a clean clock) in
+OUT/<arm>/seed<k>; a run directory with summary.json is done and skipped, one with only a
+checkpoint resumes by itself. At the end OUT/results.json and OUT/results.md aggregate every
+finished run in OUT, and the plots of `budgetvit report` are drawn. BENCHMARK.md has the rules.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import re
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .config import Config, ConfigError, apply_overrides, parse_budget, validate
+from .summary import write_json_atomic
+
+COMMAND, HELP = "bench", "run arms x seeds under one budget; results.json + results.md"
+
+
+# ---------------------------------------------------------------- the named benchmarks
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One row of BENCHMARK.md as code: what it trains and the limits a run must keep."""
+    preset: str
+    budget: str
+    overrides: tuple[str, ...] = ()
+    env: dict = field(default_factory=dict)  # set for every run (e.g. CPU thread count)
+    cpu_cores: int | None = None  # cores a run may use (None: not limited)
+    gpus: int = 0
+    warmup_cap_s: float = 0.0  # untimed compile/shape warm-up allowed per run
+    prep_cap_s: float = 0.0  # one-time dataset preprocessing allowed (reported separately)
+
+
+BENCHMARKS = {
+    "imagenet1k-1gpu-24h": Benchmark("imagenet-1gpu-24h", "24h", ("train.device=cuda",),
+                                     gpus=1, warmup_cap_s=1800.0, prep_cap_s=4 * 3600.0),
+    "fmnist-cpu-5m": Benchmark("fmnist", "5m", ("train.device=cpu",), {"OMP_NUM_THREADS": "2"},
+                               cpu_cores=2, warmup_cap_s=60.0),
+    "fmnist-cpu-1m": Benchmark("fmnist", "1m", ("train.device=cpu",), {"OMP_NUM_THREADS": "2"},
+                               cpu_cores=2, warmup_cap_s=60.0),
+}
+
+
+# ---------------------------------------------------------------- arms
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    about: str
+    overrides: Callable[[Config], list[str]]  # base config -> the arm's --set pairs
+
+
+def _model(cfg: Config, local: bool, act: str | None = None) -> list[str]:
+    """The preset's model shape, plain or with the locality FFN. Fields a preset or --set may
+    have pinned (ffn, act, bias) are cleared so the arm is exactly what its name says."""
+    base = cfg.model.name.removesuffix("_local")
+    out = [f"model.name={base}_local" if local else f"model.name={base}"]
+    out += [f"model.{k}=none" for k in ("ffn", "act", "ffn_bias")
+            if getattr(cfg.model, k) is not None and not (k == "act" and act)]
+    return out + ([f"model.act={act}"] if act else [])
+
+
+def _curriculum(cfg: Config, on: bool) -> list[str]:
+    """Off: train at the final size throughout. On: the preset's own curriculum, or the paper's
+    rule with the preset's S0/M/N when the preset has none (e.g. the DeiT baseline preset)."""
+    if not on:
+        return ["curriculum.mode=off"]
+    return [] if cfg.curriculum.mode != "off" else ["curriculum.mode=paper"]
+
+
+ABLATION = [
+    Arm("vit", "plain ViT (GELU MLP), final size throughout: the DeiT recipe",
+        lambda c: _model(c, False) + _curriculum(c, False)),
+    Arm("vit+local", "+ locality FFN (3x3 depthwise conv, h-swish)",
+        lambda c: _model(c, True) + _curriculum(c, False)),
+    Arm("vit+curriculum", "+ image-size curriculum (the preset's)",
+        lambda c: _model(c, False) + _curriculum(c, True)),
+    Arm("vit+local+curriculum", "+ both (the paper's method)",
+        lambda c: _model(c, True) + _curriculum(c, True)),
+]
+OPTIONAL = [
+    Arm("vit+local-gelu", "locality FFN with GELU instead of h-swish",
+        lambda c: _model(c, True, "gelu") + _curriculum(c, False)),
+    Arm("vit+local-gelu+curriculum", "locality FFN with GELU, + curriculum",
+        lambda c: _model(c, True, "gelu") + _curriculum(c, True)),
+]
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _paper(s0: int, m: int, n: float, about: str) -> Arm:
+    return Arm(f"paper-S{s0}-M{m}-N{_num(n)}", f"{about}: {s0} px, +{m} px every {_num(n)} epochs",
+               lambda c: ["curriculum.mode=paper", f"curriculum.start_size_px={s0}",
+                          f"curriculum.step_px={m}", f"curriculum.every_epochs={_num(n)}"])
+
+
+def _stages(name: str, sizes: list[int], shares: list[float], about: str) -> Arm:
+    # Shares printed with 4 decimals, the last one taking the rounding so they sum to 1.
+    text = [f"{s:.4f}".rstrip("0").rstrip(".") for s in shares[:-1]]
+    text.append(f"{1 - sum(float(t) for t in text):.4f}".rstrip("0").rstrip("."))
+    stages = ",".join(f"{size}:{share}" for size, share in zip(sizes, text))
+    return Arm(f"stages-{name}-{'-'.join(map(str, sizes))}", f"{about}: {stages}",
+               lambda c: ["curriculum.mode=stages", f"curriculum.stages={stages}"])
+
+
+def sweep_arms(cfg: Config) -> list[Arm]:
+    """Curriculum settings around the preset's S0 (start), M (increment), N (epochs per size),
+    one hyperparameter changed at a time as in the paper's analysis, plus two budget-share
+    plans. The model is the preset's; the ablation's fixed-size arm is the reference."""
+    from .curriculum import paper_sizes
+    c = cfg.curriculum
+    s0, m, n, final = c.start_size_px, c.step_px, c.every_epochs, c.final_size_px
+    arms = [_paper(s0, m, n, "the preset's rule"),
+            _paper(s0, m, n / 2, "grow twice as fast"),
+            _paper(s0, m, n * 2, "grow half as fast")]
+    if s0 + m < final:
+        arms.append(_paper(s0 + m, m, n, "start one step larger"))
+    if s0 + 2 * m <= final:
+        arms.append(_paper(s0, 2 * m, n, "twice the increment"))
+    sizes = paper_sizes(s0, m, final)
+    arms.append(_stages("equal", sizes, [1 / len(sizes)] * len(sizes), "equal budget shares"))
+    if len(sizes) > 2:
+        arms.append(_stages("half", [s0, final], [0.5, 0.5], "half the budget at each end"))
+    return [a for a in arms if arm_config(cfg, a, check=False)]  # e.g. sizes off the patch grid
+
+
+def all_arms(cfg: Config) -> dict[str, Arm]:
+    return {a.name: a for a in [*ABLATION, *OPTIONAL, *sweep_arms(cfg)]}
+
+
+def arm_config(base: Config, arm: Arm, check: bool = True) -> Config | None:
+    """The arm's full config, validated; an invalid one raises (check) or gives None."""
+    cfg = apply_overrides(copy.deepcopy(base), arm.overrides(base))
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        if check:
+            raise ConfigError(f"arm {arm.name}: {e}") from None
+        return None
+    return cfg
+
+
+# ---------------------------------------------------------------- aggregation (pure)
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _stats(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    std = statistics.stdev(values) if len(values) > 1 else 0.0  # sample std (ddof=1)
+    return {"mean": statistics.fmean(values), "std": std, "min": min(values), "max": max(values)}
+
+
+def _violations(seed: int, s: dict, caps: Benchmark | None) -> list[str]:
+    """A named benchmark's limits that this run's summary broke (BENCHMARK.md rules 1, 2)."""
+    out = []
+    if caps and caps.warmup_cap_s and s.get("warmup_time_s", 0) > caps.warmup_cap_s:
+        out.append(f"seed{seed}: warm-up {s['warmup_time_s']:.0f}s over the "
+                   f"{caps.warmup_cap_s:.0f}s cap")
+    # The trainer stops at the first step boundary past the budget: more is a clock fault.
+    if caps and s.get("last_step_s") and (s.get("overrun_s") or 0) > 1.5 * s["last_step_s"]:
+        out.append(f"seed{seed}: {s['overrun_s']:.2f}s over the budget, its last step took "
+                   f"{s['last_step_s']:.2f}s")
+    return out
+
+
+def aggregate(runs: dict[str, dict[int, dict]], caps: Benchmark | None = None) -> dict:
+    """{arm: {seed: summary}} -> per arm: n, seeds, stats of top1 and top1_ema, means of
+    images_seen / epochs / train_time_s / eval_time_s, and runs that broke a benchmark cap."""
+    out = {}
+    for arm, by_seed in runs.items():
+        seeds = sorted(by_seed)
+        s = [by_seed[k] for k in seeds]
+        ema = [x["top1_ema"] for x in s if x.get("top1_ema") is not None]
+        mean = lambda key: statistics.fmean(x[key] for x in s)  # noqa: E731
+        out[arm] = {
+            "n": len(s), "seeds": seeds,
+            "top1": _stats([x["top1"] for x in s]),
+            "top1_ema": _stats(ema) if len(ema) == len(s) else None,
+            "images_seen": mean("images_seen"), "epochs": mean("epochs"),
+            "train_time_s": mean("train_time_s"), "eval_time_s": mean("eval_time_s"),
+            "model": s[0].get("model"), "budget": sorted({str(x.get("budget")) for x in s}),
+            "code_version": sorted({str(x.get("code_version")) for x in s}),
+            "device": sorted({str(x.get("device")) for x in s}),
+            "violations": [v for k, x in zip(seeds, s) for v in _violations(k, x, caps)],
+        }
+    return out
+
+
+def collect(out_dir: Path) -> dict[str, dict[int, dict]]:
+    """Every finished run OUT/<arm>/seed<k>/summary.json, arms in the order bench.json lists
+    them (then any others by name)."""
+    found: dict[str, dict[int, dict]] = {}
+    for path in sorted(Path(out_dir).glob("*/seed*/summary.json")):
+        if re.fullmatch(r"seed\d+", path.parent.name):
+            found.setdefault(path.parent.parent.name, {})[int(path.parent.name[4:])] = \
+                json.loads(path.read_text())
+    order = _read_json(Path(out_dir) / "bench.json").get("arms", [])
+    return {a: found[a] for a in [*[a for a in order if a in found], *sorted(set(found) - set(order))]}
+
+
+def markdown(results: dict) -> str:
+    _pm = lambda st: "–" if st is None else f"{st['mean']:.2f} ± {st['std']:.2f}"  # noqa: E731
+    head = (f"Benchmark `{results.get('benchmark')}`: preset `{results.get('preset')}`, budget "
+            f"{results.get('budget')}, top-1 in % on the evaluation split at the final size, "
+            f"mean ± sample std over seeds.\n\n")
+    rows = ["| arm | n | top-1 | top-1 min–max | EMA top-1 | images | epochs | train time |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for arm, r in results["arms"].items():
+        t = r["top1"]
+        rows.append(f"| {arm} | {r['n']} | {_pm(t)} | {t['min']:.2f}–{t['max']:.2f} | "
+                    f"{_pm(r['top1_ema'])} | {r['images_seen']:,.0f} | {r['epochs']:.2f} | "
+                    f"{r['train_time_s'] / 60:.2f} min |")
+    about = [f"- `{a}`: {r['about']}" for a, r in results["arms"].items() if r.get("about")]
+    notes = [f"- {a}: {v}" for a, r in results["arms"].items() for v in r["violations"]]
+    env = results.get("environment", {})
+    tail = ["", *about, "", "Environment: " + "; ".join(
+        f"{k} {', '.join(v) if isinstance(v, list) else v}" for k, v in env.items()) if env else ""]
+    if notes:
+        tail += ["", "Rule violations:", *notes]
+    return head + "\n".join(rows + tail).rstrip() + "\n"
+
+
+def write_results(out_dir: Path, meta: dict, caps: Benchmark | None = None,
+                  about: dict | None = None) -> dict:
+    arms = aggregate(collect(out_dir), caps)
+    for name, r in arms.items():
+        r["about"] = (about or {}).get(name, "")
+    results = {**meta, "arms": arms}
+    write_json_atomic(out_dir / "results.json", results)
+    (out_dir / "results.md").write_text(markdown(results))
+    return results
+
+
+# ---------------------------------------------------------------- the harness
+
+def environment() -> dict:
+    """What BENCHMARK.md asks every result to report. GPU facts come from nvidia-smi, so this
+    process never opens a CUDA context that would hold memory during the runs."""
+    import platform
+    import torch
+    import torchvision
+    env = {"python": platform.python_version(), "torch": torch.__version__,
+           "torchvision": torchvision.__version__, "cuda": torch.version.cuda,
+           "platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+           "cpu_cores_visible": len(os.sched_getaffinity(0))}
+    try:
+        q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                            "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        env["gpus"] = [line.strip() for line in q.stdout.splitlines() if line.strip()]
+    except (OSError, subprocess.SubprocessError):
+        env["gpus"] = []
+    return env
+
+
+def _check_hardware(name: str, bench: Benchmark | None, env: dict) -> None:
+    """Warn (not fail: the numbers are still worth keeping, marked) when the machine shows more
+    than the benchmark allows."""
+    if bench and bench.cpu_cores and env["cpu_cores_visible"] > bench.cpu_cores:
+        print(f"warning: {env['cpu_cores_visible']} CPU cores visible; {name} allows "
+              f"{bench.cpu_cores}: run under `taskset -c 0-{bench.cpu_cores - 1}`", flush=True)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = len(visible.split(",")) if visible else len(env["gpus"])
+    if bench and bench.gpus and gpus > bench.gpus:
+        print(f"warning: {gpus} GPUs visible; {name} allows {bench.gpus}: set "
+              f"CUDA_VISIBLE_DEVICES", flush=True)
+
+
+def _seeds(text: str) -> list[int]:
+    """'3' -> seeds 0, 1, 2; '0,5,7' -> exactly those."""
+    try:
+        seeds = ([int(s) for s in text.split(",") if s.strip()] if "," in text
+                 else list(range(int(text))))
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        raise ConfigError(f"--seeds: expected a count like 3 or a list like 0,5,7, got {text!r}")
+    return list(dict.fromkeys(seeds))
+
+
+def plan(args) -> tuple[str, Benchmark | None, Config, list[Arm], list[int], list[str]]:
+    """Resolve the benchmark, base config, arms and seeds; validate every arm before any run."""
+    from .presets import get_preset
+    name = args.benchmark or ("custom" if args.preset or args.budget else "fmnist-cpu-5m")
+    if name != "custom" and name not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHMARKS)}")
+    if args.benchmark and (args.preset or args.budget):
+        raise ConfigError("--benchmark fixes the preset and budget; drop --preset/--budget, or "
+                          "drop --benchmark for a custom bench")
+    bench = BENCHMARKS.get(name)
+    base = get_preset(bench.preset if bench else args.preset or "fmnist")
+    base.train.budget = bench.budget if bench else args.budget or base.train.budget
+    if any(s.split("=")[0].strip() == "train.seed" for s in args.set):
+        raise ConfigError("train.seed is set by the bench for each run; use --seeds")
+    common = [*(bench.overrides if bench else ()), *args.set]
+    apply_overrides(base, common)
+    validate(base)
+    known = all_arms(base)
+    names = [a.strip() for a in (args.arms or "").split(",") if a.strip()]
+    for a in names:
+        if a not in known:
+            raise ConfigError(f"unknown arm {a!r}; choose from: {', '.join(known)}")
+    chosen = [known[a] for a in names] or (sweep_arms(base) if args.sweep else list(ABLATION))
+    for arm in chosen:
+        arm_config(base, arm)
+    return name, bench, base, chosen, _seeds(args.seeds), common
+
+
+def train_argv(base: Config, arm: Arm, seed: int, run_dir: Path, common: list[str]) -> list[str]:
+    """The run's `budgetvit train` arguments: evaluation every tenth of a time budget (so the
+    time-to-accuracy curve exists; not charged), then --set values, the arm's own keys and the
+    seed, later ones winning."""
+    budget, unit = parse_budget(base.train.budget)
+    pre = [f"train.eval_every_s={_num(budget / 10)}"] if unit == "seconds" else []
+    return ["train", "--preset", base.preset, "--budget", base.train.budget, "--out",
+            str(run_dir), "--set", *pre, *common, *arm.overrides(base), f"train.seed={seed}"]
+
+
+def _shell(argv: list[str]) -> str:
+    return "budgetvit " + " ".join(map(shlex.quote, argv))
+
+
+def bench_command(args, out: Path) -> str:
+    """This bench as a command line, rebuilt from the parsed arguments (the same whether it
+    came from the shell, `python -m budgetvit` or a test)."""
+    argv = ["bench", *[x for f in ("benchmark", "preset", "budget", "arms", "seeds")
+                       if getattr(args, f) for x in (f"--{f}", str(getattr(args, f)))]]
+    argv += ["--out", str(out), *(["--sweep"] if args.sweep else [])]
+    return _shell(argv + (["--set", *args.set] if args.set else []))
+
+
+def _train(argv: list[str], run_dir: Path, env: dict) -> tuple[int, bool]:
+    """One `budgetvit train` process, its output appended to run_dir/train.log. Ctrl-C reaches
+    the child too (same process group); SIGTERM is passed on. Either way the child writes its
+    checkpoint before it exits, and a rerun of the bench resumes it. Returns (exit code,
+    whether SIGTERM arrived)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "train.log", "a") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "budgetvit", *argv], stdout=log,
+                                stderr=subprocess.STDOUT, env=env)
+        stopped = []
+        old = signal.signal(signal.SIGTERM, lambda *_: (stopped.append(1),
+                                                        proc.send_signal(signal.SIGTERM)))
+        try:
+            rc = proc.wait()
+        except KeyboardInterrupt:
+            rc = proc.wait()
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, old)
+    return rc, bool(stopped)
+
+
+def _run_one(head: str, argv: list[str], run_dir: Path, env: dict) -> str:
+    """Run (or skip, or resume) one arm/seed; print its one-line status. Returns 'ok',
+    'skipped', 'failed' or 'stopped'."""
+    if (run_dir / "summary.json").exists():
+        print(f"{head} done, skipping", flush=True)
+        return "skipped"
+    verb = "resuming" if (run_dir / "checkpoints").exists() else "running"
+    print(f"{head} {verb} (log {run_dir / 'train.log'})", flush=True)
+    t0 = time.perf_counter()
+    try:
+        rc, stopped = _train(argv, run_dir, env)
+    except KeyboardInterrupt:
+        rc, stopped = 130, True
+    if stopped:  # from outside: the run has checkpointed; start no other run
+        print(f"{head} interrupted; rerun the same command to resume", flush=True)
+        return "stopped"
+    s = _read_json(run_dir / "summary.json")
+    if rc != 0 or not s:
+        tail = (run_dir / "train.log").read_text(errors="replace").splitlines()[-6:]
+        print(f"{head} failed (exit {rc}); end of its log:\n    " + "\n    ".join(tail),
+              flush=True)
+        return "failed"
+    ema = f", EMA {s['top1_ema']:.2f}%" if s.get("top1_ema") is not None else ""
+    print(f"{head} top-1 {s['top1']:.2f}%{ema}, {s['epochs']:.2f} epochs, "
+          f"{time.perf_counter() - t0:.0f}s wall", flush=True)
+    return "ok"
+
+
+def run(args) -> int:
+    name, bench, base, arms, seeds, common = plan(args)
+    if args.list:
+        for a in all_arms(base).values():
+            print(f"{a.name:30s} {a.about}\n{'':30s} --set {' '.join(a.overrides(base))}")
+        return 0
+    out = Path(args.out or f"runs/bench-{name}{'-sweep' if args.sweep else ''}")
+    runs = [(a, k, out / a.name / f"seed{k}") for a in arms for k in seeds]
+    if args.dry_run:
+        for a, k, d in runs:
+            print(_shell(train_argv(base, a, k, d, common)))
+        return 0
+    # A bench folder holds one comparison: same benchmark, preset, budget and --set values.
+    meta = {"benchmark": name, "preset": base.preset, "budget": base.train.budget, "set": common}
+    old = _read_json(out / "bench.json")
+    if old and {k: old.get(k) for k in meta} != meta:
+        raise ConfigError(f"{out} holds a bench with {json.dumps({k: old.get(k) for k in meta})};"
+                          f" this one is {json.dumps(meta)}; use another --out")
+    env_info = environment()
+    _check_hardware(name, bench, env_info)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {**meta, "arms": list(dict.fromkeys([*old.get("arms", []), *(a.name for a in arms)])),
+              "commands": [*old.get("commands", []), bench_command(args, out)],
+              "runs": dict(old.get("runs", {})), "environment": env_info}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(bench.env if bench else {})}
+    failed = []
+    for i, (arm, seed, run_dir) in enumerate(runs, 1):
+        argv = train_argv(base, arm, seed, run_dir, common)
+        record["runs"][f"{arm.name}/seed{seed}"] = _shell(argv)
+        write_json_atomic(out / "bench.json", record)
+        status = _run_one(f"[{i}/{len(runs)}] {arm.name} seed {seed}:", argv, run_dir, env)
+        if status == "stopped":
+            return 130
+        if status == "failed":
+            failed.append(f"{arm.name}/seed{seed}")
+    about = {a.name: a.about for a in all_arms(base).values()}
+    rules = dataclasses.asdict(bench) if bench else None
+    results = write_results(out, {**meta, "rules": rules, "environment": env_info}, bench, about)
+    from .report import is_run, write_report
+    seed_no = lambda d: int(d.name[4:]) if d.name[4:].isdigit() else -1  # noqa: E731
+    dirs = [d for a in record["arms"] for d in sorted((out / a).glob("seed*"), key=seed_no)
+            if is_run(d)]
+    write_report(dirs, out, title=f"{name}: {base.preset}, budget {base.train.budget}")
+    print(f"\n{markdown(results)}\nresults: {out / 'results.json'}, {out / 'results.md'}; "
+          f"plots: {out / 'time_to_accuracy.png'}, {out / 'schedule.png'}", flush=True)
+    if failed:
+        print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--benchmark", help=f"named benchmark: {', '.join(BENCHMARKS)} (default "
+                   "fmnist-cpu-5m unless --preset/--budget make a custom bench)")
+    p.add_argument("--preset", help="custom bench: recipe name")
+    p.add_argument("--budget", help="custom bench: budget per run, e.g. 90s, 5m, 500steps")
+    p.add_argument("--arms", help="comma-separated arm names (see --list); default: the "
+                   "ablation, or the curriculum sweep with --sweep")
+    p.add_argument("--sweep", action="store_true", help="the curriculum sweep (S0, M, N, shares)")
+    p.add_argument("--seeds", default="3", help="a count (3 = seeds 0,1,2) or a list 0,5,7")
+    p.add_argument("--out", help="bench directory (default runs/bench-NAME[-sweep])")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every run (an arm's own keys win)")
+    p.add_argument("--dry-run", action="store_true", help="print the train commands, run nothing")
+    p.add_argument("--list", action="store_true", help="list the arms and their overrides")

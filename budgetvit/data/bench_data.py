@@ -1,0 +1,167 @@
+"""`budgetvit bench-data`: images/s of the input pipeline at each curriculum size, next to the
+pipeline users would write with plain torchvision, measured in the same run.
+
+    budgetvit bench-data --src TREE --cache CACHE --sizes 64,128,224 --workers 2
+
+Baseline: torchvision.datasets.ImageFolder(TREE/train) + transforms RandomResizedCrop(size,
+scale=(--crop-scale-min, 1)) + RandomHorizontalFlip + PILToTensor, in a DataLoader with the
+same batch size and workers (shuffle, pin_memory on CUDA), each batch moved to the device.
+Loader: CacheData on --cache (or on --src when it is a cache), else FolderData on the tree,
+with the same crop scale and flip; its batches arrive on the device like the baseline's.
+Every pipeline is started afresh for each size and its first --warmup batches (worker start-up,
+first reads) are not timed. Baseline and loader alternate --repeats times per size and the
+best run of each counts, so a burst of load from another process hits both alike.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import AugSection, ConfigError
+from . import cache
+
+COMMAND = "bench-data"
+HELP = "images/s of the data loader at each image size vs a plain torchvision pipeline"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--src", required=True,
+                   help="ImageFolder tree (train/, val/) or a cache made by budgetvit prepare")
+    p.add_argument("--cache", help="cache of the same images (budgetvit prepare --dst)")
+    p.add_argument("--sizes", default="64,128,224", help="image sizes (default 64,128,224)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="loader processes, for both pipelines (default: all cores)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batches", type=int, default=20, help="timed batches per run")
+    p.add_argument("--warmup", type=int, default=3, help="untimed batches first")
+    p.add_argument("--repeats", type=int, default=2, help="runs per pipeline and size (best)")
+    p.add_argument("--crop-scale-min", type=float, default=0.08,
+                   help="random-resized-crop area range [s, 1] (default 0.08, torchvision's)")
+    p.add_argument("--skip-baseline", action="store_true", help="time the loader only")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", help="also write the results to this JSON file")
+
+
+def machine() -> str:
+    cpu = platform.processor() or "CPU"
+    try:
+        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
+                 if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores"
+    if torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name()}"
+    return text
+
+
+def timed(batches, device: torch.device, warmup: int, count: int) -> float:
+    """Images/s over `count` batches of an iterator of (x, y) on the device, after `warmup`."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        next(batches)
+    sync()
+    start, images = time.perf_counter(), 0
+    for _ in range(count):
+        x, _ = next(batches)
+        images += x.shape[0]
+    sync()
+    return images / (time.perf_counter() - start)
+
+
+def baseline_batches(tree: Path, size: int, args, device):
+    """The plain torchvision pipeline, endlessly: what a user would write first."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+    tf = transforms.Compose([transforms.RandomResizedCrop(size, scale=(args.crop_scale_min, 1.0)),
+                             transforms.RandomHorizontalFlip(), transforms.PILToTensor()])
+    loader = DataLoader(datasets.ImageFolder(str(tree / "train"), transform=tf),
+                        batch_size=args.batch_size, shuffle=True, drop_last=True,
+                        num_workers=args.workers, pin_memory=device.type == "cuda")
+    while True:
+        for x, y in loader:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def loader_batches(data, size: int):
+    data.set_size(size)
+    while True:
+        yield data.next_batch()
+
+
+def make_loader(tree: Path | None, cache_dir: Path | None, args, device):
+    from .cache_loader import CacheData
+    from .imagefolder import FolderData
+    aug = AugSection(crop_scale_min=args.crop_scale_min, hflip=True)
+    kind = CacheData if cache_dir is not None else FolderData
+    return kind(str(cache_dir or tree), batch_size=args.batch_size, seed=0, aug=aug,
+                device=device, num_workers=args.workers)
+
+
+def resolve(args) -> tuple[Path | None, Path | None, dict | None]:
+    """(ImageFolder tree or None, cache dir or None, cache meta or None) from --src / --cache."""
+    src, cache_dir = Path(args.src), Path(args.cache) if args.cache else None
+    if (src / cache.META).exists():  # --src is a cache: its source tree is the baseline's
+        cache_dir = cache_dir or src
+        src = Path(cache.read_meta(src).get("source", ""))
+    meta = cache.read_meta(cache_dir) if cache_dir is not None else None
+    tree = src if (src / "train").is_dir() else None
+    if tree is None and (cache_dir is None or not args.skip_baseline):
+        raise FileNotFoundError(f"no ImageFolder tree at {src} (expected {src}/train/<class>/)")
+    return tree, cache_dir, meta
+
+
+def run(args) -> int:
+    try:
+        sizes = [int(s) for s in args.sizes.replace(",", " ").split()]
+    except ValueError:
+        raise ConfigError(f"--sizes: expected sizes like 64,128,224, got {args.sizes!r}") from None
+    if not sizes or min(sizes) < 8:
+        raise ConfigError(f"--sizes must be >= 8 px, got {args.sizes!r}")
+    if min(args.workers, args.batch_size, args.batches, args.repeats) < 1 or args.warmup < 0:
+        raise ConfigError("--workers, --batch-size, --batches, --repeats must be >= 1")
+    if not 0 < args.crop_scale_min <= 1:
+        raise ConfigError(f"--crop-scale-min must be in (0, 1], got {args.crop_scale_min}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device")
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available()
+                          else "cpu")
+    tree, cache_dir, meta = resolve(args)
+    name = "cache" if cache_dir is not None else "FolderData"
+    print(f"bench-data on {machine()}; device {device}, {args.workers} workers, batch "
+          f"{args.batch_size}, {args.batches} timed batches after {args.warmup}, best of "
+          f"{args.repeats}, crop scale ({args.crop_scale_min:g}, 1)")
+    if meta is not None:
+        counts = "+".join(str(meta["splits"][s]["images"]) for s in cache.SPLITS)
+        print(f"cache {cache_dir}: {meta['encoding']}, shorter side <= {meta['max_size']} px, "
+              f"{counts} images, {meta['cache_bytes'] / 2**20:.1f} MiB, prepared in "
+              f"{meta['prepare_time_s']:.1f} s with {meta['workers']} workers")
+    if tree is not None:
+        print(f"tree {tree}")
+    rows = []
+    print(f"\n| size px | torchvision ImageFolder img/s | {name} img/s | ratio |")
+    print("|---:|---:|---:|---:|")
+    for size in sizes:
+        base, ours = [], []
+        for _ in range(args.repeats):
+            if not args.skip_baseline:
+                base.append(timed(baseline_batches(tree, size, args, device), device,
+                                  args.warmup, args.batches))
+            data = make_loader(tree, cache_dir, args, device)
+            ours.append(timed(loader_batches(data, size), device, args.warmup, args.batches))
+            del data  # shuts its workers down before the next pipeline starts
+        b, o = (max(base) if base else float("nan")), max(ours)
+        rows.append({"size": size, "baseline_img_s": b, "loader_img_s": o, "ratio": o / b})
+        print(f"| {size} | {b:.0f} | {o:.0f} | {o / b:.2f}x |", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "machine": machine(), "device": str(device), "loader": name, "cache_meta": meta,
+            "args": {k: v for k, v in vars(args).items() if k != "func"}, "rows": rows},
+            indent=1))
+    return 0

@@ -1,0 +1,226 @@
+"""CacheData: batches from a prepared cache (cache.py), behind FolderData's interface.
+
+Per image, in a DataLoader worker process:
+  1. draw the random-resized crop (torchvision's rule, seeded by (seed, epoch, index)) in the
+     stored image's pixels, from the index alone, before touching the image data;
+  2. decode the JPEG at the smallest DCT scale (1, 1/2, 1/4 or 1/8, PIL's draft) at which the
+     crop still spans at least `size` pixels each way, so reduced decoding never upsamples more
+     than a full decode would. The IDCT and colour conversion, most of the decode, shrink with
+     the scale: at small curriculum sizes most images decode at 1/2 or 1/4 scale;
+  3. crop + resize (bilinear, antialiased) in one PIL call, flip by a reversed numpy view,
+     written straight into the batch tensor.
+One worker builds a whole batch into one (B, 3, S, S) uint8 tensor: no per-image collate. The
+DataLoader pins it when CUDA is present and prefetches 4 batches per worker; next_batch copies
+it to the device without blocking. RandAugment, when on, runs batched on the device with draws
+seeded by the position; normalisation, mixup/cutmix and random erasing run batched in the
+trainer. The sampler, the seeding and the state are FolderData's, so a run can switch between
+a tree and its cache without changing labels, class order or the order of images.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from . import augment
+from .cache import CacheSplit
+from .imagefolder import EVAL_CROP, IMAGENET_MEAN, IMAGENET_STD, CurriculumBatchSampler
+from .memory import mix_seed
+
+LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))  # random-resized-crop aspect-ratio range
+
+
+def random_resized_crop(rng: random.Random, w: int, h: int, scale_min: float):
+    """(left, top, width, height) in pixels: an area share U(scale_min, 1) with aspect ratio
+    log-U(3/4, 4/3), torchvision's RandomResizedCrop.get_params rule (10 tries, then the
+    central crop with the ratio clamped)."""
+    for _ in range(10):
+        area = w * h * rng.uniform(scale_min, 1.0)
+        aspect = math.exp(rng.uniform(*LOG_RATIO))
+        cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            return rng.randint(0, w - cw), rng.randint(0, h - ch), cw, ch
+    ratio = w / h
+    cw, ch = w, h
+    if ratio < 3 / 4:
+        ch = round(w * 4 / 3)
+    elif ratio > 4 / 3:
+        cw = round(h * 4 / 3)
+    return (w - cw) // 2, (h - ch) // 2, cw, ch
+
+
+def center_crop(w: int, h: int, size: int):
+    """The evaluation view in stored pixels: resize the shorter side to size / 0.875, keep the
+    central size x size (FolderData's Resize + CenterCrop, as one box)."""
+    side = min(w, h) * size / round(size / EVAL_CROP)
+    return (w - side) / 2, (h - side) / 2, side, side
+
+
+def best_level(widths, heights, box, size: int) -> int:
+    """The smallest stored copy (level) in which the box (level-0 px) still spans at least
+    `size` px each way. widths, heights: (levels,) sizes of the copies."""
+    _, _, cw, ch = box
+    for level in range(len(widths) - 1, 0, -1):
+        if min(cw * widths[level] / widths[0], ch * heights[level] / heights[0]) >= size:
+            return level
+    return 0
+
+
+def crop_resize(img: Image.Image, box, size: int) -> Image.Image:
+    """(size x size) RGB image of the box (x, y, w, h in stored pixels) of a lazily opened image,
+    decoded at the smallest JPEG scale that keeps the box at least `size` px each way."""
+    x, y, cw, ch = box
+    w, h = img.size
+    reduce = 1.0
+    for r in (8, 4, 2):
+        if img.format == "JPEG" and min(cw, ch) / r >= size:
+            drafted = img.draft("RGB", (max(1, w // r), max(1, h // r)))
+            if drafted is not None:  # coordinates shrink by the scale PIL actually chose
+                reduce = w / drafted[1][2]
+            break
+    box = (x / reduce, y / reduce, (x + cw) / reduce, (y + ch) / reduce)
+    return img.resize((size, size), Image.BILINEAR, box=box)
+
+
+class CacheDataset(Dataset):
+    """Item = one whole batch: keys [(index, size, epoch)] -> (uint8 (B, 3, S, S), labels (B,),
+    number of unreadable records replaced)."""
+
+    def __init__(self, split: CacheSplit, train: bool, scale_min: float, hflip: bool, seed: int):
+        self.split, self.train, self.scale_min, self.hflip, self.seed = (
+            split, train, scale_min, hflip, seed)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def view(self, i: int, size: int, rng: random.Random) -> np.ndarray:
+        """Image i as (size, size, 3) uint8: augmented for training, centre view otherwise."""
+        ws, hs = self.split.widths[i], self.split.heights[i]  # (levels,)
+        if self.train:
+            box = random_resized_crop(rng, int(ws[0]), int(hs[0]), self.scale_min)
+        else:
+            box = center_crop(int(ws[0]), int(hs[0]), size)
+        level = best_level(ws, hs, box, size)
+        fx, fy = ws[level] / ws[0], hs[level] / hs[0]
+        box = (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
+        out = crop_resize(self.split.image(i, level), box, size)
+        if self.train and self.hflip and rng.random() < 0.5:
+            out = out.transpose(Image.FLIP_LEFT_RIGHT)  # PIL's flip: 10x a reversed numpy copy
+        return np.asarray(out)
+
+    def __getitem__(self, keys):
+        size = keys[0][1]
+        x = torch.empty(len(keys), 3, size, size, dtype=torch.uint8)  # (B, 3, S, S)
+        if get_worker_info() is not None:
+            # Straight into shared memory: sending the batch to the trainer then copies nothing
+            # (a fresh page costs ~6 us to fault in on a VM, as much as a 64 px resize).
+            x.share_memory_()
+        y = torch.empty(len(keys), dtype=torch.long)
+        out, n, bad = x.numpy(), len(self.split), 0
+        for k, (idx, _, epoch) in enumerate(keys):
+            rng = random.Random(mix_seed(self.seed, epoch, idx))  # this image's augmentation
+            for attempt in range(n):
+                j = (idx + attempt) % n
+                try:
+                    img = self.view(j, size, rng)
+                    break
+                except Exception:  # a damaged record: count it, take the next, keep training
+                    bad += 1
+            else:
+                raise RuntimeError("no readable image in the cache")
+            out[k] = img.transpose(2, 0, 1)  # (S, S, 3) -> (3, S, S); numpy's copy beats torch's
+            y[k] = int(self.split.labels[j])
+        return x, y, bad
+
+
+def _whole(batch):
+    return batch  # the dataset already returns whole batches
+
+
+def to_device(x: torch.Tensor, y: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch (pinned when CUDA) onto the device, without waiting for the copy."""
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+class CacheData:
+    def __init__(self, root: str, *, batch_size: int, seed: int, aug, device, num_workers: int,
+                 rank: int = 0, world: int = 1, size: int = 224):
+        self.train_split, self.val_split = CacheSplit(root, "train"), CacheSplit(root, "val")
+        meta = self.train_split.meta
+        self.classes, self.num_classes, self.in_chans = meta["classes"], meta["num_classes"], 3
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        self.skipped_files = meta["bad_files"]  # left out by prepare, listed in bad_files.tsv
+        self.num_images = len(self.train_split)
+        if batch_size > self.num_images:
+            raise ValueError(f"train.batch_size={batch_size} exceeds the {self.num_images} "
+                             f"training images")
+        self.dataset = CacheDataset(self.train_split, True, aug.crop_scale_min, aug.hflip, seed)
+        self.aug, self.global_batch, self.seed, self.device = aug, batch_size, seed, device
+        self.rank, self.world = rank, world
+        self.workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
+        self.batches_per_epoch = self.num_images // batch_size
+        self.epoch, self.batch, self.size = 0, 0, size
+        self.bad_images = 0
+        self._it = self._sampler = None
+
+    def set_size(self, size: int) -> None:
+        self.size = size
+        if self._sampler is not None:
+            self._sampler.size = size  # batches dispatched from now on
+
+    def _loader(self, dataset, keys) -> DataLoader:
+        return DataLoader(dataset, sampler=keys, batch_size=None, collate_fn=_whole,
+                          num_workers=self.workers, pin_memory=torch.cuda.is_available(),
+                          persistent_workers=self.workers > 0,
+                          prefetch_factor=4 if self.workers > 0 else None)
+
+    def _start(self) -> None:
+        self._sampler = CurriculumBatchSampler(self.num_images, self.global_batch, self.rank,
+                                               self.world, self.seed, self.epoch, self.batch,
+                                               self.size)
+        self._it = iter(self._loader(self.dataset, self._sampler))
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of the next global batch: (uint8 (b, 3, S, S), labels (b,))."""
+        if self._it is None:
+            self._start()
+        x, y, bad = next(self._it)
+        self.bad_images += bad
+        epoch, batch = self.epoch, self.batch
+        self.batch += 1
+        if self.batch >= self.batches_per_epoch:
+            self.epoch, self.batch = self.epoch + 1, 0
+        x, y = to_device(x, y, self.device)
+        if self.aug.randaugment_ops:
+            # Batched on the device (fresh ops every 8 images), draws seeded by the position
+            # so a resumed run sees the same stream; the caller's RNG is left untouched.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(mix_seed(self.seed, epoch, batch, self.rank))
+                x = augment.randaugment_chunks(x, self.aug.randaugment_ops,
+                                               self.aug.randaugment_magnitude)
+        return x, y
+
+    def eval_batches(self, size: int, batch_size: int, rank: int = 0, world: int = 1):
+        """This rank's share of the val split (every image once over all ranks), centre view:
+        yields (uint8 (b, 3, size, size), labels (b,)) on the device."""
+        ds = CacheDataset(self.val_split, False, 1.0, False, self.seed)
+        keys = [(i, size, 0) for i in range(rank, len(ds), world)]
+        batches = [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
+        loader = DataLoader(ds, sampler=batches, batch_size=None, collate_fn=_whole,
+                            num_workers=min(self.workers, len(batches)),
+                            pin_memory=torch.cuda.is_available())
+        for x, y, bad in loader:
+            self.bad_images += bad
+            yield to_device(x, y, self.device)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        self._it = self._sampler = None  # restart the workers from the loaded position

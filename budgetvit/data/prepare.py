@@ -1,0 +1,292 @@
+"""`budgetvit prepare --src TREE --dst CACHE --max-size S`: convert an ImageFolder tree
+(train/<class>/*, val/<class>/*) into the cache of cache.py, once, on all cores, resumably.
+
+Each split's sorted file listing (the order torchvision's ImageFolder uses) is cut into shards of
+--shard-size consecutive images. A worker process converts one shard: decode (JPEGs at reduced
+DCT scale when they are much larger than S), convert to RGB, resize so the shorter side is at
+most S, encode, append to the shard file; then it writes the shard, its index part and its
+receipt, each atomically, the receipt last. A shard counts as done when its receipt exists, so
+an interrupted run, rerun with the same arguments, converts only the missing shards, and the
+result is byte-identical to an uninterrupted run (conversion is deterministic, and the layout
+does not depend on --workers). The last step merges the index parts and writes meta.json.
+
+Bad source files never stop the run: CMYK, grayscale, palette, alpha and 16-bit images are
+converted to RGB; huge images are decoded at reduced scale and downscaled (PIL's decompression
+bomb limit is replaced by --max-pixels, checked after DCT scaling); truncated, empty and
+non-image files, and images above --max-pixels, are skipped and listed in bad_files.tsv.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import multiprocessing as mp
+import os
+import time
+import warnings
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..config import ConfigError
+from . import cache
+from .imagefolder import scan, to_rgb
+
+COMMAND = "prepare"
+HELP = "convert an ImageFolder tree (train/, val/) into a fast memory-mapped image cache"
+MAX_PIXELS = 150_000_000  # ~450 MB as RGB: larger images are skipped (after DCT scaling)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--src", required=True, help="ImageFolder root holding train/ and val/")
+    p.add_argument("--dst", required=True, help="cache directory to create (or resume)")
+    p.add_argument("--max-size", type=int, default=256,
+                   help="store images with the shorter side at most this many px (default 256)")
+    p.add_argument("--format", choices=cache.ENCODINGS, default="jpeg",
+                   help="jpeg (default: small, scales on decode) or raw uint8 (10x bigger)")
+    p.add_argument("--levels", type=int, default=cache.LEVELS,
+                   help=f"copies per image at 1, 1/2, 1/4... of the size (default {cache.LEVELS})")
+    p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    p.add_argument("--shard-size", type=int, default=1024, help="images per shard file")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help=f"skip images with more pixels than this (default {MAX_PIXELS})")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    meta = prepare(args.src, args.dst, max_size=args.max_size, encoding=args.format,
+                   levels=args.levels, workers=args.workers, shard_size=args.shard_size,
+                   max_pixels=args.max_pixels, progress=not args.quiet)
+    counts = "+".join(str(meta["splits"][s]["images"]) for s in cache.SPLITS)
+    print(f"cache {args.dst}: {counts} (train+val) images of {meta['num_classes']} classes, "
+          f"{meta['bad_files']} bad files skipped (see {cache.BAD_FILES}), "
+          f"{meta['cache_bytes'] / 2**20:.1f} MiB, prepared in {meta['prepare_time_s']:.1f} s")
+    return 0
+
+
+# ----------------------------------------------------------------------------- one image
+
+class Skip(Exception):
+    """A source file that cannot go into the cache; the message is the reason in the report."""
+
+
+def load_image(path: str, max_size: int, max_pixels: int) -> Image.Image:
+    """RGB image with the shorter side at most max_size, or Skip."""
+    if os.path.getsize(path) == 0:
+        raise Skip("empty file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # EXIF/ICC chatter from odd files
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+                if w < 1 or h < 1:
+                    raise Skip(f"no pixels ({w}x{h})")
+                scale = max_size / min(w, h)
+                if scale < 1:  # JPEG: decode at 1/2, 1/4, 1/8 scale, still >= the target
+                    img.draft("RGB", (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))))
+                if img.size[0] * img.size[1] > max_pixels:
+                    raise Skip(f"too large ({w}x{h} px > --max-pixels {max_pixels})")
+                img.load()
+                img = to_rgb(img)
+        except UnidentifiedImageError:
+            raise Skip("not an image PIL can read") from None
+        except (OSError, SyntaxError, ValueError) as e:  # truncated / corrupt data
+            raise Skip(f"unreadable: {e}") from None
+    scale = max_size / min(img.size)
+    if scale < 1:
+        size = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
+        img = img.resize(size, Image.LANCZOS, reducing_gap=3.0)
+    if max(img.size) > 65535:  # the index stores sizes as uint16
+        raise Skip(f"aspect ratio too extreme ({img.size[0]}x{img.size[1]} after resizing)")
+    return img
+
+
+def pyramid(img: Image.Image, levels: int) -> list[Image.Image]:
+    """img and its copies at 1/2, 1/4, ... size (rounded up, as JPEG DCT scaling rounds)."""
+    out = [img]
+    for level in range(1, levels):
+        f = 2 ** level
+        size = (-(-img.width // f), -(-img.height // f))
+        out.append(img.resize(size, Image.LANCZOS, reducing_gap=3.0))
+    return out
+
+
+# ----------------------------------------------------------------------------- one shard
+
+_done = None  # images processed by this run, shared by all workers (for the progress bar)
+
+
+def _init_worker(counter) -> None:
+    global _done
+    _done = counter
+    Image.MAX_IMAGE_PIXELS = None  # replaced by --max-pixels, checked after DCT scaling
+
+
+def convert_shard(job: dict) -> dict:
+    """Convert one shard; returns its receipt {split, shard, images, bytes, bad}."""
+    dst, split, k = Path(job["dst"]), job["split"], job["shard"]
+    rows, bad, offset = [], [], 0
+    path = dst / cache.shard_name(split, k)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        for rel, label, source in job["items"]:
+            try:
+                img = load_image(os.path.join(job["src"], rel), job["max_size"],
+                                 job["max_pixels"])
+                copies = pyramid(img, job["levels"])
+                records = [cache.encode(c, job["encoding"]) for c in copies]
+            except Skip as e:
+                bad.append((rel, str(e)))
+            except Exception as e:  # anything else a decoder throws: list it, keep going
+                bad.append((rel, f"{type(e).__name__}: {e}"))
+            else:  # the levels of one image back to back
+                sizes = [len(r) for r in records]
+                offsets = [offset + sum(sizes[:i]) for i in range(len(records))]
+                f.write(b"".join(records))
+                rows.append((k, label, source, offsets, sizes, [c.height for c in copies],
+                             [c.width for c in copies]))
+                offset += sum(sizes)
+            if _done is not None:
+                with _done.get_lock():
+                    _done.value += 1
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.save(buf, np.array(rows, dtype=cache.index_dtype(job["levels"])))
+    parts = dst / cache.PARTS
+    cache.write_atomic(parts / f"{split}-{k:05d}.idx.npy", buf.getvalue())
+    receipt = {"split": split, "shard": k, "images": len(rows), "bytes": offset,
+               "bad": [[r, " ".join(reason.split())] for r, reason in bad]}
+    cache.write_atomic(parts / f"{split}-{k:05d}.json", json.dumps(receipt).encode())
+    return receipt
+
+
+# ----------------------------------------------------------------------------- the command
+
+def _plan(src: Path, settings: dict, shard_size: int) -> tuple[dict, list[dict]]:
+    """What this cache will hold (written to parts/plan.json) and the shard jobs."""
+    train, classes, class_to_idx = scan(src, "train")
+    listing = {"train": train, "val": scan(src, "val", class_to_idx)[0]}
+    digest, jobs = {}, []
+    for split in cache.SPLITS:
+        items = [(os.path.relpath(p, src), label, i) for i, (p, label) in enumerate(listing[split])]
+        h = hashlib.sha256()
+        for rel, label, _ in items:
+            h.update(f"{rel}\t{label}\t{os.path.getsize(os.path.join(src, rel))}\n".encode())
+        digest[split] = h.hexdigest()
+        for k, start in enumerate(range(0, len(items), shard_size)):
+            jobs.append({"split": split, "shard": k, "items": items[start:start + shard_size]})
+    plan = {"format_version": cache.FORMAT_VERSION, **settings, "shard_size": shard_size,
+            "classes": classes, "files": digest}
+    return plan, jobs
+
+
+def prepare(src: str | Path, dst: str | Path, *, max_size: int = 256, encoding: str = "jpeg",
+            levels: int = cache.LEVELS, workers: int = 0, shard_size: int = 1024, max_pixels: int = MAX_PIXELS,
+            progress: bool = True) -> dict:
+    """Create (or finish) the cache at dst from the ImageFolder tree at src; returns its meta."""
+    t0 = time.perf_counter()
+    if max_size < 8:
+        raise ConfigError(f"--max-size must be >= 8 px, got {max_size}")
+    if shard_size < 1 or max_pixels < 1:
+        raise ConfigError("--shard-size and --max-pixels must be >= 1")
+    if not 1 <= levels <= 4:
+        raise ConfigError(f"--levels must be in [1, 4], got {levels}")
+    if encoding not in cache.ENCODINGS:
+        raise ConfigError(f"--format must be one of {', '.join(cache.ENCODINGS)}, got {encoding}")
+    src, dst = Path(src).resolve(), Path(dst)
+    settings = {"encoding": encoding, "max_size": max_size, "levels": levels,
+                "max_pixels": max_pixels,
+                "quality": cache.JPEG_QUALITY if encoding == "jpeg" else None}
+    plan, jobs = _plan(src, settings, shard_size)
+    parts = dst / cache.PARTS
+    parts.mkdir(parents=True, exist_ok=True)
+    plan_file = parts / "plan.json"
+    if plan_file.exists() and json.loads(plan_file.read_text()) != plan:
+        raise ConfigError(f"{dst} was started from other files or settings; delete it or "
+                          f"choose another --dst")
+    if (dst / cache.META).exists() and plan_file.exists():
+        return cache.read_meta(dst)  # already complete
+    cache.write_atomic(plan_file, json.dumps(plan, indent=1).encode())
+
+    def receipt_path(job):
+        return parts / f"{job['split']}-{job['shard']:05d}.json"
+
+    todo = [j for j in jobs if not receipt_path(j).exists()]
+    total = sum(len(j["items"]) for j in jobs)
+    reused = total - sum(len(j["items"]) for j in todo)
+    workers = workers if workers > 0 else (os.cpu_count() or 1)
+    if todo:
+        _run_jobs(todo, dict(src=str(src), dst=str(dst), encoding=encoding, max_size=max_size,
+                             levels=levels, max_pixels=max_pixels), workers, total, reused, progress)
+    meta = _finish(dst, plan, jobs, receipt_path)
+    meta.update(source=str(src), workers=workers, resumed_shards=len(jobs) - len(todo),
+                prepare_time_s=round(time.perf_counter() - t0, 2))
+    meta["cache_bytes"] = cache.cache_bytes(dst)
+    cache.write_atomic(dst / cache.META, json.dumps(meta, indent=1).encode())
+    return meta
+
+
+def _run_jobs(todo: list[dict], common: dict, workers: int, total: int, reused: int,
+              progress: bool) -> None:
+    from tqdm import tqdm
+    # Processes rather than threads: decoding and resizing hold the GIL for part of the work.
+    # ProcessPoolExecutor rather than Pool: a worker killed by the OS (out of memory) raises
+    # BrokenProcessPool instead of hanging forever. fork where there is one: a spawned worker
+    # would import torch (through the package) for nothing.
+    context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    counter = context.Value("l", 0)
+    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context,
+                             initializer=_init_worker, initargs=(counter,)) as ex:
+        pending = {ex.submit(convert_shard, {**common, **job}) for job in todo}
+        # The bar (and its monitor thread) only after the workers are forked.
+        bar = tqdm(total=total, initial=reused, unit="img", desc="prepare",
+                   disable=not progress, smoothing=0.1)
+        try:
+            while pending:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    fut.result()  # re-raises a worker's unexpected error
+                bar.update(reused + counter.value - bar.n)
+        except BrokenProcessPool:
+            raise RuntimeError("a prepare worker died (out of memory?); finished shards are "
+                               "kept, rerun the same command to resume") from None
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+        finally:
+            bar.close()
+
+
+def _finish(dst: Path, plan: dict, jobs: list[dict], receipt_path) -> dict:
+    """Merge the shard index parts into one index per split, write the bad-file report."""
+    splits, bad = {}, []
+    for split in cache.SPLITS:
+        mine = [j for j in jobs if j["split"] == split]
+        receipts = [json.loads(receipt_path(j).read_text()) for j in mine]
+        index = np.concatenate([np.load(dst / cache.PARTS / f"{split}-{j['shard']:05d}.idx.npy")
+                                for j in mine])
+        buf = io.BytesIO()
+        np.save(buf, index)
+        cache.write_atomic(dst / f"{split}.idx.npy", buf.getvalue())
+        bad += [b for r in receipts for b in r["bad"]]
+        splits[split] = {"images": len(index), "bad": sum(len(r["bad"]) for r in receipts),
+                         "shards": len(mine), "bytes": sum(r["bytes"] for r in receipts)}
+    report = "".join(f"{rel}\t{reason}\n" for rel, reason in sorted(bad))
+    cache.write_atomic(dst / cache.BAD_FILES, ("path\treason\n" + report).encode())
+    for split, counts in splits.items():
+        if counts["images"] == 0:
+            raise ConfigError(f"no readable images in {split}/ (see {dst / cache.BAD_FILES})")
+    for leftover in dst.rglob("*.tmp"):  # from a run killed mid-write
+        leftover.unlink()
+    return {"format_version": cache.FORMAT_VERSION, "encoding": plan["encoding"],
+            "quality": plan["quality"], "max_size": plan["max_size"], "levels": plan["levels"],
+            "shard_size": plan["shard_size"], "max_pixels": plan["max_pixels"],
+            "classes": plan["classes"], "num_classes": len(plan["classes"]),
+            "splits": splits, "bad_files": len(bad)}

@@ -1,0 +1,164 @@
+"""Nothing lost under kills and full disks: SIGKILL chaos with exact resume, SIGTERM, and
+checkpoint write failures."""
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from budgetvit import checkpoint
+from budgetvit.train import Trainer
+
+from .conftest import needs_fmnist, tiny_config
+
+pytestmark = needs_fmnist
+
+TINY = ["model.dim=32", "model.depth=2", "model.heads=2", "train.batch_size=32",
+        "train.eval_batch_size=2000", "train.warmup_steps=1", "train.log_every=1",
+        "curriculum.stages=16:0.5,28:0.5", "train.deterministic=true", "model.drop_path=0.1",
+        "aug.random_erasing=0.25", "aug.mixup=0.2"]
+
+
+def command(out, budget, *extra):
+    return [sys.executable, "-m", "budgetvit", "train", "--budget", budget, "--out", str(out),
+            "--set", *TINY, *extra]
+
+
+def all_checkpoints_load(out) -> int:
+    """Every checkpoint file on disk loads; returns the newest step (-1 if none)."""
+    steps = []
+    for path in checkpoint.list_checkpoints(out):
+        state = checkpoint.load(path)
+        steps.append(state["clock"]["steps"])
+    return max(steps, default=-1)
+
+
+def temp_file_exists(out) -> bool:
+    folder = checkpoint.checkpoint_dir(out)
+    return folder.is_dir() and any(p.name.startswith(".step_") for p in folder.iterdir())
+
+
+def log_steps(out) -> int:
+    log = out / "log.jsonl"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+@pytest.mark.slow
+def test_sigkill_chaos_resumes_to_identical_weights(tmp_path):
+    budget, extra = "120steps", ["checkpoint.every_steps=4"]
+    reference = tmp_path / "reference"
+    subprocess.run(command(reference, budget, *extra), check=True, capture_output=True)
+
+    out, rng = tmp_path / "chaos", random.Random(0)
+    kills = during_write = 0
+    newest = -1
+    while not (out / "summary.json").exists():
+        proc = subprocess.Popen(command(out, budget, *extra), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        if kills < 12:
+            start = log_steps(out)
+            deadline = time.time() + 60
+            # Alternate: kill at a random moment once training has resumed, or the instant a
+            # checkpoint is being written (its temp file exists).
+            want_write = kills % 2 == 1
+            delay = rng.uniform(0.0, 0.4)
+            while proc.poll() is None and time.time() < deadline:
+                if want_write and temp_file_exists(out):
+                    during_write += 1
+                    break
+                if not want_write and log_steps(out) > start:
+                    time.sleep(delay)
+                    break
+                time.sleep(0.0005)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+        proc.wait(timeout=120)
+        step = all_checkpoints_load(out)
+        assert step >= newest  # a kill never takes away a checkpoint that was there
+        newest = step
+    assert kills >= 10 and during_write >= 1
+    final = checkpoint.load(checkpoint.list_checkpoints(out)[-1])
+    ref = checkpoint.load(checkpoint.list_checkpoints(reference)[-1])
+    assert final["clock"]["steps"] == ref["clock"]["steps"] == 120
+    for part in ("model", "ema"):
+        assert all(torch.equal(final[part][k], ref[part][k]) for k in ref[part]), part
+    assert json.loads((out / "summary.json").read_text())["top1"] == \
+        json.loads((reference / "summary.json").read_text())["top1"]
+
+
+def test_sigterm_writes_checkpoint_exits_0_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    cmd = command(out, "400steps")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60
+    while log_steps(out) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert "stopped by SIGTERM at step" in output and "Resume with: budgetvit train" in output
+    stopped_at = checkpoint.load(checkpoint.list_checkpoints(out)[-1])["clock"]["steps"]
+    assert 3 <= stopped_at < 400
+    assert not (out / "summary.json").exists()
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("resuming")
+    assert json.loads((out / "summary.json").read_text())["steps"] == 400
+
+
+def test_failed_checkpoint_write_keeps_previous_and_retries(tmp_path, monkeypatch, capsys):
+    cfg = tiny_config("train.budget=12steps", "checkpoint.every_steps=4")
+    trainer = Trainer(cfg, tmp_path / "run")
+    real_save, calls = torch.save, {"n": 0}
+
+    def flaky_save(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the step-4 checkpoint: the disk is full
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+    monkeypatch.setattr(checkpoint.torch, "save", flaky_save)
+    summary = trainer.run()
+    out = capsys.readouterr().out
+    assert "warning: checkpoint at step 4 not written (No space left on device)" in out
+    assert summary["faults"]["checkpoint_failures"] == 1 and summary["steps"] == 12
+    names = [p.name for p in checkpoint.list_checkpoints(tmp_path / "run")]
+    assert names == ["step_00000008.pt", "step_00000012.pt"]  # retried at the next interval
+    assert not any(p.name.startswith(".") for p in checkpoint.checkpoint_dir(tmp_path / "run").iterdir())
+
+
+def test_failed_write_never_replaces_the_good_checkpoint(tmp_path, monkeypatch):
+    good = checkpoint.save({"x": torch.arange(3)}, tmp_path, step=5, keep=3)
+    before = good.read_bytes()
+
+    def full_disk(obj, f, *a, **k):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(OSError):
+        checkpoint.save({"x": torch.arange(4)}, tmp_path, step=5, keep=3)  # same name
+    assert good.read_bytes() == before
+    assert torch.equal(checkpoint.load(good)["x"], torch.arange(3))
+
+
+def test_damaged_newest_checkpoint_falls_back_to_older(tmp_path, capsys):
+    checkpoint.save({"v": 1}, tmp_path, step=1, keep=5)
+    newest = checkpoint.save({"v": 2}, tmp_path, step=2, keep=5)
+    newest.write_bytes(newest.read_bytes()[:20])  # truncated by a broken disk
+    assert checkpoint.load_latest(tmp_path, warn=print)["v"] == 1
+    assert "trying an older checkpoint" in capsys.readouterr().out
+
+
+def test_keep_k_checkpoints(tmp_path):
+    for step in range(1, 6):
+        checkpoint.save({"s": step}, tmp_path, step=step, keep=2)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == \
+        ["step_00000004.pt", "step_00000005.pt"]
