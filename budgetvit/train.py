@@ -326,8 +326,9 @@ class Trainer:
                     self.run_eval(train_s)
                     last_eval = train_s
                 size = curriculum.size_at(self.plan, p)
-                if not self.stages or self.stages[-1]["img_size"] != size:
+                if size != self.data.size:  # after a resume the loader starts at its default size
                     self.data.set_size(size)
+                if not self.stages or self.stages[-1]["img_size"] != size:
                     self.stages.append({"img_size": size, "start_s": train_s, "end_s": train_s,
                                         "images": 0})
                 lr = lr_at(p, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup,

@@ -12,7 +12,9 @@ upscaled crops compress to a third of a real photo's bytes and decode faster tha
 files would, which flatters any decode-bound pipeline.
 
 Deterministic: file i depends only on (--seed, split, i), whatever --workers is. Files that
-already exist are skipped, so an interrupted run can simply be rerun.
+already exist are skipped, so an interrupted run can simply be rerun. Without scikit-image,
+--sources DIR takes the source photos from a folder instead (one class per file, named by its
+stem; e.g. a copy of scikit-image's skimage/data folder).
 """
 from __future__ import annotations
 
@@ -32,13 +34,17 @@ SOURCES = ["astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "hub
            "immunohistochemistry", "retina", "camera", "coins", "grass", "gravel", "moon"]
 
 _cache: dict[str, np.ndarray] = {}
+_files: dict[str, str] = {}  # class name -> photo file, with --sources
 
 
 def source(name: str) -> np.ndarray:
-    """(H, W, 3) uint8 of one scikit-image sample, loaded once per process."""
+    """(H, W, 3) uint8 of one source photo, loaded once per process."""
     if name not in _cache:
-        import skimage.data
-        img = getattr(skimage.data, name)()
+        if name in _files:
+            img = np.asarray(Image.open(_files[name]).convert("RGB"))
+        else:
+            import skimage.data
+            img = getattr(skimage.data, name)()
         if isinstance(img, tuple):  # stereo_motorcycle returns (left, right, disparity)
             img = img[0]
         if img.ndim == 2:
@@ -72,8 +78,9 @@ def make_image(name: str, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(x, 0, 255).astype(np.uint8))
 
 
-def write_one(job: tuple[str, int, int, int, str, int]) -> int:
-    out, split_id, index, seed, name, quality = job
+def write_one(job: tuple[str, int, int, int, str, int, dict]) -> int:
+    out, split_id, index, seed, name, quality, files = job
+    _files.update(files)
     path = Path(out)
     if path.exists():
         return 0
@@ -84,14 +91,15 @@ def write_one(job: tuple[str, int, int, int, str, int]) -> int:
     return 1
 
 
-def jobs(root: Path, counts: dict[str, int], classes: list[str], seed: int, quality: int):
+def jobs(root: Path, counts: dict[str, int], classes: list[str], seed: int, quality: int,
+         files: dict[str, str]):
     for split_id, (split, count) in enumerate(counts.items()):
         for name in classes:
             (root / split / name).mkdir(parents=True, exist_ok=True)
         for i in range(count):
             name = classes[i % len(classes)]
             path = root / split / name / f"{name}_{i:06d}.JPEG"
-            yield str(path), split_id, i, seed, name, quality
+            yield str(path), split_id, i, seed, name, quality, files
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,16 +107,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", help="root of the tree to write")
     p.add_argument("--train", type=int, default=5000, help="training images (default 5000)")
     p.add_argument("--val", type=int, default=500, help="validation images (default 500)")
-    p.add_argument("--classes", type=int, default=10, help=f"at most {len(SOURCES)}")
+    p.add_argument("--classes", type=int, default=10,
+                   help=f"at most {len(SOURCES)} (or the number of --sources photos)")
+    p.add_argument("--sources", help="folder of source photos (default: scikit-image's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quality", type=int, default=90)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     a = p.parse_args(argv)
-    if not 2 <= a.classes <= len(SOURCES):
-        p.error(f"--classes must be in [2, {len(SOURCES)}]")
-    classes = sorted(SOURCES[:a.classes])
+    files = {}
+    if a.sources:
+        exts = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+        files = {f.stem: str(f) for f in sorted(Path(a.sources).iterdir())
+                 if f.suffix.lower() in exts}
+    names = sorted(files) if files else SOURCES
+    if not 2 <= a.classes <= len(names):
+        p.error(f"--classes must be in [2, {len(names)}]")
+    classes = sorted(names[:a.classes])
     root = Path(a.out)
-    todo = list(jobs(root, {"train": a.train, "val": a.val}, classes, a.seed, a.quality))
+    todo = list(jobs(root, {"train": a.train, "val": a.val}, classes, a.seed, a.quality, files))
     with Pool(a.workers) as pool:
         written = sum(pool.imap_unordered(write_one, todo, chunksize=64))
     total = sum(f.stat().st_size for f in root.rglob("*.JPEG"))

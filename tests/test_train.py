@@ -86,8 +86,9 @@ def test_learns_fashion_mnist_within_a_step_budget(tmp_path):
 
 
 def test_resume_after_interruption_gives_identical_weights(tmp_path):
-    """Deterministic step-budget runs: stop one at step 23 (after its step-20 checkpoint,
-    losing 3 steps), rerun the same command, and compare with an uninterrupted run."""
+    """Deterministic step-budget runs: stop one at step 13 (after its step-10 checkpoint,
+    losing 3 steps, inside the 16 px stage), rerun the same command, and compare with an
+    uninterrupted run."""
     args = ("train.budget=40steps", "checkpoint.every_steps=10", "train.deterministic=true",
             "model.drop_path=0.1", "aug.mixup=0.2", "aug.random_erasing=0.25")
     train(tiny_config(*args), tmp_path / "straight")
@@ -96,13 +97,13 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
     real_step = crashing.step
 
     def step_then_crash(*a, **kw):
-        if crashing.clock.steps == 23:
+        if crashing.clock.steps == 13:
             raise RuntimeError("simulated crash")
         return real_step(*a, **kw)
     crashing.step = step_then_crash
     with pytest.raises(RuntimeError, match="simulated crash"):
         crashing.run()
-    assert checkpoint.list_checkpoints(tmp_path / "resumed")[-1].name == "step_00000020.pt"
+    assert checkpoint.list_checkpoints(tmp_path / "resumed")[-1].name == "step_00000010.pt"
 
     summary = train(tiny_config(*args), tmp_path / "resumed")
     assert summary["steps"] == 40

@@ -9,7 +9,8 @@ same batch size and workers (shuffle, pin_memory on CUDA), each batch moved to t
 Loader: CacheData on --cache (or on --src when it is a cache), else FolderData on the tree,
 with the same crop scale and flip; its batches arrive on the device like the baseline's.
 Every pipeline is started afresh for each size and its first --warmup batches (worker start-up,
-first reads) are not timed. Baseline and loader alternate --repeats times per size and the
+first reads, batches that were in flight) are not timed; then --batches batches are. Both
+should fit in one epoch: the baseline restarts its workers at every epoch. Baseline and loader alternate --repeats times per size and the
 best run of each counts, so a burst of load from another process hits both alike.
 """
 from __future__ import annotations
@@ -37,8 +38,11 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="loader processes, for both pipelines (default: all cores)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--batches", type=int, default=20, help="timed batches per run")
-    p.add_argument("--warmup", type=int, default=3, help="untimed batches first")
+    p.add_argument("--batches", type=int,
+                   help="timed batches per run (default: max(20, 4 x workers))")
+    p.add_argument("--warmup", type=int,
+                   help="untimed batches first (default: 2 x workers + 1, so that every "
+                        "worker is past its start-up and the prefetch queues are settled)")
     p.add_argument("--repeats", type=int, default=2, help="runs per pipeline and size (best)")
     p.add_argument("--crop-scale-min", type=float, default=0.08,
                    help="random-resized-crop area range [s, 1] (default 0.08, torchvision's)")
@@ -61,18 +65,40 @@ def machine() -> str:
     return text
 
 
-def timed(batches, device: torch.device, warmup: int, count: int) -> float:
-    """Images/s over `count` batches of an iterator of (x, y) on the device, after `warmup`."""
+def cpu_seconds() -> float:
+    """CPU time used so far by this process and its live children (the loader workers), from
+    /proc; NaN where there is no /proc. Images per CPU-second do not depend on what else the
+    machine runs, images per second do."""
+    try:
+        me, tick = os.getpid(), os.sysconf("SC_CLK_TCK")
+        total = sum(os.times()[:4])  # this process, and its children that have ended
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    with open(f"/proc/{entry.name}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                except OSError:  # the process ended meanwhile
+                    continue
+                if int(fields[1]) == me:  # ppid; utime and stime follow at 11, 12
+                    total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+    except (OSError, ValueError, AttributeError):
+        return float("nan")
+
+
+def timed(batches, device: torch.device, warmup: int, count: int) -> tuple[float, float]:
+    """(images/s, images per CPU-second) over `count` batches of an iterator of (x, y) on the
+    device, after `warmup` batches."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         next(batches)
     sync()
-    start, images = time.perf_counter(), 0
+    start, cpu, images = time.perf_counter(), cpu_seconds(), 0
     for _ in range(count):
         x, _ = next(batches)
         images += x.shape[0]
     sync()
-    return images / (time.perf_counter() - start)
+    return images / (time.perf_counter() - start), images / (cpu_seconds() - cpu)
 
 
 def baseline_batches(tree: Path, size: int, args, device):
@@ -124,6 +150,10 @@ def run(args) -> int:
         raise ConfigError(f"--sizes: expected sizes like 64,128,224, got {args.sizes!r}") from None
     if not sizes or min(sizes) < 8:
         raise ConfigError(f"--sizes must be >= 8 px, got {args.sizes!r}")
+    if args.batches is None:
+        args.batches = max(20, 4 * args.workers)
+    if args.warmup is None:
+        args.warmup = 2 * args.workers + 1
     if min(args.workers, args.batch_size, args.batches, args.repeats) < 1 or args.warmup < 0:
         raise ConfigError("--workers, --batch-size, --batches, --repeats must be >= 1")
     if not 0 < args.crop_scale_min <= 1:
@@ -145,8 +175,10 @@ def run(args) -> int:
     if tree is not None:
         print(f"tree {tree}")
     rows = []
-    print(f"\n| size px | torchvision ImageFolder img/s | {name} img/s | ratio |")
-    print("|---:|---:|---:|---:|")
+    print(f"\n| size px | torchvision img/s | {name} img/s | ratio | torchvision img/CPU-s "
+          f"| {name} img/CPU-s | ratio |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    nan = (float("nan"), float("nan"))
     for size in sizes:
         base, ours = [], []
         for _ in range(args.repeats):
@@ -156,9 +188,14 @@ def run(args) -> int:
             data = make_loader(tree, cache_dir, args, device)
             ours.append(timed(loader_batches(data, size), device, args.warmup, args.batches))
             del data  # shuts its workers down before the next pipeline starts
-        b, o = (max(base) if base else float("nan")), max(ours)
-        rows.append({"size": size, "baseline_img_s": b, "loader_img_s": o, "ratio": o / b})
-        print(f"| {size} | {b:.0f} | {o:.0f} | {o / b:.2f}x |", flush=True)
+        # Best of the repeats, each measure on its own: the least disturbed run.
+        (b, bc), (o, oc) = [tuple(map(max, zip(*runs))) if runs else nan
+                            for runs in (base, ours)]
+        rows.append({"size": size, "baseline_img_s": b, "loader_img_s": o, "ratio": o / b,
+                     "baseline_img_per_cpu_s": bc, "loader_img_per_cpu_s": oc,
+                     "cpu_ratio": oc / bc})
+        print(f"| {size} | {b:.0f} | {o:.0f} | {o / b:.2f}x | {bc:.0f} | {oc:.0f} "
+              f"| {oc / bc:.2f}x |", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({
             "machine": machine(), "device": str(device), "loader": name, "cache_meta": meta,

@@ -3,13 +3,13 @@
 Per image, in a DataLoader worker process:
   1. draw the random-resized crop (torchvision's rule, seeded by (seed, epoch, index)) in the
      stored image's pixels, from the index alone, before touching the image data;
-  2. decode the JPEG at the smallest DCT scale (1, 1/2, 1/4 or 1/8, PIL's draft) at which the
-     crop still spans at least `size` pixels each way, so reduced decoding never upsamples more
-     than a full decode would. The IDCT and colour conversion, most of the decode, shrink with
-     the scale: at small curriculum sizes most images decode at 1/2 or 1/4 scale;
-  3. crop + resize (bilinear, antialiased) in one PIL call, flip by a reversed numpy view,
-     written straight into the batch tensor.
-One worker builds a whole batch into one (B, 3, S, S) uint8 tensor: no per-image collate. The
+  2. take the smallest stored copy (full, 1/2, 1/4 size) in which the crop still spans at least
+     `size` px each way, then decode it at the smallest JPEG DCT scale (PIL's draft: 1/2, 1/4,
+     1/8) that keeps that true. Neither step ever upsamples more than a full decode would, and
+     at small curriculum sizes most images decode from a copy with a quarter of the pixels;
+  3. crop + resize (bilinear, antialiased, as torchvision's PIL path) in one PIL call, flip,
+     and copy into the batch tensor, which a worker allocates in shared memory.
+A worker builds a whole batch, one (B, 3, S, S) uint8 tensor: no per-image collate. The
 DataLoader pins it when CUDA is present and prefetches 4 batches per worker; next_batch copies
 it to the device without blocking. RandAugment, when on, runs batched on the device with draws
 seeded by the position; normalisation, mixup/cutmix and random erasing run batched in the

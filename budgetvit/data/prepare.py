@@ -187,8 +187,8 @@ def _plan(src: Path, settings: dict, shard_size: int) -> tuple[dict, list[dict]]
 
 
 def prepare(src: str | Path, dst: str | Path, *, max_size: int = 256, encoding: str = "jpeg",
-            levels: int = cache.LEVELS, workers: int = 0, shard_size: int = 1024, max_pixels: int = MAX_PIXELS,
-            progress: bool = True) -> dict:
+            levels: int = cache.LEVELS, workers: int = 0, shard_size: int = 1024,
+            max_pixels: int = MAX_PIXELS, progress: bool = True) -> dict:
     """Create (or finish) the cache at dst from the ImageFolder tree at src; returns its meta."""
     t0 = time.perf_counter()
     if max_size < 8:
@@ -223,7 +223,8 @@ def prepare(src: str | Path, dst: str | Path, *, max_size: int = 256, encoding: 
     workers = workers if workers > 0 else (os.cpu_count() or 1)
     if todo:
         _run_jobs(todo, dict(src=str(src), dst=str(dst), encoding=encoding, max_size=max_size,
-                             levels=levels, max_pixels=max_pixels), workers, total, reused, progress)
+                             levels=levels, max_pixels=max_pixels),
+                  workers, total, reused, progress)
     meta = _finish(dst, plan, jobs, receipt_path)
     meta.update(source=str(src), workers=workers, resumed_shards=len(jobs) - len(todo),
                 prepare_time_s=round(time.perf_counter() - t0, 2))

@@ -1,0 +1,288 @@
+"""`budgetvit prepare`, the cache, CacheData and `budgetvit bench-data` on real JPEG trees
+(Fashion-MNIST images at several sizes, scikit-image's natural photos) with every kind of bad
+file: conversion and skip report, resume after a kill, labels and class order as ImageFolder,
+the loader interface, exact resume, training on the cache."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from budgetvit import checkpoint
+from budgetvit.cli import main
+from budgetvit.config import AugSection, ConfigError, validate
+from budgetvit.data import cache
+from budgetvit.data.cache_loader import CacheData, best_level, crop_resize, random_resized_crop
+from budgetvit.data.imagefolder import FolderData
+from budgetvit.data.prepare import prepare
+from budgetvit.train import train
+
+from .conftest import needs_fmnist, tiny_config, write_image_tree
+from .imagetree import add_bad_files, add_photos
+
+pytest.importorskip("skimage")
+pytestmark = needs_fmnist
+
+MAX_PX = 3_000_000  # --max-pixels for the dirty tree: above huge.jpg at 1/8 scale, below big.png
+CLASSES = ["bag", "coat", "photo", "sneaker"]
+AUG = AugSection(crop_scale_min=0.35)
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory):
+    """(clean tree, dirty tree = clean + bad files, skipped {path: reason}, converted paths).
+    Clean: 36 + 8 train and 12 + 3 val images in 4 classes."""
+    base = tmp_path_factory.mktemp("trees")
+    clean = write_image_tree(base / "clean")
+    add_photos(clean, "train", "photo", 8)
+    add_photos(clean, "val", "photo", 3)
+    dirty = base / "dirty"
+    shutil.copytree(clean, dirty)
+    skipped, converted = add_bad_files(dirty, MAX_PX)
+    return clean, dirty, skipped, converted
+
+
+@pytest.fixture(scope="module")
+def caches(trees, tmp_path_factory):
+    clean, dirty = trees[:2]
+    base = tmp_path_factory.mktemp("caches")
+    prepare(clean, base / "clean", max_size=64, shard_size=16, workers=2, progress=False)
+    prepare(dirty, base / "dirty", max_size=64, shard_size=16, workers=2, max_pixels=MAX_PX,
+            progress=False)
+    return base / "clean", base / "dirty"
+
+
+def snapshot(root: Path):
+    """Every file's bytes, and meta.json without the fields that describe the run."""
+    files = {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*"))
+             if f.is_file() and f.name != cache.META}
+    meta = json.loads((root / cache.META).read_text())
+    for key in ("prepare_time_s", "resumed_shards", "workers"):
+        meta.pop(key)
+    return files, meta
+
+
+# ----------------------------------------------------------------------------- prepare
+
+def test_bad_files_are_converted_or_skipped_and_listed(trees, caches):
+    _, dirty, skipped, converted = trees
+    meta = cache.read_meta(caches[1])
+    report = (caches[1] / cache.BAD_FILES).read_text().splitlines()
+    assert report[0] == "path\treason"
+    listed = dict(line.split("\t") for line in report[1:])
+    assert sorted(listed) == sorted(skipped)
+    for path, fragment in skipped.items():
+        assert fragment in listed[path], (path, listed[path])
+    assert meta["bad_files"] == len(skipped) == 5
+    assert meta["splits"]["train"]["images"] == 44 + len(converted)
+    assert meta["splits"]["val"]["images"] == 15
+    # Every converted file is in the cache as RGB, shorter side <= 64 px, each level half the
+    # size of the one before (rounded up).
+    from budgetvit.data.imagefolder import scan
+    samples = scan(dirty, "train")[0]
+    split = cache.CacheSplit(caches[1], "train")
+    stored = {os.path.relpath(samples[int(s)][0], dirty): i
+              for i, s in enumerate(split.index["source"])}
+    for path in converted:
+        i = stored[path]
+        w, h = split.widths[i], split.heights[i]
+        assert min(w[0], h[0]) <= 64 and list(w[1:]) == [-(-w[0] // 2), -(-w[0] // 4)]
+        for level in range(3):
+            img = split.image(i, level)
+            img.load()
+            assert img.mode == "RGB" and img.size == (w[level], h[level])
+    huge = split.image(stored["train/coat/huge.jpg"])
+    assert min(huge.size) == 64 and huge.size[0] == 80  # 15000 x 12000 -> 80 x 64
+
+
+def test_cache_has_imagefolder_labels_and_class_order(trees, caches):
+    from torchvision.datasets import ImageFolder
+    for tree, root in zip(trees[:2], caches):
+        meta = cache.read_meta(root)
+        for split in cache.SPLITS:
+            reference = ImageFolder(str(tree / split), loader=lambda p: p)
+            assert meta["classes"] == reference.classes == CLASSES
+            index = np.load(root / f"{split}.idx.npy")
+            labels = [reference.samples[int(s)][1] for s in index["source"]]
+            assert labels == index["label"].tolist()
+            assert list(index["source"]) == sorted(index["source"])  # ImageFolder order
+
+
+def test_prepare_resumes_after_a_kill_with_an_identical_cache(trees, tmp_path):
+    clean = trees[0]
+    reference = prepare(clean, tmp_path / "ref", max_size=64, shard_size=4, workers=2,
+                        progress=False)
+    dst = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "budgetvit", "prepare", "--src", str(clean), "--dst", str(dst),
+           "--max-size", "64", "--shard-size", "4", "--workers", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((dst / cache.PARTS).glob("*-*.json")) and time.time() < deadline:
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)  # the command and its worker, mid-run
+    proc.wait()
+    assert not (dst / cache.META).exists()
+    meta = prepare(clean, dst, max_size=64, shard_size=4, workers=2, progress=False)
+    total = reference["splits"]["train"]["shards"] + reference["splits"]["val"]["shards"]
+    assert 1 <= meta["resumed_shards"] < total
+    assert snapshot(dst) == snapshot(tmp_path / "ref")
+    assert not list(dst.rglob("*.tmp"))
+
+
+def test_prepare_redoes_unfinished_shards_and_refuses_other_settings(trees, caches, tmp_path):
+    dst = tmp_path / "cache"
+    shutil.copytree(caches[0], dst)
+    # A run that died mid-way: no meta, two shards without receipt (one half-written), and
+    # a stale temp file.
+    (dst / cache.META).unlink()
+    for name in ("train-00001", "val-00000"):
+        (dst / cache.PARTS / f"{name}.json").unlink()
+    (dst / "train-00001.bin").write_bytes(b"\xff" * 100)
+    (dst / "train-00002.bin.tmp").write_bytes(b"partial")
+    meta = prepare(trees[0], dst, max_size=64, shard_size=16, workers=1, progress=False)
+    assert meta["resumed_shards"] == 2
+    assert snapshot(dst) == snapshot(caches[0])
+    # A finished cache is left alone; other settings or files are refused.
+    again = prepare(trees[0], dst, max_size=64, shard_size=16, workers=1, progress=False)
+    assert again == meta
+    with pytest.raises(ConfigError, match="other files or settings"):
+        prepare(trees[0], dst, max_size=96, shard_size=16, progress=False)
+
+
+# ----------------------------------------------------------------------------- the loader
+
+def test_cache_loader_has_folderdata_interface_and_order(trees, caches):
+    common = dict(batch_size=8, seed=3, aug=AUG, device="cpu", num_workers=0, size=32)
+    c, f = CacheData(str(caches[0]), **common), FolderData(str(trees[0]), **common)
+    assert (c.classes, c.num_classes, c.in_chans, c.mean, c.std) == \
+           (f.classes, f.num_classes, f.in_chans, f.mean, f.std)
+    assert (c.num_images, c.batches_per_epoch, c.bad_images) == (44, 5, 0)
+    assert f.num_images == 44 and f.batches_per_epoch == 5
+    for step in range(7):  # across the epoch boundary; same sampler, same labels
+        if step == 3:
+            c.set_size(16)
+            f.set_size(16)
+        (xc, yc), (xf, yf) = c.next_batch(), f.next_batch()
+        assert torch.equal(yc, yf) and yc.dtype == torch.long
+        assert xc.shape == xf.shape == (8, 3, c.size, c.size) and xc.dtype == torch.uint8
+        assert xc.is_contiguous()
+    assert c.state_dict() == f.state_dict() == {"epoch": 1, "batch": 2}
+    # Evaluation: every val image exactly once over two ranks, in FolderData's order.
+    ranks = [list(c.eval_batches(48, 4, rank, 2)) for rank in range(2)]
+    ys = [torch.cat([y for _, y in batches]) for batches in ranks]
+    ref = [torch.cat([y for _, y in f.eval_batches(48, 4, rank, 2)]) for rank in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(ys, ref)) and sum(map(len, ys)) == 15
+    assert ranks[0][0][0].shape == (4, 3, 48, 48) and ranks[0][0][0].dtype == torch.uint8
+
+
+def test_cache_loader_resumes_exactly_with_workers(caches):
+    common = dict(batch_size=8, seed=0, aug=AUG, device="cpu", num_workers=2, size=32)
+    a = CacheData(str(caches[1]), **common)
+    stream, state = [], None
+    for step in range(8):
+        if step == 3:
+            state = a.state_dict()
+        stream.append(a.next_batch())
+    b = CacheData(str(caches[1]), **common)
+    b.load_state_dict(state)
+    for x, y in stream[3:]:
+        xb, yb = b.next_batch()
+        assert torch.equal(x, xb) and torch.equal(y, yb)
+    assert a.bad_images == 0 and a.skipped_files == 5
+
+
+def test_damaged_records_are_counted_not_fatal(caches, tmp_path):
+    dst = tmp_path / "cache"
+    shutil.copytree(caches[0], dst)
+    index = np.load(dst / "train.idx.npy")
+    row = index[5]
+    shard = dst / cache.shard_name("train", int(row["shard"]))
+    data = bytearray(shard.read_bytes())
+    start, end = int(row["offset"][0]), int(row["offset"][-1] + row["nbytes"][-1])
+    data[start:end] = bytes(end - start)  # every level of image 5 zeroed
+    shard.write_bytes(bytes(data))
+    d = CacheData(str(dst), batch_size=4, seed=0, aug=AUG, device="cpu", num_workers=0, size=16)
+    for _ in range(d.batches_per_epoch):  # one epoch touches every image
+        x, _ = d.next_batch()
+        assert x.shape == (4, 3, 16, 16)
+    assert d.bad_images == 1
+
+
+def test_randaugment_runs_batched_and_follows_the_position(caches):
+    aug = AugSection(crop_scale_min=0.35, randaugment_ops=2, randaugment_magnitude=9)
+    common = dict(batch_size=8, seed=0, aug=aug, device="cpu", num_workers=0, size=32)
+    torch.manual_seed(1)
+    x1, _ = CacheData(str(caches[0]), **common).next_batch()
+    x2, _ = CacheData(str(caches[0]), **common).next_batch()
+    assert torch.equal(x1, x2) and x1.dtype == torch.uint8
+
+
+def test_crop_geometry_and_reduced_decoding(tmp_path):
+    import random
+    rng = random.Random(0)
+    for _ in range(500):
+        x, y, w, h = random_resized_crop(rng, 341, 256, 0.08)
+        assert 0 <= x and x + w <= 341 and 0 <= y and y + h <= 256 and w > 0 and h > 0
+    # The smallest level whose crop still has >= size px each way.
+    widths, heights = np.array([341, 171, 86]), np.array([256, 128, 64])
+    assert best_level(widths, heights, (0, 0, 341, 256), 64) == 2
+    assert best_level(widths, heights, (0, 0, 200, 200), 64) == 1
+    assert best_level(widths, heights, (0, 0, 120, 120), 64) == 0
+    # JPEG draft: a 300 px crop to 64 px decodes at 1/4 scale (75 px >= 64), not 1/8.
+    Image.fromarray(np.full((512, 512, 3), 128, np.uint8)).save(tmp_path / "a.jpg")
+    img = Image.open(tmp_path / "a.jpg")
+    out = crop_resize(img, (100, 100, 300, 300), 64)
+    assert img.size == (128, 128) and out.size == (64, 64)
+
+
+def test_training_on_the_cache(caches, tmp_path):
+    cfg = tiny_config("data.dataset=cache", f"data.path={caches[1]}", "data.num_workers=0",
+                      "train.batch_size=12", "train.budget=4steps", "train.eval_batch_size=5",
+                      "curriculum.stages=16:0.5,32:0.5", "curriculum.final_size_px=32")
+    summary = train(cfg, tmp_path / "run")
+    assert summary["steps"] == 4 and [st["img_size"] for st in summary["stages"]] == [16, 32]
+    assert summary["evals"][-1]["eval_images"] == 15
+    state = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "run")[-1])
+    assert state["classes"] == CLASSES
+
+
+# ----------------------------------------------------------------------------- commands
+
+def test_bench_data_prints_the_table(trees, caches, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench-data", "--src", str(trees[0]), "--cache", str(caches[0]), "--sizes",
+                 "16,32", "--workers", "1", "--batch-size", "4", "--batches", "2",
+                 "--warmup", "1", "--repeats", "1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| 16 |" in text and "| 32 |" in text and "torchvision img/s" in text
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["size"] for r in rows] == [16, 32] and all(r["ratio"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["prepare", "--src", "{tmp}/nothing", "--dst", "{tmp}/c"], "no train/ folder"),
+    (["prepare", "--src", "{clean}", "--dst", "{tmp}/c", "--max-size", "4"], "--max-size"),
+    (["bench-data", "--src", "{tmp}"], "no ImageFolder tree"),
+    (["bench-data", "--src", "{clean}", "--cache", "{tmp}"], "no finished budgetvit cache"),
+    (["bench-data", "--src", "{clean}", "--sizes", "64,big"], "--sizes"),
+    (["train", "--set", "data.dataset=cache"], "data.dataset=cache needs"),
+])
+def test_user_errors_are_one_line_exit_2(trees, tmp_path, capsys, args, fragment):
+    args = [a.format(tmp=tmp_path, clean=trees[0]) for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and "\n" not in err
+
+
+def test_config_accepts_cache_with_a_path(caches):
+    cfg = tiny_config("data.dataset=cache", f"data.path={caches[0]}")
+    validate(cfg)
