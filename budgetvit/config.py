@@ -93,6 +93,7 @@ class TrainSection:
     log_every: int = 20  # steps between log.jsonl lines
     eval_every_s: float = 0.0  # training seconds between evaluations (0 = only at the end)
     warmup_steps: int = 3  # untimed steps per image size before the clock starts
+    sync_every: int = 0  # steps between host-device syncs; 0 = auto (1 on CPU, 8 on CUDA)
     max_bad_steps: int = 5  # consecutive non-finite steps before a rollback
     max_rollbacks: int = 3  # rollbacks before the run stops
     rollback_lr_factor: float = 0.5  # lr multiplier applied at each rollback
@@ -329,6 +330,7 @@ def validate(cfg: Config) -> None:
     _range("train.log_every", t.log_every, 1)
     _range("train.eval_every_s", t.eval_every_s, 0)
     _range("train.warmup_steps", t.warmup_steps, 0)
+    _range("train.sync_every", t.sync_every, 0)
     _range("train.max_bad_steps", t.max_bad_steps, 1)
     _range("train.max_rollbacks", t.max_rollbacks, 0)
     _range("train.rollback_lr_factor", t.rollback_lr_factor, 0, 1, lo_open=True)

@@ -44,9 +44,7 @@ def load(path: str | Path, device="cpu") -> Loaded:
         ema = None
         if state.get("ema") is not None:
             ema = VisionTransformer(mcfg)
-            # AveragedModel keeps the averaged copy under "module." (+ an n_averaged counter)
-            ema.load_state_dict({k[len("module."):]: v for k, v in state["ema"].items()
-                                 if k.startswith("module.")})
+            ema.load_state_dict(state["ema"]["weights"])
     except (KeyError, TypeError, RuntimeError) as e:
         raise checkpoint.CheckpointError(f"{path} is not a budgetvit checkpoint ({e})") from None
     for m in (model, ema):

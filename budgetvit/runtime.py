@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -16,18 +17,28 @@ PEAK_BF16_FLOPS = {
 }
 
 
-def peak_flops(device: torch.device) -> float | None:
-    """Peak bf16 FLOP/s of this device (env BUDGETVIT_PEAK_TFLOPS wins), None if unknown."""
-    import os
-    if os.environ.get("BUDGETVIT_PEAK_TFLOPS"):
-        return float(os.environ["BUDGETVIT_PEAK_TFLOPS"]) * 1e12
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
+def peak_for_name(name: str) -> float | None:
+    """Peak dense bf16 FLOP/s for a GPU name as CUDA reports it, None if not in the table."""
     for key, flops in PEAK_BF16_FLOPS.items():
         if key in name:
             return flops
     return None
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Peak bf16 FLOP/s of this device (env BUDGETVIT_PEAK_TFLOPS wins), None if unknown."""
+    if os.environ.get("BUDGETVIT_PEAK_TFLOPS"):
+        return float(os.environ["BUDGETVIT_PEAK_TFLOPS"]) * 1e12
+    if device.type != "cuda":
+        return None
+    return peak_for_name(torch.cuda.get_device_name(device))
+
+
+def mfu(model_cfg, img_size: int, img_per_s: float, peak: float) -> float:
+    """Model FLOPs utilisation: the model's own forward+backward FLOP count per image, times
+    images per second, over the device's peak rate."""
+    from .models import train_flops
+    return train_flops(model_cfg, img_size) * img_per_s / peak
 
 
 @dataclass

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from .config import ConfigError
-from .models import create_model, train_flops
-from .runtime import Runtime, peak_flops
+from .models import create_model
+from .runtime import Runtime, mfu, peak_flops
 
 
 def timm_twin(cfg):
@@ -106,9 +106,9 @@ def run_speed(args) -> int:
         torch.manual_seed(0)
         r = time_steps(create_model(cfg), cfg.in_chans, s, args.batch_size, args.steps, args.repeats, rt,
                        rt.compile)
-        mfu = (f"{100 * train_flops(cfg, s) * r['img_per_s'] / peak:5.1f}%" if peak else "    -")
+        util = f"{100 * mfu(cfg, s, r['img_per_s'], peak):5.1f}%" if peak else "    -"
         mem = f"{r['peak_mem_gib']:8.2f}" if r["peak_mem_gib"] is not None else f"{'-':>8}"
-        line = f"{s:>5} {r['img_per_s']:9.1f} {mfu:>6} {mem}"
+        line = f"{s:>5} {r['img_per_s']:9.1f} {util:>6} {mem}"
         if args.compare_timm:
             torch.manual_seed(0)
             # timm as most users run it: eager (no compile), bf16 autocast on CUDA.

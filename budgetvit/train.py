@@ -17,28 +17,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel
 
 from . import checkpoint, curriculum, distributed
 from .budget import BudgetClock
 from .config import Config, ConfigError, model_shape, parse_budget, validate
 from .data import augment, build_data
+from .ema import EMA
 from .evaluate import evaluate, normalize
-from .models import VisionTransformer, count_params, param_groups, train_flops
+from .models import VisionTransformer, count_params, param_groups
 from .progress import Progress, fmt_duration
-from .runtime import peak_flops, resolve
+from .runtime import mfu, peak_flops, resolve
 from .schedules import lr_at
 from .summary import write_summary
-
-
-def ema_update(decay: float):
-    """EMA update for AveragedModel whose decay ramps up as min(decay, (1 + n) / (10 + n)):
-    with a fixed decay, a short budget's EMA would still be mostly the random init."""
-    def update(averaged: list, current: list, num_averaged) -> None:
-        n = float(num_averaged)
-        d = min(decay, (1.0 + n) / (10.0 + n))
-        torch._foreach_lerp_(averaged, current, 1.0 - d)
-    return update
 
 
 class TrainingStopped(RuntimeError):
@@ -80,11 +70,10 @@ class Trainer:
         self.model = VisionTransformer(self.model_cfg).to(self.rt.device)
         self.opt = torch.optim.AdamW(param_groups(self.model, cfg.optim.weight_decay),
                                      lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
-                                     fused=self.rt.cuda or None)
+                                     fused=True)
         self.scaler = torch.amp.GradScaler(self.rt.device.type,
                                            enabled=self.rt.amp_dtype == torch.float16)
-        self.ema = (AveragedModel(self.model, multi_avg_fn=ema_update(t.ema_decay),
-                                  use_buffers=True) if t.ema else None)
+        self.ema = EMA(self.model, t.ema_decay) if t.ema else None
         self.forward = self.model
         if self.dist.enabled:
             self.forward = torch.nn.parallel.DistributedDataParallel(
@@ -106,16 +95,21 @@ class Trainer:
         self.faults = {"nonfinite_steps": 0, "rollbacks": 0, "checkpoint_failures": 0}
         self.seconds_per_epoch: dict[int, float] = {}
         self.stop_signal: str | None = None
-        self.last_step_s = 0.0  # duration of the final loop iteration (bounds the overrun)
+        self.last_step_s = 0.0  # the final sync interval (bounds the overrun past the budget)
+        self.bad_run = 0  # consecutive non-finite steps
+        # Steps between host-device syncs (clock reads, loss and fault read-back): free on
+        # CPU, so every step there; on CUDA every few, so the GPU queue never drains.
+        self.sync_every = t.sync_every or (8 if self.rt.cuda else 1)
 
     # ------------------------------------------------------------------ one step
 
     def loss_fn(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.aug.label_smoothing)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> tuple[float, bool]:
-        """One optimizer step; returns (loss, finite). A non-finite loss or gradient skips
-        the update (weights, optimizer state and EMA stay as they were)."""
+    def step(self, x: torch.Tensor, y: torch.Tensor, lr: float):
+        """One optimizer step with no host-device sync. Returns (loss, ok) as device tensors;
+        a non-finite loss or gradient (ok False) skips the update on the device, so weights,
+        optimizer state and EMA stay as they were."""
         for group in self.opt.param_groups:
             group["lr"] = lr
         x = normalize(x, self.data.mean, self.data.std)
@@ -126,18 +120,23 @@ class Trainer:
             loss = self.loss_fn(self.forward(x), y)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.opt)
-        clip = self.cfg.optim.grad_clip or math.inf
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        # One host sync per step: it both reads the loss and guards the update.
-        loss_value, norm_value = torch.stack([loss.detach().float(), norm.float()]).tolist()
-        finite = math.isfinite(loss_value) and math.isfinite(norm_value)
-        if finite:
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
+                                              self.cfg.optim.grad_clip or math.inf)
+        loss = loss.detach().float()
+        if self.scaler.is_enabled():  # fp16: the scaler skips overflowing steps by itself
+            ok = torch.isfinite(loss)
             self.scaler.step(self.opt)
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
-        self.scaler.update()
+            self.scaler.update()
+        else:
+            ok = torch.isfinite(loss) & torch.isfinite(norm)
+            # Fused AdamW skips its update where found_inf is 1, on the device (the protocol
+            # GradScaler uses), so guarding the step costs no sync.
+            self.opt.found_inf = (~ok).float()
+            self.opt.step()
+        if self.ema is not None:
+            self.ema.update(self.model, ok)
         self.opt.zero_grad(set_to_none=True)
-        return loss_value, finite
+        return loss, ok
 
     # ------------------------------------------------------------------ state
 
@@ -208,6 +207,7 @@ class Trainer:
         if n == 0:
             return
         initial = copy.deepcopy(self.state_dict())
+        measured = {}
         with self.clock.paused("warmup"):
             for size in curriculum.planned_sizes(self.cfg):
                 self.data.set_size(size)
@@ -220,8 +220,9 @@ class Trainer:
                     self.rt.sync()
                     times.append(time.perf_counter() - t0)
                 step_s = sorted(times[1:])[len(times[1:]) // 2]  # median, first one excluded
-                self.seconds_per_epoch[size] = step_s * self.data.batches_per_epoch
+                measured[size] = step_s * self.data.batches_per_epoch
         self.load_state_dict(initial, restore_clock=False)
+        self.seconds_per_epoch = measured
 
     def make_plan(self) -> None:
         if self.unit == "steps":  # epochs convert to steps exactly
@@ -259,24 +260,25 @@ class Trainer:
     def _on_signal(self, signum, frame) -> None:
         self.stop_signal = signal.Signals(signum).name
 
-    def _rollback(self, first_bad: int) -> None:
+    def _rollback(self, first_bad: int, last_bad: int) -> None:
+        """Back to the newest checkpoint (every rank reads it) with the lr lowered; after
+        max_rollbacks, stop with the range of bad steps."""
         self.faults["rollbacks"] += 1
         if self.faults["rollbacks"] > self.cfg.train.max_rollbacks:
             raise TrainingStopped(
-                f"non-finite loss or gradient in steps {first_bad}-{self.clock.steps} after "
+                f"non-finite loss or gradient in steps {first_bad}-{last_bad} after "
                 f"{self.cfg.train.max_rollbacks} rollbacks; lower optim.lr or check the data")
-        faults, clock = dict(self.faults), self.clock.state_dict()
-        state = checkpoint.load_latest(self.out) if self.dist.main else None
+        state = checkpoint.load_latest(self.out)
         if state is None:
             raise TrainingStopped("non-finite steps and no checkpoint to roll back to")
+        faults = dict(self.faults)
         self.load_state_dict(state, restore_clock=False)
         self.faults = faults
         self.lr_scale *= self.cfg.train.rollback_lr_factor
-        self.say(f"warning: {self.cfg.train.max_bad_steps} non-finite steps in a row "
-                 f"({first_bad}-{clock['steps']}); rolled back to step {state['clock']['steps']}"
-                 f" with lr x{self.lr_scale:g}")
         # The clock keeps running: time lost to the fault is charged, as it would be anyway.
         self.clock.steps = state["clock"]["steps"]
+        self.say(f"warning: {self.bad_run} non-finite steps in a row ({first_bad}-{last_bad});"
+                 f" rolled back to step {self.clock.steps} with lr x{self.lr_scale:g}")
 
     # ------------------------------------------------------------------ the run
 
@@ -304,27 +306,40 @@ class Trainer:
         last_eval = self.evals[-1]["train_time_s"] if self.evals else 0.0
         old_handlers = {s: signal.signal(s, self._on_signal)
                         for s in (signal.SIGTERM, signal.SIGINT)}
-        bad_run, first_bad = 0, 0
-        window = {"loss": 0.0, "n": 0, "images": 0, "t": self.clock.train_s}
-        prev_s = self.clock.train_s
+        window = {"loss": 0.0, "n": 0, "images": 0, "t": self.clock.train_s,
+                  "step": self.clock.steps}
+        pending: list[tuple] = []  # (loss, ok, stage) of steps not yet read from the device
+        train_s = prev_s = self.clock.train_s
+        lr = 0.0
         try:
             self.clock.start()
             while True:
-                train_s = self.clock.read()
-                stop = float(self.stop_signal is not None)
-                train_s, stop = distributed.broadcast_floats([train_s, stop], self.dist,
-                                                             self.rt.device)
-                self.last_step_s, prev_s = train_s - prev_s, train_s
+                # Sync point: read the clock (the device is synchronised first), fetch the
+                # pending losses and fault flags, log, checkpoint, evaluate. Between sync points
+                # the device runs ahead of the host undisturbed.
+                if self.clock.steps % self.sync_every == 0:
+                    stop = float(self.stop_signal is not None)
+                    train_s, stop = distributed.broadcast_floats(
+                        [self.clock.read(), stop], self.dist, self.rt.device)
+                    self.last_step_s, prev_s = train_s - prev_s, train_s
+                    self.drain(pending, window)
+                    if self.stages:
+                        self.stages[-1]["end_s"] = train_s
+                    if self.clock.steps - window["step"] >= t.log_every:
+                        self.log_window(window, train_s, lr)
+                    if stop:
+                        break
+                    k = cfg.checkpoint
+                    if ((k.every_s and train_s - self._last_ckpt[0] >= k.every_s) or
+                            (k.every_steps and
+                             self.clock.steps - self._last_ckpt[1] >= k.every_steps)):
+                        self.save_checkpoint()
+                    if t.eval_every_s and train_s - last_eval >= t.eval_every_s:
+                        self.run_eval(train_s)
+                        last_eval = train_s
                 p = self.clock.progress(train_s)
-                if p >= 1.0 or stop:
-                    break  # the overrun past the budget is at most this last iteration
-                k = cfg.checkpoint
-                if ((k.every_s and train_s - self._last_ckpt[0] >= k.every_s) or
-                        (k.every_steps and self.clock.steps - self._last_ckpt[1] >= k.every_steps)):
-                    self.save_checkpoint()
-                if t.eval_every_s and train_s - last_eval >= t.eval_every_s:
-                    self.run_eval(train_s)
-                    last_eval = train_s
+                if p >= 1.0:
+                    break  # the overrun past the budget is at most the last sync interval
                 size = curriculum.size_at(self.plan, p)
                 if size != self.data.size:  # after a resume the loader starts at its default size
                     self.data.set_size(size)
@@ -334,27 +349,11 @@ class Trainer:
                 lr = lr_at(p, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup,
                            cfg.optim.decay) * self.lr_scale
                 x, y = self.data.next_batch()
-                loss, finite = self.step(x, y, lr)
+                loss, ok = self.step(x, y, lr)
                 self.clock.steps += 1
-                if not finite:
-                    self.faults["nonfinite_steps"] += 1
-                    bad_run, first_bad = bad_run + 1, first_bad if bad_run else self.clock.steps
-                    self.say(f"warning: non-finite loss or gradient at step {self.clock.steps}; "
-                             f"update skipped")
-                    if bad_run >= t.max_bad_steps:
-                        self._rollback(first_bad)
-                        bad_run = 0
-                    continue
-                bad_run = 0
-                self.images += t.batch_size
-                self.stages[-1]["images"] += t.batch_size
-                self.stages[-1]["end_s"] = self.clock.read()
-                window["loss"] += loss
-                window["n"] += 1
-                window["images"] += t.batch_size
-                if self.clock.steps % t.log_every == 0:
-                    self.log_window(window, size, lr)
+                pending.append((loss, ok, self.stages[-1]))
             self.clock.stop()
+            self.drain(pending, window)
         finally:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
@@ -371,22 +370,51 @@ class Trainer:
         self.progress_close()
         return summary
 
-    def log_window(self, window: dict, size: int, lr: float) -> None:
-        now = self.clock.read()
+    def drain(self, pending: list[tuple], window: dict) -> None:
+        """Read the losses and fault flags of the pending steps from the device (one sync),
+        count good steps' images, and handle runs of non-finite steps: each is reported, and
+        max_bad_steps in a row roll the run back to its last checkpoint with a lower lr."""
+        if not pending:
+            return
+        values = torch.stack([torch.stack([l, ok.float()]) for l, ok, _ in pending]).tolist()
+        first_step = self.clock.steps - len(pending) + 1
+        stages = [stage for _, _, stage in pending]
+        pending.clear()
+        B = self.cfg.train.batch_size
+        for i, ((loss, ok), stage) in enumerate(zip(values, stages)):
+            step = first_step + i
+            if ok:
+                self.bad_run = 0
+                self.images += B
+                stage["images"] += B
+                window.update(loss=window["loss"] + loss, n=window["n"] + 1,
+                              images=window["images"] + B)
+                continue
+            self.faults["nonfinite_steps"] += 1
+            self.bad_run += 1
+            self.say(f"warning: non-finite loss or gradient at step {step}; update skipped")
+            if self.bad_run >= self.cfg.train.max_bad_steps:
+                self._rollback(step - self.bad_run + 1, step)
+                self.bad_run = 0
+                window.update(loss=0.0, n=0, images=0, step=self.clock.steps)
+                return  # the steps after this one were undone by the rollback
+
+    def log_window(self, window: dict, now: float, lr: float) -> None:
         img_per_s = window["images"] / max(now - window["t"], 1e-9)
         # The logged loss is the mean over all ranks, i.e. over the global batch.
         loss_sum, count = distributed.all_sum([window["loss"], window["n"]], self.dist,
                                               self.rt.device)
+        size = self.stages[-1]["img_size"]
         rec = {"step": self.clock.steps, "train_time_s": round(now, 3), "img_size": size,
                "lr": lr, "loss": loss_sum / max(count, 1), "img_per_s": img_per_s,
                "images": self.images, "epoch": self.images / self.data.num_images}
         peak = peak_flops(self.rt.device)
         if peak:
-            rec["mfu"] = train_flops(self.model_cfg, size) * img_per_s / peak
+            rec["mfu"] = mfu(self.model_cfg, size, img_per_s, peak)
         if self.dist.main:
             self.progress.log(rec)
             self.progress.update(self.clock.spent_units(now), rec)
-        window.update(loss=0.0, n=0, images=0, t=now)
+        window.update(loss=0.0, n=0, images=0, t=now, step=self.clock.steps)
 
     def warn_config_change(self, saved: dict) -> None:
         now = self.cfg.to_dict()

@@ -158,6 +158,18 @@ def test_prepare_redoes_unfinished_shards_and_refuses_other_settings(trees, cach
         prepare(trees[0], dst, max_size=96, shard_size=16, progress=False)
 
 
+def _killed_by_the_os(job):
+    os._exit(9)  # what an out-of-memory kill looks like from the pool
+
+
+def test_a_dead_worker_stops_prepare_with_one_line(trees, tmp_path, monkeypatch, capsys):
+    from budgetvit.data import prepare as command
+    monkeypatch.setattr(command, "convert_shard", _killed_by_the_os)
+    assert main(["prepare", "--src", str(trees[0]), "--dst", str(tmp_path / "c"), "--quiet",
+                 "--workers", "1"]) == 1
+    assert "rerun the same command to resume" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- the loader
 
 def test_cache_loader_has_folderdata_interface_and_order(trees, caches):

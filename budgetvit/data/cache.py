@@ -2,30 +2,35 @@
 
     CACHE/meta.json              classes, counts, encoding, max_size, prepare_time_s, cache_bytes
     CACHE/train-00000.bin ...    shards: encoded images back to back, read through np.memmap
-    CACHE/train.idx.npy          one INDEX_DTYPE row per image, in ImageFolder order
+    CACHE/train.idx.npy          one index_dtype() row per image, in ImageFolder order
     CACHE/val-00000.bin, val.idx.npy
     CACHE/bad_files.tsv          source files left out: relative path <TAB> reason
     CACHE/parts/                 one index part + receipt per finished shard (makes it resumable)
 
-Images are stored with the shorter side at most max_size, as baseline RGB JPEG (quality 90,
-4:2:0) or, optionally, raw uint8 HWC. JPEG is the default, by measurement (2-core AMD EPYC,
-one thread, 250 images of the 500x375 benchmark tree stored at shorter side <= 256 px,
-random-resized-crop scale (0.08, 1), per image incl. crop + resize + flip):
+Each image is stored with the shorter side at most S (--max-size) and, by default, as two more
+copies at 1/2 and 1/4 of that size ("levels"), as baseline RGB JPEG (quality 90, 4:2:0), or
+optionally raw uint8 HWC. The loader decodes the smallest copy that still holds the crop it
+needs. Chosen by measurement (`budgetvit bench-data`, 2-core AMD EPYC shared with other jobs,
+2 workers, batch 128, crop scale (0.08, 1), the 5000-image 500x375 tree of
+scripts/make_jpeg_tree.py, S = 256): images per CPU-second of the pipeline, as a multiple of
+the plain torchvision ImageFolder pipeline on the source JPEGs (275-360 img/CPU-s at 64 px)
+measured in the same run; bytes per image in the cache:
 
-    stored as        bytes/image   64 px     128 px    224 px
-    source JPEG      64 KiB        254/s     226/s     348/s   (torchvision baseline)
-    JPEG q90         26 KiB        895/s     576/s     758/s   (+ PIL draft, see below)
-    JPEG q90         26 KiB        677/s     587/s     460/s   (full decode, no draft)
-    raw uint8        261 KiB       1585/s    1822/s    657/s
+    stored as               bytes/img   64 px   128 px   224 px
+    JPEG q90, 1 level        28 KiB     2.7x    1.9x     1.9x    (draft() only)
+    JPEG q90, 3 levels       39 KiB     4.2x    2.2x     1.7x    (default)
+    raw uint8, 1 level      260 KiB     4.3x    4.0x     3.0x
+    raw uint8, 3 levels     341 KiB     6.6x    4.2x     2.9x
 
-(the machine was shared with training jobs, so single figures are noisy by +-30%).
-Raw is about twice as fast as JPEG at small sizes, but 10x bigger: ImageNet-1k at 256 px would
-take ~330 GB raw against ~33 GB as JPEG, i.e. raw no longer fits the page cache of a typical
-GPU box and the loader becomes disk-bound, while the JPEG cache stays in RAM. JPEG's DCT
-scaling (PIL's draft(): decode at 1/2, 1/4 or 1/8 scale for almost no cost) recovers much of
-the gap at small curriculum sizes. q85 saves another 23% of bytes for a few % of speed; q90 was
-kept for quality; `optimize=True` Huffman tables gained nothing measurable. Raw stays available
-(`prepare --format raw`) for small datasets whose raw cache fits in memory.
+Raw is faster (no decode), but 7-9x bigger: at these bytes per image ImageNet-1k would take
+~320-420 GB raw against ~50 GB as 3-level JPEG, so raw no longer fits in the page cache of a
+typical GPU box and its loader becomes disk-bound, while the JPEG cache is read from RAM.
+JPEG's DCT scaling (PIL's draft()) saves less than hoped (a 256 px JPEG decodes at 1/8 scale
+in ~70% of its full-scale time: entropy decoding, which scaling cannot skip, dominates), hence
+the pre-resized copies: +40% bytes, 1.5x at 64 px. At 224 px every image needs the full copy; there the gain is the smaller stored image
+(256 px vs ~375 px shorter side). q85 would save another ~23% of bytes for a few % of speed;
+q90 was kept for quality; optimize=True Huffman tables gained nothing measurable. Raw stays
+available (`prepare --format raw`) for datasets whose raw cache fits in memory.
 """
 from __future__ import annotations
 

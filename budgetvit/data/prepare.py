@@ -23,6 +23,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import sys
 import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -47,7 +48,7 @@ def add_arguments(p) -> None:
     p.add_argument("--max-size", type=int, default=256,
                    help="store images with the shorter side at most this many px (default 256)")
     p.add_argument("--format", choices=cache.ENCODINGS, default="jpeg",
-                   help="jpeg (default: small, scales on decode) or raw uint8 (10x bigger)")
+                   help="jpeg (default: small, scales on decode) or raw uint8 (7-9x bigger)")
     p.add_argument("--levels", type=int, default=cache.LEVELS,
                    help=f"copies per image at 1, 1/2, 1/4... of the size (default {cache.LEVELS})")
     p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
@@ -58,9 +59,13 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    meta = prepare(args.src, args.dst, max_size=args.max_size, encoding=args.format,
-                   levels=args.levels, workers=args.workers, shard_size=args.shard_size,
-                   max_pixels=args.max_pixels, progress=not args.quiet)
+    try:
+        meta = prepare(args.src, args.dst, max_size=args.max_size, encoding=args.format,
+                       levels=args.levels, workers=args.workers, shard_size=args.shard_size,
+                       max_pixels=args.max_pixels, progress=not args.quiet)
+    except WorkerDied as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     counts = "+".join(str(meta["splits"][s]["images"]) for s in cache.SPLITS)
     print(f"cache {args.dst}: {counts} (train+val) images of {meta['num_classes']} classes, "
           f"{meta['bad_files']} bad files skipped (see {cache.BAD_FILES}), "
@@ -72,6 +77,10 @@ def run(args) -> int:
 
 class Skip(Exception):
     """A source file that cannot go into the cache; the message is the reason in the report."""
+
+
+class WorkerDied(RuntimeError):
+    """A worker process was killed (by the OS, out of memory); finished shards are kept."""
 
 
 def load_image(path: str, max_size: int, max_pixels: int) -> Image.Image:
@@ -255,7 +264,7 @@ def _run_jobs(todo: list[dict], common: dict, workers: int, total: int, reused: 
                     fut.result()  # re-raises a worker's unexpected error
                 bar.update(reused + counter.value - bar.n)
         except BrokenProcessPool:
-            raise RuntimeError("a prepare worker died (out of memory?); finished shards are "
+            raise WorkerDied("a prepare worker died (out of memory?); finished shards are "
                                "kept, rerun the same command to resume") from None
         except BaseException:
             for fut in pending:

@@ -1,0 +1,66 @@
+"""CPU-side checks of the speed work: MFU arithmetic, the peak-rate table, warm-up that
+leaves no trace, and the speed command itself."""
+import pytest
+import torch
+
+from budgetvit.cli import main
+from budgetvit.models import create_model, forward_flops
+from budgetvit.runtime import mfu, peak_flops, peak_for_name
+from budgetvit.train import Trainer
+
+from .conftest import needs_fmnist, tiny_config
+
+
+def test_mfu_arithmetic():
+    cfg = create_model("vit_s16_local").cfg
+    # 3000 img/s of ViT-S/16-local at 224 px on a 989 TFLOP/s GPU:
+    expected = 3 * forward_flops(cfg, 224) * 3000 / 989e12
+    assert mfu(cfg, 224, 3000.0, 989e12) == pytest.approx(expected)
+    assert 0.083 < expected < 0.085  # ~9.2 GFLOPs forward, x3 for training
+
+
+def test_peak_table_and_override(monkeypatch):
+    assert peak_for_name("NVIDIA H200") == 989e12
+    assert peak_for_name("NVIDIA A100-SXM4-80GB") == 312e12
+    assert peak_for_name("NVIDIA L40S") == 362e12 and peak_for_name("NVIDIA L4") == 121e12
+    assert peak_for_name("NVIDIA A10G") == 70e12
+    assert peak_for_name("Some Future GPU") is None
+    monkeypatch.delenv("BUDGETVIT_PEAK_TFLOPS", raising=False)
+    assert peak_flops(torch.device("cpu")) is None
+    monkeypatch.setenv("BUDGETVIT_PEAK_TFLOPS", "123.5")
+    assert peak_flops(torch.device("cpu")) == pytest.approx(123.5e12)
+
+
+@needs_fmnist
+def test_warm_up_measures_every_size_and_restores_the_initial_state(tmp_path):
+    trainer = Trainer(tiny_config("train.warmup_steps=2", "model.drop_path=0.1",
+                                  "aug.mixup=0.2"), tmp_path)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    ema_before = {k: v.clone() for k, v in trainer.ema.module.state_dict().items()}
+    rng_before = torch.get_rng_state()
+    trainer.warm_up()
+    assert set(trainer.seconds_per_epoch) == {16, 28}
+    assert all(v > 0 for v in trainer.seconds_per_epoch.values())
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert all(torch.equal(ema_before[k], v)
+               for k, v in trainer.ema.module.state_dict().items())
+    assert trainer.opt.state_dict()["state"] == {}  # no Adam moments from warm-up steps
+    assert trainer.ema.updates.item() == 0
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert trainer.data.state_dict() == {"epoch": 0, "batch": 0}
+    assert trainer.clock.train_s == 0.0 and trainer.clock.other_s["warmup"] > 0
+
+
+@needs_fmnist
+def test_speed_command_compares_timm_and_trainer_on_cpu(capsys):
+    pytest.importorskip("timm")
+    assert main(["speed", "--model", "vit_micro4", "--img-size", "16,28", "--batch-size", "16",
+                 "--steps", "2", "--repeats", "1", "--compare-timm", "--trainer"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "timm img/s" in lines[1] and "trainer img/s" in lines[1]
+    rows = [line.split() for line in lines[2:]]
+    assert [int(r[0]) for r in rows] == [16, 28]
+    for r in rows:
+        ours, timm_rate, ratio = float(r[1]), float(r[4]), float(r[5])
+        assert ours > 0 and timm_rate > 0
+        assert ratio == pytest.approx(ours / timm_rate, rel=0.01)  # printed rounded
