@@ -46,8 +46,11 @@ def time_steps(model, in_chans: int, size: int, batch: int, steps: int, repeats:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    t0 = time.perf_counter()
     for _ in range(3):  # warm-up (and compilation)
         step()
+    rt.sync()
+    warmup_s = time.perf_counter() - t0
     if rt.cuda:
         torch.cuda.reset_peak_memory_stats(rt.device)
     rates = []
@@ -59,7 +62,7 @@ def time_steps(model, in_chans: int, size: int, batch: int, steps: int, repeats:
         rt.sync()
         rates.append(steps * batch / (time.perf_counter() - t0))
     mem = torch.cuda.max_memory_allocated(rt.device) / 2**30 if rt.cuda else None
-    return {"img_per_s": statistics.median(rates), "peak_mem_gib": mem}
+    return {"img_per_s": statistics.median(rates), "peak_mem_gib": mem, "warmup_s": warmup_s}
 
 
 def trainer_rate(model: str, size: int, batch: int, steps: int, device: str) -> float:
@@ -96,7 +99,7 @@ def run_speed(args) -> int:
     print(f"device {rt.describe()}, {args.model}, batch {args.batch_size}, "
           f"{'bf16 autocast' if rt.amp_dtype else 'fp32'}, compile {'on' if rt.compile else 'off'}"
           f", median of {args.repeats} x {args.steps} steps")
-    header = f"{'size':>5} {'img/s':>9} {'MFU':>6} {'mem GiB':>8}"
+    header = f"{'size':>5} {'img/s':>9} {'MFU':>6} {'mem GiB':>8} {'warm-up s':>9}"
     if args.compare_timm:
         header += f" {'timm img/s':>11} {'ratio':>6}"
     if args.trainer:
@@ -108,7 +111,7 @@ def run_speed(args) -> int:
                        rt.compile)
         util = f"{100 * mfu(cfg, s, r['img_per_s'], peak):5.1f}%" if peak else "    -"
         mem = f"{r['peak_mem_gib']:8.2f}" if r["peak_mem_gib"] is not None else f"{'-':>8}"
-        line = f"{s:>5} {r['img_per_s']:9.1f} {util:>6} {mem}"
+        line = f"{s:>5} {r['img_per_s']:9.1f} {util:>6} {mem} {r['warmup_s']:9.1f}"
         if args.compare_timm:
             torch.manual_seed(0)
             # timm as most users run it: eager (no compile), bf16 autocast on CUDA.

@@ -1,4 +1,5 @@
 """Shared helpers: tiny configs on real Fashion-MNIST, and real JPEG ImageFolder trees."""
+import os
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ from PIL import Image
 from budgetvit.config import apply_overrides
 from budgetvit.presets import fmnist
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
+FMNIST = Path(os.environ.get("BUDGETVIT_FMNIST_DIR") or "/usr/share/datasets/fashion-mnist")
 needs_fmnist = pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").exists(),
                                   reason="apt-get install dataset-fashion-mnist")
 

@@ -47,3 +47,4 @@ def test_speed_table_on_gpu(capsys):
     rows = [line.split() for line in out.strip().splitlines()[2:]]
     assert [int(r[0]) for r in rows] == [64, 224]
     assert all(r[2].endswith("%") and float(r[3]) > 0 for r in rows)  # MFU and memory
+    assert all(float(r[4]) > 0 for r in rows)  # warm-up (compile) seconds

@@ -61,6 +61,6 @@ def test_speed_command_compares_timm_and_trainer_on_cpu(capsys):
     rows = [line.split() for line in lines[2:]]
     assert [int(r[0]) for r in rows] == [16, 28]
     for r in rows:
-        ours, timm_rate, ratio = float(r[1]), float(r[4]), float(r[5])
+        ours, timm_rate, ratio = float(r[1]), float(r[5]), float(r[6])
         assert ours > 0 and timm_rate > 0
         assert ratio == pytest.approx(ours / timm_rate, rel=0.01)  # printed rounded

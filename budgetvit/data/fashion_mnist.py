@@ -1,8 +1,9 @@
-"""Fashion-MNIST from its IDX files: Debian's dataset-fashion-mnist package, a given folder,
-or torchvision's download where a network exists. 70k 28x28 grayscale images, 10 classes."""
+"""Fashion-MNIST from its IDX files: a given folder, $BUDGETVIT_FMNIST_DIR, Debian's
+dataset-fashion-mnist package, or torchvision's download where a network exists. 70k 28x28 grayscale images, 10 classes."""
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -44,18 +45,16 @@ def _download(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def load(split: str, root: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """(images uint8 (N, 1, 28, 28), labels int64 (N,)) of split 'train' or 'test'."""
-    roots = [Path(root)] if root else [Path(DEBIAN_ROOT)]
-    for r in roots:
-        images, labels = (_find(r, stem) for stem in FILES[split])
-        if images and labels:
-            x = torch.from_numpy(_read_idx(images).copy()).unsqueeze(1)
-            y = torch.from_numpy(_read_idx(labels).astype(np.int64))
-            return x, y
+    folder = Path(root or os.environ.get("BUDGETVIT_FMNIST_DIR") or DEBIAN_ROOT)
+    images, labels = (_find(folder, stem) for stem in FILES[split])
+    if images and labels:
+        x = torch.from_numpy(_read_idx(images).copy()).unsqueeze(1)
+        return x, torch.from_numpy(_read_idx(labels).astype(np.int64))
     if root:
         raise FileNotFoundError(f"no Fashion-MNIST {split} files ({FILES[split][0]}[.gz]) in {root}")
     try:
         return _download(split)
     except Exception as e:  # no network: say how to get the data instead
         raise FileNotFoundError(
-            f"Fashion-MNIST not found in {DEBIAN_ROOT} and could not be downloaded ({e}); "
+            f"Fashion-MNIST not found in {folder} and could not be downloaded ({e}); "
             f"install it with: apt-get install dataset-fashion-mnist") from None
