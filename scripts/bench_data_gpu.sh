@@ -41,8 +41,8 @@ elif ! $PY -c "import skimage.data" 2>/dev/null; then
 fi
 
 mkdir -p "$WORK"
-echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM," \
-     "$($PY -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")')"
+GPU=$($PY -c 'import torch.cuda as c; print(c.get_device_name() if c.is_available() else "no GPU")')
+echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM, $GPU"
 echo "== tree: $TRAIN + $VAL JPEGs of about 500x375 in $WORK/tree"
 $PY scripts/make_jpeg_tree.py "$WORK/tree" --train "$TRAIN" --val "$VAL" --workers "$WORKERS" \
     ${SRC_ARGS[@]+"${SRC_ARGS[@]}"}

@@ -10,8 +10,10 @@ Loader: CacheData on --cache (or on --src when it is a cache), else FolderData o
 with the same crop scale and flip; its batches arrive on the device like the baseline's.
 Every pipeline is started afresh for each size and its first --warmup batches (worker start-up,
 first reads, batches that were in flight) are not timed; then --batches batches are. Both
-should fit in one epoch: the baseline restarts its workers at every epoch. Baseline and loader alternate --repeats times per size and the
-best run of each counts, so a burst of load from another process hits both alike.
+should fit in one epoch: the baseline restarts its workers at every epoch. Baseline and loader
+alternate --repeats times per size and the best run of each counts, so a burst of load from
+another process hits both alike. Images per CPU-second (the pipeline's processes, from /proc)
+are reported next to images per second: they do not depend on what else the machine runs.
 """
 from __future__ import annotations
 
@@ -98,7 +100,9 @@ def timed(batches, device: torch.device, warmup: int, count: int) -> tuple[float
         x, _ = next(batches)
         images += x.shape[0]
     sync()
-    return images / (time.perf_counter() - start), images / (cpu_seconds() - cpu)
+    wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    # /proc counts CPU time in ticks (10 ms): a very short run can read as zero.
+    return images / wall, images / cpu if cpu > 0 else float("nan")
 
 
 def baseline_batches(tree: Path, size: int, args, device):

@@ -1,7 +1,7 @@
 """The on-disk image cache: what `budgetvit prepare` writes and CacheData reads.
 
     CACHE/meta.json              classes, counts, encoding, max_size, prepare_time_s, cache_bytes
-    CACHE/train-00000.bin ...    shards: encoded images back to back, read through np.memmap
+    CACHE/train-00000.bin ...    shards: encoded images back to back, memory-mapped to read
     CACHE/train.idx.npy          one index_dtype() row per image, in ImageFolder order
     CACHE/val-00000.bin, val.idx.npy
     CACHE/bad_files.tsv          source files left out: relative path <TAB> reason
@@ -27,15 +27,17 @@ Raw is faster (no decode), but 7-9x bigger: at these bytes per image ImageNet-1k
 typical GPU box and its loader becomes disk-bound, while the JPEG cache is read from RAM.
 JPEG's DCT scaling (PIL's draft()) saves less than hoped (a 256 px JPEG decodes at 1/8 scale
 in ~70% of its full-scale time: entropy decoding, which scaling cannot skip, dominates), hence
-the pre-resized copies: +40% bytes, 1.5x at 64 px. At 224 px every image needs the full copy; there the gain is the smaller stored image
-(256 px vs ~375 px shorter side). q85 would save another ~23% of bytes for a few % of speed;
-q90 was kept for quality; optimize=True Huffman tables gained nothing measurable. Raw stays
-available (`prepare --format raw`) for datasets whose raw cache fits in memory.
+the pre-resized copies: +40% bytes, 1.5x at 64 px. At 224 px every image needs the full
+copy; there the gain is the smaller stored image (256 px vs ~375 px shorter side). q85 would
+save another ~23% of bytes for a few % of speed; q90 was kept for quality; optimize=True
+Huffman tables gained nothing measurable. Raw stays available (`prepare --format raw`) for
+datasets whose raw cache fits in memory.
 """
 from __future__ import annotations
 
 import io
 import json
+import mmap
 import os
 from pathlib import Path
 
@@ -117,10 +119,14 @@ class CacheSplit:
         self.meta = read_meta(root)
         self.encoding, self.levels = self.meta["encoding"], self.meta["levels"]
         self.index = np.load(self.root / f"{split}.idx.npy")  # (N,) index_dtype(levels)
-        self.labels = self.index["label"].astype(np.int64)
+        # Plain columns: reading a field of one structured row costs microseconds each.
+        self.labels = self.index["label"].astype(np.int64)  # (N,)
+        self.shards = self.index["shard"].astype(np.int64)  # (N,)
+        self.offsets = self.index["offset"].astype(np.int64)  # (N, levels)
+        self.nbytes = self.index["nbytes"].astype(np.int64)  # (N, levels)
         self.widths = self.index["width"].astype(np.int64)  # (N, levels)
-        self.heights = self.index["height"].astype(np.int64)
-        self._maps: dict[int, np.memmap] = {}
+        self.heights = self.index["height"].astype(np.int64)  # (N, levels)
+        self._maps: dict[int, memoryview] = {}
 
     def __len__(self) -> int:
         return len(self.index)
@@ -128,16 +134,18 @@ class CacheSplit:
     def __getstate__(self):
         return {**self.__dict__, "_maps": {}}  # maps do not travel; each worker opens its own
 
-    def _shard(self, k: int) -> np.memmap:
+    def _shard(self, k: int) -> memoryview:
+        # mmap + memoryview rather than np.memmap: slicing a memmap builds an array subclass
+        # per record, ~20x the cost of a memoryview slice.
         if k not in self._maps:
-            self._maps[k] = np.memmap(self.root / shard_name(self.split, k), np.uint8, "r")
+            with open(self.root / shard_name(self.split, k), "rb") as f:
+                self._maps[k] = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
         return self._maps[k]
 
     def image(self, i: int, level: int = 0) -> Image.Image:
         """Level `level` of image i, lazily decoded (see decoder())."""
-        row = self.index[i]
-        start, n = int(row["offset"][level]), int(row["nbytes"][level])
-        record = memoryview(self._shard(int(row["shard"]))[start:start + n])
+        start = int(self.offsets[i, level])
+        record = self._shard(int(self.shards[i]))[start:start + int(self.nbytes[i, level])]
         return decoder(record, self.encoding, int(self.heights[i, level]),
                        int(self.widths[i, level]))
 

@@ -10,8 +10,9 @@ Per image, in a DataLoader worker process:
   3. crop + resize (bilinear, antialiased, as torchvision's PIL path) in one PIL call, flip,
      and copy into the batch tensor, which a worker allocates in shared memory.
 A worker builds a whole batch, one (B, 3, S, S) uint8 tensor: no per-image collate. The
-DataLoader pins it when CUDA is present and prefetches 4 batches per worker; next_batch copies
-it to the device without blocking. RandAugment, when on, runs batched on the device with draws
+DataLoader pins it when CUDA is present and prefetches 2 batches per worker (with a worker
+per core that is already 32 batches in /dev/shm on a 16-core box); next_batch copies it to the
+device without blocking. RandAugment, when on, runs batched on the device with draws
 seeded by the position; normalisation, mixup/cutmix and random erasing run batched in the
 trainer. The sampler, the seeding and the state are FolderData's, so a run can switch between
 a tree and its cache without changing labels, class order or the order of images.
@@ -177,7 +178,7 @@ class CacheData:
         return DataLoader(dataset, sampler=keys, batch_size=None, collate_fn=_whole,
                           num_workers=self.workers, pin_memory=torch.cuda.is_available(),
                           persistent_workers=self.workers > 0,
-                          prefetch_factor=4 if self.workers > 0 else None)
+                          prefetch_factor=2 if self.workers > 0 else None)
 
     def _start(self) -> None:
         self._sampler = CurriculumBatchSampler(self.num_images, self.global_batch, self.rank,
