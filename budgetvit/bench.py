@@ -121,12 +121,15 @@ def _stages(name: str, sizes: list[int], shares: list[float], about: str) -> Arm
 
 def sweep_arms(cfg: Config) -> list[Arm]:
     """Curriculum settings around the preset's S0 (start), M (increment), N (epochs per size),
-    one hyperparameter changed at a time as in the paper's analysis, plus two budget-share
+    one hyperparameter changed at a time as in the paper's analysis, plus three budget-share
     plans. The model is the preset's; the ablation's fixed-size arm is the reference."""
     from .curriculum import paper_sizes
     c = cfg.curriculum
     s0, m, n, final = c.start_size_px, c.step_px, c.every_epochs, c.final_size_px
-    arms = [_paper(s0, m, n, "the preset's rule"),
+    own = (f"stages {c.stages}" if c.mode == "stages" else
+           f"{c.mode}, S0 {s0}, M {m}, N {_num(n)}")
+    arms = [Arm("preset", f"the preset's own curriculum ({own})", lambda c: []),
+            _paper(s0, m, n, "the preset's rule"),
             _paper(s0, m, n / 2, "grow twice as fast"),
             _paper(s0, m, n * 2, "grow half as fast")]
     if s0 + m < final:
@@ -135,6 +138,9 @@ def sweep_arms(cfg: Config) -> list[Arm]:
         arms.append(_paper(s0, 2 * m, n, "twice the increment"))
     sizes = paper_sizes(s0, m, final)
     arms.append(_stages("equal", sizes, [1 / len(sizes)] * len(sizes), "equal budget shares"))
+    rising = list(range(1, len(sizes) + 1))  # shares 1 : 2 : ... : n, most time at the end
+    arms.append(_stages("rising", sizes, [r / sum(rising) for r in rising],
+                        "budget shares rising with the size"))
     if len(sizes) > 2:
         arms.append(_stages("half", [s0, final], [0.5, 0.5], "half the budget at each end"))
     return [a for a in arms if arm_config(cfg, a, check=False)]  # e.g. sizes off the patch grid
@@ -325,11 +331,11 @@ def plan(args) -> tuple[str, Benchmark | None, Config, list[Arm], list[int], lis
 
 
 def train_argv(base: Config, arm: Arm, seed: int, run_dir: Path, common: list[str]) -> list[str]:
-    """The run's `budgetvit train` arguments: evaluation every tenth of a time budget (so the
+    """The run's `budgetvit train` arguments: evaluation every fifth of a time budget (so the
     time-to-accuracy curve exists; not charged), then --set values, the arm's own keys and the
     seed, later ones winning."""
     budget, unit = parse_budget(base.train.budget)
-    pre = [f"train.eval_every_s={_num(budget / 10)}"] if unit == "seconds" else []
+    pre = [f"train.eval_every_s={_num(budget / 5)}"] if unit == "seconds" else []
     return ["train", "--preset", base.preset, "--budget", base.train.budget, "--out",
             str(run_dir), "--set", *pre, *common, *arm.overrides(base), f"train.seed={seed}"]
 
@@ -344,17 +350,27 @@ def bench_command(args, out: Path) -> str:
     argv = ["bench", *[x for f in ("benchmark", "preset", "budget", "arms", "seeds")
                        if getattr(args, f) for x in (f"--{f}", str(getattr(args, f)))]]
     argv += ["--out", str(out), *(["--sweep"] if args.sweep else [])]
+    if args.nproc_per_node > 1:
+        argv += ["--nproc-per-node", str(args.nproc_per_node)]
     return _shell(argv + (["--set", *args.set] if args.set else []))
 
 
-def _train(argv: list[str], run_dir: Path, env: dict) -> tuple[int, bool]:
+def launcher(nproc: int) -> list[str]:
+    """How each run starts: one process, or nproc processes under torchrun (DDP)."""
+    if nproc <= 1:
+        return [sys.executable, "-m", "budgetvit"]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={nproc}", "-m", "budgetvit"]
+
+
+def _train(argv: list[str], run_dir: Path, env: dict, nproc: int) -> tuple[int, bool]:
     """One `budgetvit train` process, its output appended to run_dir/train.log. Ctrl-C reaches
     the child too (same process group); SIGTERM is passed on. Either way the child writes its
     checkpoint before it exits, and a rerun of the bench resumes it. Returns (exit code,
     whether SIGTERM arrived)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "train.log", "a") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "budgetvit", *argv], stdout=log,
+        proc = subprocess.Popen([*launcher(nproc), *argv], stdout=log,
                                 stderr=subprocess.STDOUT, env=env)
         stopped = []
         old = signal.signal(signal.SIGTERM, lambda *_: (stopped.append(1),
@@ -369,7 +385,7 @@ def _train(argv: list[str], run_dir: Path, env: dict) -> tuple[int, bool]:
     return rc, bool(stopped)
 
 
-def _run_one(head: str, argv: list[str], run_dir: Path, env: dict) -> str:
+def _run_one(head: str, argv: list[str], run_dir: Path, env: dict, nproc: int) -> str:
     """Run (or skip, or resume) one arm/seed; print its one-line status. Returns 'ok',
     'skipped', 'failed' or 'stopped'."""
     if (run_dir / "summary.json").exists():
@@ -379,7 +395,7 @@ def _run_one(head: str, argv: list[str], run_dir: Path, env: dict) -> str:
     print(f"{head} {verb} (log {run_dir / 'train.log'})", flush=True)
     t0 = time.perf_counter()
     try:
-        rc, stopped = _train(argv, run_dir, env)
+        rc, stopped = _train(argv, run_dir, env, nproc)
     except KeyboardInterrupt:
         rc, stopped = 130, True
     if stopped:  # from outside: the run has checkpointed; start no other run
@@ -410,7 +426,8 @@ def run(args) -> int:
             print(_shell(train_argv(base, a, k, d, common)))
         return 0
     # A bench folder holds one comparison: same benchmark, preset, budget and --set values.
-    meta = {"benchmark": name, "preset": base.preset, "budget": base.train.budget, "set": common}
+    meta = {"benchmark": name, "preset": base.preset, "budget": base.train.budget, "set": common,
+            "nproc_per_node": args.nproc_per_node}
     old = _read_json(out / "bench.json")
     if old and {k: old.get(k) for k in meta} != meta:
         raise ConfigError(f"{out} holds a bench with {json.dumps({k: old.get(k) for k in meta})};"
@@ -427,7 +444,8 @@ def run(args) -> int:
         argv = train_argv(base, arm, seed, run_dir, common)
         record["runs"][f"{arm.name}/seed{seed}"] = _shell(argv)
         write_json_atomic(out / "bench.json", record)
-        status = _run_one(f"[{i}/{len(runs)}] {arm.name} seed {seed}:", argv, run_dir, env)
+        status = _run_one(f"[{i}/{len(runs)}] {arm.name} seed {seed}:", argv, run_dir, env,
+                          args.nproc_per_node)
         if status == "stopped":
             return 130
         if status == "failed":
@@ -460,5 +478,7 @@ def add_arguments(p) -> None:
     p.add_argument("--out", help="bench directory (default runs/bench-NAME[-sweep])")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides for every run (an arm's own keys win)")
+    p.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                   help="processes per run; N > 1 launches each run with torchrun (DDP)")
     p.add_argument("--dry-run", action="store_true", help="print the train commands, run nothing")
     p.add_argument("--list", action="store_true", help="list the arms and their overrides")

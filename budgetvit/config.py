@@ -51,7 +51,7 @@ class CurriculumSection:
     step_px: int = 4
     every_epochs: float = 1.0
     # mode=stages: "size:share,..." with shares of the budget summing to 1.
-    stages: str = "16:0.25,20:0.25,24:0.25,28:0.25"
+    stages: str = "16:0.1,20:0.15,24:0.25,28:0.5"
 
 
 @dataclass
@@ -68,7 +68,7 @@ class OptimSection:
 
 @dataclass
 class AugSection:
-    crop_scale_min: float = 0.35  # random-resized-crop area range [crop_scale_min, 1]; 1 = off
+    crop_scale_min: float = 1.0  # random-resized-crop area range [crop_scale_min, 1]
     hflip: bool = True
     randaugment_ops: int = 0  # RandAugment: ops per image (0 = off) ...
     randaugment_magnitude: int = 9  # ... and their magnitude
@@ -87,7 +87,7 @@ class TrainSection:
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     compile: str = "auto"  # auto (on for CUDA) | on | off
     ema: bool = True
-    ema_decay: float = 0.998
+    ema_decay: float = 0.99
     seed: int = 0
     deterministic: bool = False  # deterministic kernels (for exact-resume tests)
     log_every: int = 20  # steps between log.jsonl lines

@@ -4,8 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from . import checkpoint
 from .config import Config, from_dict
 from .models import ViTConfig, VisionTransformer

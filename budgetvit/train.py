@@ -7,9 +7,7 @@ evaluation, summary.json). Clock, schedules, curriculum and checkpoints live in 
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
 import random
 import signal
 import time
@@ -85,6 +83,12 @@ class Trainer:
             self.forward = torch.compile(self.forward, dynamic=False)
         self.mix = augment.mixup_cutmix(cfg.aug.mixup, cfg.aug.cutmix, self.data.num_classes)
         self.clock = BudgetClock(self.budget, self.unit, self.rt.sync)
+        # Steps between host-device syncs (clock reads, loss and fault read-back): free on
+        # CPU, so every step there; on CUDA every few, so the GPU queue never drains.
+        self.sync_every = t.sync_every or (8 if self.rt.cuda else 1)
+        self.stop_signal: str | None = None
+        self.last_step_s = 0.0  # the final sync interval (bounds the overrun past the budget)
+        self.bad_run = 0  # consecutive non-finite steps
 
         # Everything below is the run's state and goes into every checkpoint.
         self.plan: list[curriculum.Stage] = []
@@ -94,12 +98,6 @@ class Trainer:
         self.lr_scale = 1.0  # lowered by each rollback after non-finite steps
         self.faults = {"nonfinite_steps": 0, "rollbacks": 0, "checkpoint_failures": 0}
         self.seconds_per_epoch: dict[int, float] = {}
-        self.stop_signal: str | None = None
-        self.last_step_s = 0.0  # the final sync interval (bounds the overrun past the budget)
-        self.bad_run = 0  # consecutive non-finite steps
-        # Steps between host-device syncs (clock reads, loss and fault read-back): free on
-        # CPU, so every step there; on CUDA every few, so the GPU queue never drains.
-        self.sync_every = t.sync_every or (8 if self.rt.cuda else 1)
 
     # ------------------------------------------------------------------ one step
 
@@ -241,7 +239,9 @@ class Trainer:
         if self.dist.main:
             (self.progress.message if getattr(self, "progress", None) else print)(text)
 
-    def run_eval(self, train_s: float) -> dict:
+    def run_eval(self, train_s: float, final: bool = False) -> dict:
+        """Evaluate at the final size (clock paused); the EMA weights only at the end, which
+        halves the cost of the evaluations during training."""
         size = self.cfg.curriculum.final_size_px
         bs = self.cfg.train.eval_batch_size
         with self.clock.paused("eval"):
@@ -249,7 +249,7 @@ class Trainer:
             rec = {"step": self.clock.steps, "train_time_s": train_s, "images": self.images,
                    "img_size": size, "top1": r["top1"], "top5": r["top5"], "loss": r["loss"],
                    "eval_images": r["images"]}
-            if self.ema is not None:
+            if self.ema is not None and final:
                 e = evaluate(self.ema.module, self.data, size, bs, self.rt, self.dist)
                 rec.update(top1_ema=e["top1"], top5_ema=e["top5"])
         self.evals.append(rec)
@@ -365,7 +365,7 @@ class Trainer:
                      f"Resume with: {self.command or 'the same command'}")
             self.progress_close()
             return {"interrupted": True, "step": self.clock.steps}
-        final = self.run_eval(train_s)
+        final = self.run_eval(train_s, final=True)
         summary = write_summary(self, final, time.perf_counter() - wall0) if self.dist.main else {}
         self.progress_close()
         return summary

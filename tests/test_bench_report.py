@@ -65,16 +65,18 @@ def test_arms_are_valid_and_mean_what_they_say(preset, tmp_path):
 
 def test_fmnist_sweep_settings():
     names = [a.name for a in bench.sweep_arms(get_preset("fmnist"))]
-    assert names == ["paper-S16-M4-N1", "paper-S16-M4-N0.5", "paper-S16-M4-N2",
+    assert names == ["preset", "paper-S16-M4-N1", "paper-S16-M4-N0.5", "paper-S16-M4-N2",
                      "paper-S20-M4-N1", "paper-S16-M8-N1", "stages-equal-16-20-24-28",
-                     "stages-half-16-28"]
+                     "stages-rising-16-20-24-28", "stages-half-16-28"]
     equal = bench.all_arms(get_preset("fmnist"))["stages-equal-16-20-24-28"]
     assert equal.overrides(get_preset("fmnist"))[-1] == "curriculum.stages=16:0.25,20:0.25,24:0.25,28:0.25"
+    rising = bench.all_arms(get_preset("fmnist"))["stages-rising-16-20-24-28"]
+    assert rising.overrides(get_preset("fmnist"))[-1] == "curriculum.stages=16:0.1,20:0.2,24:0.3,28:0.4"
 
 
 def bench_args(**kw):
     args = dict(benchmark=None, preset=None, budget=None, arms=None, sweep=False, seeds="3",
-                out=None, set=[], dry_run=False, list=False)
+                out=None, set=[], dry_run=False, list=False, nproc_per_node=1)
     return Namespace(**{**args, **kw})
 
 
@@ -86,7 +88,7 @@ def test_dry_run_prints_every_command_and_writes_nothing(tmp_path, capsys):
     assert len(lines) == 8 and not out.exists()
     first = lines[0]
     assert first.startswith("budgetvit train --preset fmnist --budget 5m --out")
-    assert "train.eval_every_s=30" in first and "train.device=cpu" in first
+    assert "train.eval_every_s=60" in first and "train.device=cpu" in first
     assert "optim.lr=1e-3" in first and first.endswith("train.seed=0")
     assert f"{out}/vit+local+curriculum/seed1" in lines[-1]
 

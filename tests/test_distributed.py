@@ -95,3 +95,14 @@ def test_killing_one_rank_stops_the_job_with_a_resumable_checkpoint(tmp_path):
     assert "exitcode" in output.lower() or "lost contact" in output, output[-2000:]
     state = checkpoint.load(checkpoint.list_checkpoints(out)[-1])  # resumable checkpoint
     assert state["clock"]["steps"] >= 5 and state["world_size"] == 2
+
+
+def test_bench_runs_each_arm_under_torchrun(tmp_path):
+    from budgetvit.cli import main
+    out = tmp_path / "bench"
+    assert main(["bench", "--preset", "fmnist", "--budget", "4steps", "--arms", "vit+local",
+                 "--seeds", "1", "--nproc-per-node", "2", "--out", str(out), "--set", *TINY]) == 0
+    summary = json.loads((out / "vit+local" / "seed0" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+    results = json.loads((out / "results.json").read_text())
+    assert results["arms"]["vit+local"]["n"] == 1

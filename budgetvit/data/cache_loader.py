@@ -20,7 +20,6 @@ a tree and its cache without changing labels, class order or the order of images
 from __future__ import annotations
 
 import math
-import os
 import random
 
 import numpy as np
@@ -30,8 +29,8 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from . import augment
 from .cache import CacheSplit
-from .imagefolder import EVAL_CROP, IMAGENET_MEAN, IMAGENET_STD, CurriculumBatchSampler
-from .memory import mix_seed
+from .imagefolder import EVAL_CROP, IMAGENET_MEAN, IMAGENET_STD, WorkerStream
+from .stream import mix_seed
 
 LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))  # random-resized-crop aspect-ratio range
 
@@ -148,7 +147,7 @@ def to_device(x: torch.Tensor, y: torch.Tensor, device) -> tuple[torch.Tensor, t
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-class CacheData:
+class CacheData(WorkerStream):
     def __init__(self, root: str, *, batch_size: int, seed: int, aug, device, num_workers: int,
                  rank: int = 0, world: int = 1, size: int = 224):
         self.train_split, self.val_split = CacheSplit(root, "train"), CacheSplit(root, "val")
@@ -156,47 +155,22 @@ class CacheData:
         self.classes, self.num_classes, self.in_chans = meta["classes"], meta["num_classes"], 3
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self.skipped_files = meta["bad_files"]  # left out by prepare, listed in bad_files.tsv
-        self.num_images = len(self.train_split)
-        if batch_size > self.num_images:
-            raise ValueError(f"train.batch_size={batch_size} exceeds the {self.num_images} "
-                             f"training images")
+        super().__init__(len(self.train_split), batch_size=batch_size, seed=seed, device=device,
+                         num_workers=num_workers, rank=rank, world=world, size=size)
         self.dataset = CacheDataset(self.train_split, True, aug.crop_scale_min, aug.hflip, seed)
-        self.aug, self.global_batch, self.seed, self.device = aug, batch_size, seed, device
-        self.rank, self.world = rank, world
-        self.workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
-        self.batches_per_epoch = self.num_images // batch_size
-        self.epoch, self.batch, self.size = 0, 0, size
-        self.bad_images = 0
-        self._it = self._sampler = None
+        self.aug = aug
 
-    def set_size(self, size: int) -> None:
-        self.size = size
-        if self._sampler is not None:
-            self._sampler.size = size  # batches dispatched from now on
-
-    def _loader(self, dataset, keys) -> DataLoader:
-        return DataLoader(dataset, sampler=keys, batch_size=None, collate_fn=_whole,
-                          num_workers=self.workers, pin_memory=torch.cuda.is_available(),
+    def make_loader(self) -> DataLoader:
+        return DataLoader(self.dataset, sampler=self.sampler(), batch_size=None,
+                          collate_fn=_whole, num_workers=self.workers,
+                          pin_memory=torch.cuda.is_available(),
                           persistent_workers=self.workers > 0,
                           prefetch_factor=2 if self.workers > 0 else None)
 
-    def _start(self) -> None:
-        self._sampler = CurriculumBatchSampler(self.num_images, self.global_batch, self.rank,
-                                               self.world, self.seed, self.epoch, self.batch,
-                                               self.size)
-        self._it = iter(self._loader(self.dataset, self._sampler))
-
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's share of the next global batch: (uint8 (b, 3, S, S), labels (b,))."""
-        if self._it is None:
-            self._start()
-        x, y, bad = next(self._it)
-        self.bad_images += bad
         epoch, batch = self.epoch, self.batch
-        self.batch += 1
-        if self.batch >= self.batches_per_epoch:
-            self.epoch, self.batch = self.epoch + 1, 0
-        x, y = to_device(x, y, self.device)
+        x, y = to_device(*self.next_from_workers(), self.device)
         if self.aug.randaugment_ops:
             # Batched on the device (fresh ops every 8 images), draws seeded by the position
             # so a resumed run sees the same stream; the caller's RNG is left untouched.
@@ -218,10 +192,3 @@ class CacheData:
         for x, y, bad in loader:
             self.bad_images += bad
             yield to_device(x, y, self.device)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch": self.batch}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
-        self._it = self._sampler = None  # restart the workers from the loaded position

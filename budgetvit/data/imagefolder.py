@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
 
-from .memory import mix_seed
+from .stream import DataStream, mix_seed
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 EVAL_CROP = 0.875  # evaluation: resize the shorter side to size / 0.875, centre-crop size
@@ -118,50 +118,65 @@ def _collate(items):
     return torch.stack(images), torch.tensor(labels), sum(bad)
 
 
-class FolderData:
+class WorkerStream(DataStream):
+    """A stream decoded per image by DataLoader workers (ImageFolder, the cache): the batch
+    sampler carries the position and the current size to them."""
+
+    def __init__(self, num_images: int, *, batch_size: int, seed: int, device,
+                 num_workers: int, rank: int, world: int, size: int):
+        super().__init__(num_images, batch_size, seed, device, rank, world, size)
+        self.workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
+        self._it = self._sampler = None
+
+    def set_size(self, size: int) -> None:
+        super().set_size(size)
+        if self._sampler is not None:
+            self._sampler.size = size  # batches dispatched from now on
+
+    def sampler(self) -> CurriculumBatchSampler:
+        """A fresh sampler starting at the current position."""
+        self._sampler = CurriculumBatchSampler(self.num_images, self.global_batch, self.rank,
+                                               self.world, self.seed, self.epoch, self.batch,
+                                               self.size)
+        return self._sampler
+
+    def next_from_workers(self):
+        """The workers' next (x, y, bad) batch, counting bad images and the position."""
+        if self._it is None:
+            self._it = iter(self.make_loader())
+        x, y, bad = next(self._it)
+        self.bad_images += bad
+        self.advance()
+        return x, y
+
+    def make_loader(self) -> DataLoader:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._it = self._sampler = None  # restart the workers from the loaded position
+
+
+class FolderData(WorkerStream):
     def __init__(self, root: str, *, batch_size: int, seed: int, aug, device, num_workers: int,
                  rank: int = 0, world: int = 1, size: int = 224):
         train, self.classes, class_to_idx = scan(root, "train")
         self.val_samples, _, _ = scan(root, "val", class_to_idx)
         self.num_classes, self.in_chans = len(self.classes), 3
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
-        self.num_images = len(train)
-        if batch_size > self.num_images:
-            raise ValueError(f"train.batch_size={batch_size} exceeds the {self.num_images} "
-                             f"training images")
+        super().__init__(len(train), batch_size=batch_size, seed=seed, device=device,
+                         num_workers=num_workers, rank=rank, world=world, size=size)
         self.dataset = FolderDataset(train, True, aug, seed)
-        self.global_batch, self.seed, self.device = batch_size, seed, device
-        self.rank, self.world = rank, world
-        self.workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
-        self.batches_per_epoch = self.num_images // batch_size
-        self.epoch, self.batch, self.size = 0, 0, size
-        self.bad_images = 0
-        self._it = self._sampler = None
 
-    def set_size(self, size: int) -> None:
-        self.size = size
-        if self._sampler is not None:
-            self._sampler.size = size
-
-    def _start(self):
-        self._sampler = CurriculumBatchSampler(self.num_images, self.global_batch, self.rank,
-                                               self.world, self.seed, self.epoch, self.batch,
-                                               self.size)
-        loader = DataLoader(self.dataset, batch_sampler=self._sampler, num_workers=self.workers,
-                            collate_fn=_collate, pin_memory=torch.cuda.is_available(),
-                            persistent_workers=self.workers > 0,
-                            prefetch_factor=4 if self.workers > 0 else None)
-        self._it = iter(loader)
+    def make_loader(self) -> DataLoader:
+        return DataLoader(self.dataset, batch_sampler=self.sampler(), num_workers=self.workers,
+                          collate_fn=_collate, pin_memory=torch.cuda.is_available(),
+                          persistent_workers=self.workers > 0,
+                          prefetch_factor=4 if self.workers > 0 else None)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._it is None:
-            self._start()
-        x, y, bad = next(self._it)
-        self.bad_images += bad
-        self.batch += 1
-        if self.batch >= self.batches_per_epoch:
-            self.epoch, self.batch = self.epoch + 1, 0
-        return (x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True))
+        x, y = self.next_from_workers()
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def eval_batches(self, size: int, batch_size: int, rank: int = 0, world: int = 1):
         ds = FolderDataset(self.val_samples, False, None, self.seed)
@@ -172,10 +187,3 @@ class FolderData:
         for x, y, bad in loader:
             self.bad_images += bad
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch": self.batch}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
-        self._it = self._sampler = None  # restart the workers from the loaded position

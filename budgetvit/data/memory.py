@@ -11,17 +11,10 @@ from __future__ import annotations
 import torch
 
 from . import augment
+from .stream import DataStream, mix_seed
 
 
-def mix_seed(*parts: int) -> int:
-    """A stable 63-bit seed from integers (Python's hash() of tuples is not stable across runs)."""
-    h = 1469598103934665603
-    for p in parts:
-        h = ((h ^ (int(p) & 0xFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
-    return h
-
-
-class MemoryData:
+class MemoryData(DataStream):
     def __init__(self, train: tuple[torch.Tensor, torch.Tensor],
                  test: tuple[torch.Tensor, torch.Tensor], *, classes: list[str],
                  mean: tuple, std: tuple, batch_size: int, seed: int, aug, device,
@@ -30,19 +23,10 @@ class MemoryData:
         self.test_images, self.test_labels = test
         self.classes, self.mean, self.std = classes, mean, std
         self.num_classes, self.in_chans = len(classes), train[0].shape[1]
-        self.num_images = len(self.labels)
-        if batch_size > self.num_images:
-            raise ValueError(f"train.batch_size={batch_size} exceeds the {self.num_images} "
-                             f"training images")
-        self.global_batch, self.local_batch = batch_size, batch_size // world
-        self.seed, self.aug, self.device, self.rank = seed, aug, device, rank
-        self.batches_per_epoch = self.num_images // batch_size  # drop the ragged last batch
-        self.epoch, self.batch, self.size = 0, 0, train[0].shape[-1]
+        super().__init__(len(self.labels), batch_size, seed, device, rank, world,
+                         size=train[0].shape[-1])
+        self.aug = aug
         self._perm_epoch, self._perm = -1, None
-        self.bad_images = 0  # in-memory tensors cannot be corrupt; kept for the common interface
-
-    def set_size(self, size: int) -> None:
-        self.size = size
 
     def _order(self, epoch: int) -> torch.Tensor:
         if self._perm_epoch != epoch:
@@ -63,9 +47,7 @@ class MemoryData:
         x = augment.randaugment_chunks(self.images[idx], self.aug.randaugment_ops,
                                        self.aug.randaugment_magnitude)
         x = augment.resized_crop_flip(x, self.size, self.aug.crop_scale_min, self.aug.hflip, u)
-        self.batch += 1
-        if self.batch >= self.batches_per_epoch:
-            self.epoch, self.batch = self.epoch + 1, 0
+        self.advance()
         return x, self.labels[idx]
 
     def eval_batches(self, size: int, batch_size: int, rank: int = 0, world: int = 1):
@@ -75,9 +57,3 @@ class MemoryData:
         for part in idx.split(batch_size):
             x = self.test_images[part].to(self.device)
             yield augment.resize(x, size), self.test_labels[part].to(self.device)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch": self.batch}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])

@@ -1,0 +1,44 @@
+"""What every training-data stream shares: its position (epoch, batch) and current size.
+
+A stream is a pure function of its position: epoch e's order is a permutation seeded by
+(seed, e), and every image's augmentation is seeded by its place in it. So (epoch, batch) is
+all a checkpoint needs to resume the stream exactly.
+"""
+from __future__ import annotations
+
+
+def mix_seed(*parts: int) -> int:
+    """A stable 63-bit seed from integers (Python's hash() of tuples is not stable across runs)."""
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (int(p) & 0xFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
+    return h
+
+
+class DataStream:
+    def __init__(self, num_images: int, batch_size: int, seed: int, device, rank: int,
+                 world: int, size: int):
+        if batch_size > num_images:
+            raise ValueError(f"train.batch_size={batch_size} exceeds the {num_images} "
+                             f"training images")
+        self.num_images, self.seed, self.device = num_images, seed, device
+        self.global_batch, self.local_batch = batch_size, batch_size // world
+        self.rank, self.world = rank, world
+        self.batches_per_epoch = num_images // batch_size  # the ragged last batch is dropped
+        self.epoch, self.batch, self.size = 0, 0, size
+        self.bad_images = 0  # unreadable images met (and replaced) so far
+
+    def set_size(self, size: int) -> None:
+        self.size = size
+
+    def advance(self) -> None:
+        """Move the position past the batch just produced."""
+        self.batch += 1
+        if self.batch >= self.batches_per_epoch:
+            self.epoch, self.batch = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
