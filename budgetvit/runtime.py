@@ -41,6 +41,19 @@ def mfu(model_cfg, img_size: int, img_per_s: float, peak: float) -> float:
     return train_flops(model_cfg, img_size) * img_per_s / peak
 
 
+def cpu_model() -> str:
+    """The processor's name (Linux /proc/cpuinfo), else the machine type."""
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 @dataclass
 class Runtime:
     device: torch.device
@@ -63,8 +76,7 @@ class Runtime:
     def describe(self) -> str:
         if self.cuda:
             return torch.cuda.get_device_name(self.device)
-        import platform
-        return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
 
 
 def resolve(train_cfg, local_rank: int = 0) -> Runtime:
