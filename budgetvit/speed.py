@@ -1,6 +1,6 @@
 """`budgetvit speed`: training-step throughput (forward + backward + AdamW step), measured
-after warm-up as the median of several repeats, optionally next to timm's same-shaped ViT and
-next to the full trainer on the same model, batch and size."""
+after warm-up as the median of several repeats, optionally next to timm's same-shaped ViT
+(timed turn about with ours) and next to the full trainer on the same model, batch and size."""
 from __future__ import annotations
 
 import contextlib
@@ -30,39 +30,53 @@ def timm_twin(cfg):
                              mlp_ratio=cfg.mlp_ratio, dynamic_img_size=True)
 
 
-def time_steps(model, in_chans: int, size: int, batch: int, steps: int, repeats: int,
-               rt: Runtime, compile_model: bool) -> dict:
-    """images/s (median over repeats) and peak memory of plain training steps."""
-    model = model.to(rt.device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=rt.cuda or None)
-    fwd = torch.compile(model, dynamic=False) if compile_model else model
-    x = torch.randn(batch, in_chans, size, size, device=rt.device)
-    y = torch.randint(0, 10, (batch,), device=rt.device)
+class StepTimer:
+    """Plain training steps (forward, backward, fused AdamW as in the trainer) of one model on
+    fixed random data, timed in blocks so that two models can be timed turn about: measured
+    one after the other, the first suffers from a cold machine (allocator, caches, clocks)."""
 
-    def step():
-        with rt.autocast():
-            loss = F.cross_entropy(fwd(x).float(), y)
+    def __init__(self, model, in_chans: int, size: int, batch: int, rt: Runtime,
+                 compile_model: bool):
+        self.model = model.to(rt.device).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=True)
+        self.fwd = torch.compile(self.model, dynamic=False) if compile_model else self.model
+        self.x = torch.randn(batch, in_chans, size, size, device=rt.device)
+        self.y = torch.randint(0, 10, (batch,), device=rt.device)
+        self.rt, self.batch = rt, batch
+        self.rates: list[float] = []
+        self.peak_mem_gib: float | None = None
+
+    def step(self) -> None:
+        with self.rt.autocast():
+            loss = F.cross_entropy(self.fwd(self.x).float(), self.y)
         loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
 
-    t0 = time.perf_counter()
-    for _ in range(3):  # warm-up (and compilation)
-        step()
-    rt.sync()
-    warmup_s = time.perf_counter() - t0
-    if rt.cuda:
-        torch.cuda.reset_peak_memory_stats(rt.device)
-    rates = []
-    for _ in range(repeats):
-        rt.sync()
+    def warm_up(self, steps: int = 3) -> float:
+        """Untimed steps (compilation included); returns their seconds."""
         t0 = time.perf_counter()
         for _ in range(steps):
-            step()
-        rt.sync()
-        rates.append(steps * batch / (time.perf_counter() - t0))
-    mem = torch.cuda.max_memory_allocated(rt.device) / 2**30 if rt.cuda else None
-    return {"img_per_s": statistics.median(rates), "peak_mem_gib": mem, "warmup_s": warmup_s}
+            self.step()
+        self.rt.sync()
+        return time.perf_counter() - t0
+
+    def time_block(self, steps: int) -> None:
+        if self.rt.cuda:
+            torch.cuda.reset_peak_memory_stats(self.rt.device)
+        self.rt.sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        self.rt.sync()
+        self.rates.append(steps * self.batch / (time.perf_counter() - t0))
+        if self.rt.cuda:
+            mem = torch.cuda.max_memory_allocated(self.rt.device) / 2**30
+            self.peak_mem_gib = max(mem, self.peak_mem_gib or 0.0)
+
+    @property
+    def img_per_s(self) -> float:
+        return statistics.median(self.rates)
 
 
 def trainer_rate(model: str, size: int, batch: int, steps: int, device: str) -> float:
@@ -107,20 +121,24 @@ def run_speed(args) -> int:
     print(header)
     for s in args.sizes:
         torch.manual_seed(0)
-        r = time_steps(create_model(cfg), cfg.in_chans, s, args.batch_size, args.steps, args.repeats, rt,
-                       rt.compile)
-        util = f"{100 * mfu(cfg, s, r['img_per_s'], peak):5.1f}%" if peak else "    -"
-        mem = f"{r['peak_mem_gib']:8.2f}" if r["peak_mem_gib"] is not None else f"{'-':>8}"
-        line = f"{s:>5} {r['img_per_s']:9.1f} {util:>6} {mem} {r['warmup_s']:9.1f}"
+        timers = [StepTimer(create_model(cfg), cfg.in_chans, s, args.batch_size, rt, rt.compile)]
+        if args.compare_timm:  # timm as most users run it: eager, bf16 autocast on CUDA
+            timers.append(StepTimer(timm_twin(cfg), cfg.in_chans, s, args.batch_size, rt,
+                                    compile_model=False))
+        warmup_s = [t.warm_up() for t in timers]
+        for _ in range(args.repeats):  # turn about, so neither model is always measured first
+            for t in timers:
+                t.time_block(args.steps)
+        ours = timers[0]
+        util = f"{100 * mfu(cfg, s, ours.img_per_s, peak):5.1f}%" if peak else "    -"
+        mem = f"{ours.peak_mem_gib:8.2f}" if ours.peak_mem_gib is not None else f"{'-':>8}"
+        line = f"{s:>5} {ours.img_per_s:9.1f} {util:>6} {mem} {warmup_s[0]:9.1f}"
         if args.compare_timm:
-            torch.manual_seed(0)
-            # timm as most users run it: eager (no compile), bf16 autocast on CUDA.
-            t = time_steps(timm_twin(cfg), cfg.in_chans, s, args.batch_size, args.steps, args.repeats, rt,
-                           compile_model=False)
-            line += f" {t['img_per_s']:11.1f} {r['img_per_s'] / t['img_per_s']:6.2f}"
+            theirs = timers[1].img_per_s
+            line += f" {theirs:11.1f} {ours.img_per_s / theirs:6.2f}"
         if args.trainer:
             rate = trainer_rate(args.model, s, args.batch_size,
                                 args.steps * args.repeats + 3, args.device)
-            line += f" {rate:14.1f} {100 * (1 - rate / r['img_per_s']):8.1f}%"
+            line += f" {rate:14.1f} {100 * (1 - rate / ours.img_per_s):8.1f}%"
         print(line, flush=True)
     return 0
