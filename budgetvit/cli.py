@@ -102,9 +102,7 @@ EXTRA_COMMANDS = ["budgetvit.bench", "budgetvit.report", "budgetvit.data.prepare
 
 def command_modules():
     import importlib
-    import importlib.util
-    return [importlib.import_module(name) for name in EXTRA_COMMANDS
-            if importlib.util.find_spec(name) is not None]
+    return [importlib.import_module(name) for name in EXTRA_COMMANDS]
 
 
 def cmd_train(args) -> int:

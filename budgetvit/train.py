@@ -209,6 +209,9 @@ class Trainer:
         with self.clock.paused("warmup"):
             for size in curriculum.planned_sizes(self.cfg):
                 self.data.set_size(size)
+                # Restart loader workers at this position: batches they prefetched at the
+                # previous size must not be the ones timed (and compiled) for this size.
+                self.data.load_state_dict(self.data.state_dict())
                 times = []
                 for _ in range(n + 1):
                     self.rt.sync()
