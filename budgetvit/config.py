@@ -37,7 +37,8 @@ class ModelSection:
 class DataSection:
     dataset: str = "fashion_mnist"  # fashion_mnist | imagefolder | cache | synthetic
     path: str = ""  # dataset root; empty = the dataset's default location
-    num_workers: int = -1  # loader worker processes; -1 = one per CPU core
+    num_workers: int = -1  # loader worker processes (DALI: threads); -1 = one per CPU core
+    backend: str = "pil"  # cache decoding: pil (worker processes) | dali (NVIDIA DALI, GPU)
     synthetic_images: int = 10_000  # size of the synthetic dataset
     synthetic_classes: int = 10
 
@@ -269,6 +270,10 @@ def validate(cfg: Config) -> None:
                           f"{os.path.join(d.path, 'train')}/<class>/<image>)")
     if d.dataset in ("fashion_mnist", "cache") and d.path and not os.path.isdir(d.path):
         raise ConfigError(f"data.path: {d.path} is not a directory")
+    _choice("data.backend", d.backend, ["pil", "dali"])
+    if d.backend == "dali" and d.dataset != "cache":
+        raise ConfigError("data.backend=dali reads a prepared cache: set data.dataset=cache "
+                          "and data.path to what `budgetvit prepare` made")
     _range("data.num_workers", d.num_workers, -1)
     _range("data.synthetic_images", d.synthetic_images, 1)
     _range("data.synthetic_classes", d.synthetic_classes, 2)

@@ -2,8 +2,9 @@
 # bench-data on a GPU machine (torch and torchvision preinstalled, e.g. 16 cores + 1 GPU):
 # writes the benchmark JPEG tree, prepares its cache on all cores, then times the cache loader
 # against the plain torchvision ImageFolder pipeline at 64, 128 and 224 px with one worker per
-# core, batches landing on the GPU. Prints the markdown table for the README; the full
-# results go to WORK/bench-data.json. Everything is reused when rerun (tree files, cache).
+# core, batches landing on the GPU; then the DALI backend the same way when DALI is installed.
+# Prints the markdown tables for the README; the full results go to WORK/bench-data*.json.
+# Everything is reused when rerun (tree files, cache).
 #
 #   bash scripts/bench_data_gpu.sh [WORK]          (default WORK=/tmp/budgetvit-bench-data)
 #   TRAIN=32000 VAL=1000 WORKERS=16 BATCH=256 SIZES=64,128,224 bash scripts/bench_data_gpu.sh
@@ -51,3 +52,11 @@ $PY -m budgetvit prepare --src "$WORK/tree" --dst "$WORK/cache" --workers "$WORK
 echo "== bench-data"
 $PY -m budgetvit bench-data --src "$WORK/tree" --cache "$WORK/cache" --sizes "$SIZES" \
     --workers "$WORKERS" --batch-size "$BATCH" --repeats 2 --json "$WORK/bench-data.json"
+if $PY -c "import nvidia.dali" 2>/dev/null; then
+  echo "== bench-data, DALI backend (JPEG decoding on the GPU)"
+  $PY -m budgetvit bench-data --src "$WORK/tree" --cache "$WORK/cache" --sizes "$SIZES" \
+      --workers "$WORKERS" --batch-size "$BATCH" --repeats 2 --backend dali \
+      --json "$WORK/bench-data-dali.json"
+else
+  echo "== DALI not installed (pip install nvidia-dali-cuda120): DALI backend not timed"
+fi

@@ -21,7 +21,7 @@ RUN=$(mktemp -d)
   date -u; } > "$LOG/env.txt" 2>&1
 
 echo "== 1/3 CUDA tests"
-timeout 200 $PY -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider \
+timeout 200 $PY -m pytest -q -m cuda tests/test_cuda.py tests/test_cache.py -p no:cacheprovider \
   > "$LOG/cuda_tests.txt" 2>&1
 echo "== 2/3 speed table (ours compiled vs timm eager, bf16)"
 timeout 240 $PY -m budgetvit speed --compare-timm \

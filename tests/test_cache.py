@@ -298,3 +298,98 @@ def test_user_errors_are_one_line_exit_2(trees, tmp_path, capsys, args, fragment
 def test_config_accepts_cache_with_a_path(caches):
     cfg = tiny_config("data.dataset=cache", f"data.path={caches[0]}")
     validate(cfg)
+
+
+# ----------------------------------------------------------------------------- the DALI backend
+
+def dali_data(root, **kw):
+    pytest.importorskip("nvidia.dali")
+    from budgetvit.data.dali import DaliData
+    return DaliData(str(root), **{**dict(batch_size=8, seed=3, aug=AUG, device="cpu",
+                                         num_workers=2, size=32), **kw})
+
+
+def test_dali_stream_is_the_cache_stream(caches):
+    """Same images, crops, flips, labels and position as the PIL workers; only the decoder
+    and resampler differ (DALI decodes the crop at full scale, PIL may decode at 1/2-1/8).
+    Like the worker loaders, DALI keeps the size of the batches it had queued at a size change
+    (its prefetch depth is 2); the unprefetched reference switches at once."""
+    d = dali_data(caches[0])
+    c = CacheData(str(caches[0]), batch_size=8, seed=3, aug=AUG, device="cpu", num_workers=0,
+                  size=32)
+    sizes = []
+    for step in range(7):  # across a size change and the epoch boundary
+        if step == 3:
+            d.set_size(16)
+            c.set_size(16)
+        (xd, yd), (xc, yc) = d.next_batch(), c.next_batch()
+        assert torch.equal(yd, yc) and yd.dtype == torch.long
+        sizes.append(xd.shape[2])
+        assert xd.shape == (8, 3, sizes[-1], sizes[-1]) and xd.dtype == torch.uint8
+        if xd.shape == xc.shape:
+            diff = (xd.float() - xc.float()).abs().mean().item()
+            assert diff < 6, f"step {step}: mean |DALI - PIL| = {diff:.1f} grey levels"
+    assert sizes[:3] == [32] * 3 and sizes[5:] == [16] * 2 and sizes == sorted(sizes)[::-1]
+    assert d.state_dict() == c.state_dict() == {"epoch": 1, "batch": 2}
+
+
+def test_dali_resumes_exactly(caches):
+    a = dali_data(caches[1])
+    stream, state = [], None
+    for step in range(8):
+        if step == 3:
+            state = a.state_dict()
+        stream.append(a.next_batch())
+    b = dali_data(caches[1])
+    b.load_state_dict(state)
+    for x, y in stream[3:]:
+        xb, yb = b.next_batch()
+        assert torch.equal(x, xb) and torch.equal(y, yb)
+
+
+def test_dali_damaged_record_falls_back_to_pil(caches, tmp_path):
+    dst = tmp_path / "cache"
+    shutil.copytree(caches[0], dst)
+    index = np.load(dst / "train.idx.npy")
+    row = index[5]
+    shard = dst / cache.shard_name("train", int(row["shard"]))
+    data = bytearray(shard.read_bytes())
+    start, end = int(row["offset"][0]), int(row["offset"][-1] + row["nbytes"][-1])
+    data[start:end] = bytes(end - start)  # every level of image 5 zeroed
+    shard.write_bytes(bytes(data))
+    d = dali_data(dst, batch_size=4, size=16)
+    c = CacheData(str(dst), batch_size=4, seed=3, aug=AUG, device="cpu", num_workers=0, size=16)
+    for _ in range(d.batches_per_epoch + 2):  # every image, and the stream goes on after
+        (xd, yd), (_, yc) = d.next_batch(), c.next_batch()
+        assert xd.shape == (4, 3, 16, 16) and torch.equal(yd, yc)
+    assert d.bad_images == c.bad_images == 1
+
+
+def test_dali_backend_errors_name_the_fix(caches, monkeypatch):
+    cfg = tiny_config("data.backend=dali")
+    with pytest.raises(ConfigError, match="data.backend=dali reads a prepared cache"):
+        validate(cfg)
+    from budgetvit.data import dali
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # as if not installed
+    with pytest.raises(ConfigError, match="pip install nvidia-dali-cuda120"):
+        dali.DaliData(str(caches[0]), batch_size=8, seed=0, aug=AUG, device="cpu",
+                      num_workers=0, size=32)
+
+
+def test_dali_refuses_a_raw_cache(trees, tmp_path):
+    raw = tmp_path / "raw"
+    prepare(trees[0], raw, max_size=32, encoding="raw", levels=1, shard_size=64, progress=False)
+    with pytest.raises(ConfigError, match="is stored as raw"):
+        dali_data(raw)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_dali_decodes_on_the_gpu(caches):
+    d = dali_data(caches[0], device="cuda")
+    c = CacheData(str(caches[0]), batch_size=8, seed=3, aug=AUG, device="cpu", num_workers=0,
+                  size=32)
+    for _ in range(3):
+        (xd, yd), (xc, yc) = d.next_batch(), c.next_batch()
+        assert xd.is_cuda and yd.is_cuda and torch.equal(yd.cpu(), yc)
+        assert (xd.cpu().float() - xc.float()).abs().mean().item() < 6

@@ -25,6 +25,10 @@ def build_data(cfg, device, rank: int = 0, world: int = 1):
         return MemoryData(train, test, classes=[str(i) for i in range(k)], mean=(0.5,) * 3,
                           std=(0.5,) * 3, **common)
     if d.dataset == "cache":  # made by `budgetvit prepare`; same interface as the tree
+        if d.backend == "dali":
+            from .dali import DaliData  # optional dependency, imported only when asked for
+            return DaliData(d.path, num_workers=d.num_workers,
+                            size=cfg.curriculum.final_size_px, **common)
         return CacheData(d.path, num_workers=d.num_workers, size=cfg.curriculum.final_size_px,
                          **common)
     return FolderData(d.path, num_workers=d.num_workers, size=cfg.curriculum.final_size_px,

@@ -6,8 +6,8 @@ pipeline users would write with plain torchvision, measured in the same run.
 Baseline: torchvision.datasets.ImageFolder(TREE/train) + transforms RandomResizedCrop(size,
 scale=(--crop-scale-min, 1)) + RandomHorizontalFlip + PILToTensor, in a DataLoader with the
 same batch size and workers (shuffle, pin_memory on CUDA), each batch moved to the device.
-Loader: CacheData on --cache (or on --src when it is a cache), else FolderData on the tree,
-with the same crop scale and flip; its batches arrive on the device like the baseline's.
+Loader: CacheData on --cache (or on --src when it is a cache; DaliData with --backend dali),
+else FolderData on the tree, with the same crop scale and flip; its batches arrive on the device like the baseline's.
 Every pipeline is started afresh for each size and its first --warmup batches (worker start-up,
 first reads, batches that were in flight) are not timed; then --batches batches are. Both
 should fit in one epoch: the baseline restarts its workers at every epoch. Baseline and loader
@@ -48,6 +48,9 @@ def add_arguments(p) -> None:
     p.add_argument("--repeats", type=int, default=2, help="runs per pipeline and size (best)")
     p.add_argument("--crop-scale-min", type=float, default=0.08,
                    help="random-resized-crop area range [s, 1] (default 0.08, torchvision's)")
+    p.add_argument("--backend", default="pil", choices=["pil", "dali"],
+                   help="how the cache is decoded: PIL worker processes, or NVIDIA DALI "
+                        "(--workers threads; on the GPU when there is one)")
     p.add_argument("--skip-baseline", action="store_true", help="time the loader only")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", help="also write the results to this JSON file")
@@ -130,6 +133,9 @@ def make_loader(tree: Path | None, cache_dir: Path | None, args, device):
     from .imagefolder import FolderData
     aug = AugSection(crop_scale_min=args.crop_scale_min, hflip=True)
     kind = CacheData if cache_dir is not None else FolderData
+    if args.backend == "dali":
+        from .dali import DaliData
+        kind = DaliData
     return kind(str(cache_dir or tree), batch_size=args.batch_size, seed=0, aug=aug,
                 device=device, num_workers=args.workers)
 
@@ -167,7 +173,9 @@ def run(args) -> int:
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available()
                           else "cpu")
     tree, cache_dir, meta = resolve(args)
-    name = "cache" if cache_dir is not None else "FolderData"
+    if args.backend == "dali" and cache_dir is None:
+        raise ConfigError("--backend dali decodes a prepared cache: give --cache")
+    name = ("DALI" if args.backend == "dali" else "cache") if cache_dir else "FolderData"
     print(f"bench-data on {machine()}; device {device}, {args.workers} workers, batch "
           f"{args.batch_size}, {args.batches} timed batches after {args.warmup}, best of "
           f"{args.repeats}, crop scale ({args.crop_scale_min:g}, 1)")

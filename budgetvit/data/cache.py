@@ -142,11 +142,14 @@ class CacheSplit:
                 self._maps[k] = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
         return self._maps[k]
 
+    def record(self, i: int, level: int = 0) -> memoryview:
+        """The stored bytes of level `level` of image i (no copy)."""
+        start = int(self.offsets[i, level])
+        return self._shard(int(self.shards[i]))[start:start + int(self.nbytes[i, level])]
+
     def image(self, i: int, level: int = 0) -> Image.Image:
         """Level `level` of image i, lazily decoded (see decoder())."""
-        start = int(self.offsets[i, level])
-        record = self._shard(int(self.shards[i]))[start:start + int(self.nbytes[i, level])]
-        return decoder(record, self.encoding, int(self.heights[i, level]),
+        return decoder(self.record(i, level), self.encoding, int(self.heights[i, level]),
                        int(self.widths[i, level]))
 
 

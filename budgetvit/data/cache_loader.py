@@ -98,8 +98,10 @@ class CacheDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def view(self, i: int, size: int, rng: random.Random) -> np.ndarray:
-        """Image i as (size, size, 3) uint8: augmented for training, centre view otherwise."""
+    def plan(self, i: int, size: int, rng: random.Random) -> tuple[int, tuple, bool]:
+        """How to make image i's view, before decoding anything: (stored level to decode, crop
+        box (x, y, w, h) in that level's pixels, flip or not). Every backend draws from the
+        same rng in the same order, so they all produce the same stream."""
         ws, hs = self.split.widths[i], self.split.heights[i]  # (levels,)
         if self.train:
             box = random_resized_crop(rng, int(ws[0]), int(hs[0]), self.scale_min)
@@ -108,8 +110,13 @@ class CacheDataset(Dataset):
         level = best_level(ws, hs, box, size)
         fx, fy = ws[level] / ws[0], hs[level] / hs[0]
         box = (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
+        return level, box, self.train and self.hflip and rng.random() < 0.5
+
+    def view(self, i: int, size: int, rng: random.Random) -> np.ndarray:
+        """Image i as (size, size, 3) uint8: augmented for training, centre view otherwise."""
+        level, box, flip = self.plan(i, size, rng)
         out = crop_resize(self.split.image(i, level), box, size)
-        if self.train and self.hflip and rng.random() < 0.5:
+        if flip:
             out = out.transpose(Image.FLIP_LEFT_RIGHT)  # PIL's flip: 10x a reversed numpy copy
         return np.asarray(out)
 
