@@ -15,9 +15,31 @@ def fmt_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep the records of steps <= last_step (and drop a half-written last line): a run
+    resumed from the checkpoint at last_step replays the steps after it, and must not log them
+    twice. Rewritten through a temporary file, so a kill here loses nothing."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line + "\n")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)
+
+
 class Progress:
-    def __init__(self, run_dir: Path, budget: float, unit: str, start: float = 0.0):
+    def __init__(self, run_dir: Path, budget: float, unit: str, start: float = 0.0,
+                 resumed_step: int | None = None):
         self.run_dir, self.budget, self.unit = run_dir, budget, unit
+        if resumed_step is not None:
+            for name in ("log.jsonl", "eval.jsonl"):
+                truncate_jsonl(run_dir / name, resumed_step)
         self.log_file = open(run_dir / "log.jsonl", "a")
         self.eval_file = open(run_dir / "eval.jsonl", "a")
         self.bar = None

@@ -301,7 +301,8 @@ class Trainer:
             self.make_plan()
         if self.dist.main:
             self.progress = Progress(self.out, self.budget, self.unit,
-                                     self.clock.spent_units(self.clock.train_s))
+                                     self.clock.spent_units(self.clock.train_s),
+                                     resumed_step=self.clock.steps if resumed else None)
             self.print_header(resumed)
         if not resumed:
             self.save_checkpoint()  # step 0: there is always a state to roll back to

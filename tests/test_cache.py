@@ -212,16 +212,20 @@ def test_cache_loader_resumes_exactly_with_workers(caches):
     assert a.bad_images == 0 and a.skipped_files == 5
 
 
-def test_damaged_records_are_counted_not_fatal(caches, tmp_path):
-    dst = tmp_path / "cache"
-    shutil.copytree(caches[0], dst)
-    index = np.load(dst / "train.idx.npy")
-    row = index[5]
+def damaged_copy(src: Path, dst: Path, image: int) -> Path:
+    """A copy of the cache at src with every stored level of one training image zeroed."""
+    shutil.copytree(src, dst)
+    row = np.load(dst / "train.idx.npy")[image]
     shard = dst / cache.shard_name("train", int(row["shard"]))
     data = bytearray(shard.read_bytes())
     start, end = int(row["offset"][0]), int(row["offset"][-1] + row["nbytes"][-1])
-    data[start:end] = bytes(end - start)  # every level of image 5 zeroed
+    data[start:end] = bytes(end - start)
     shard.write_bytes(bytes(data))
+    return dst
+
+
+def test_damaged_records_are_counted_not_fatal(caches, tmp_path):
+    dst = damaged_copy(caches[0], tmp_path / "cache", image=5)
     d = CacheData(str(dst), batch_size=4, seed=0, aug=AUG, device="cpu", num_workers=0, size=16)
     for _ in range(d.batches_per_epoch):  # one epoch touches every image
         x, _ = d.next_batch()
@@ -348,15 +352,7 @@ def test_dali_resumes_exactly(caches):
 
 
 def test_dali_damaged_record_falls_back_to_pil(caches, tmp_path):
-    dst = tmp_path / "cache"
-    shutil.copytree(caches[0], dst)
-    index = np.load(dst / "train.idx.npy")
-    row = index[5]
-    shard = dst / cache.shard_name("train", int(row["shard"]))
-    data = bytearray(shard.read_bytes())
-    start, end = int(row["offset"][0]), int(row["offset"][-1] + row["nbytes"][-1])
-    data[start:end] = bytes(end - start)  # every level of image 5 zeroed
-    shard.write_bytes(bytes(data))
+    dst = damaged_copy(caches[0], tmp_path / "cache", image=5)
     d = dali_data(dst, batch_size=4, size=16)
     c = CacheData(str(dst), batch_size=4, seed=3, aug=AUG, device="cpu", num_workers=0, size=16)
     for _ in range(d.batches_per_epoch + 2):  # every image, and the stream goes on after

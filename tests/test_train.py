@@ -89,9 +89,9 @@ def test_learns_fashion_mnist_within_a_step_budget(tmp_path):
 
 
 def test_resume_after_interruption_gives_identical_weights(tmp_path):
-    """Deterministic step-budget runs: stop one at step 13 (after its step-10 checkpoint,
-    losing 3 steps, inside the 16 px stage), rerun the same command, and compare with an
-    uninterrupted run."""
+    """Deterministic step-budget runs: stop one at step 17 (after its step-10 checkpoint and
+    step-15 log line, losing 7 steps, inside the 16 px stage), rerun the same command, and
+    compare with an uninterrupted run: weights, optimizer, data position and the log."""
     args = ("train.budget=40steps", "checkpoint.every_steps=10", "train.deterministic=true",
             "model.drop_path=0.1", "aug.mixup=0.2", "aug.random_erasing=0.25")
     train(tiny_config(*args), tmp_path / "straight")
@@ -100,7 +100,7 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
     real_step = crashing.step
 
     def step_then_crash(*a, **kw):
-        if crashing.clock.steps == 13:
+        if crashing.clock.steps == 17:
             raise RuntimeError("simulated crash")
         return real_step(*a, **kw)
     crashing.step = step_then_crash
@@ -116,6 +116,10 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
     assert all(torch.equal(a["ema"]["weights"][k], b["ema"]["weights"][k]) for k in a["model"])
     assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
     assert a["data"] == b["data"] and a["stages"][0]["images"] == b["stages"][0]["images"]
+    # The replayed steps 11-17 are logged once: the log reads as the uninterrupted run's.
+    steps = [[json.loads(line)["step"] for line in (tmp_path / run / "log.jsonl").open()]
+             for run in ("straight", "resumed")]
+    assert steps[0] == steps[1] and steps[0][:3] == [5, 10, 15]
 
 
 def test_eval_predict_and_export_on_a_checkpoint(timed_run, tmp_path, capsys):
