@@ -264,9 +264,10 @@ def environment() -> dict:
     import platform
     import torch
     import torchvision
+    from .runtime import cpu_model
     env = {"python": platform.python_version(), "torch": torch.__version__,
            "torchvision": torchvision.__version__, "cuda": torch.version.cuda,
-           "platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+           "platform": platform.platform(), "cpu": cpu_model(),
            "cpu_cores_visible": len(os.sched_getaffinity(0))}
     try:
         q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -57,14 +56,8 @@ def add_arguments(p) -> None:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "CPU"
-    try:
-        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                 if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} cores"
+    from ..runtime import cpu_model
+    text = f"{cpu_model()}, {os.cpu_count()} cores"
     if torch.cuda.is_available():
         text += f", {torch.cuda.get_device_name()}"
     return text
