@@ -389,3 +389,20 @@ def test_dali_decodes_on_the_gpu(caches):
         (xd, yd), (xc, yc) = d.next_batch(), c.next_batch()
         assert xd.is_cuda and yd.is_cuda and torch.equal(yd.cpu(), yc)
         assert (xd.cpu().float() - xc.float()).abs().mean().item() < 6
+
+
+def test_dali_failure_on_readable_images_is_an_error(caches, monkeypatch):
+    d = dali_data(caches[0])
+    from budgetvit.data import dali
+
+    class Broken:  # a pipeline that takes its first batch, then fails as a driver error would
+        def __init__(self, feed, *args):
+            self.feed = feed
+
+        def run(self):
+            self.feed()
+            raise RuntimeError("CUDA error: out of memory")
+    monkeypatch.setattr(dali, "build_pipeline", Broken)
+    with pytest.raises(RuntimeError, match=r"DALI failed on a batch of readable images "
+                                           r"\(CUDA error: out of memory\); resume with"):
+        d.next_batch()

@@ -7,7 +7,8 @@ Baseline: torchvision.datasets.ImageFolder(TREE/train) + transforms RandomResize
 scale=(--crop-scale-min, 1)) + RandomHorizontalFlip + PILToTensor, in a DataLoader with the
 same batch size and workers (shuffle, pin_memory on CUDA), each batch moved to the device.
 Loader: CacheData on --cache (or on --src when it is a cache; DaliData with --backend dali),
-else FolderData on the tree, with the same crop scale and flip; its batches arrive on the device like the baseline's.
+else FolderData on the tree, with the same crop scale and flip; its batches arrive on the
+device like the baseline's.
 Every pipeline is started afresh for each size and its first --warmup batches (worker start-up,
 first reads, batches that were in flight) are not timed; then --batches batches are. Both
 should fit in one epoch: the baseline restarts its workers at every epoch. Baseline and loader

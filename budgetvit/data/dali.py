@@ -11,7 +11,9 @@ slices the memory-mapped records and hands DALI bytes, crop boxes, sizes and fli
 The position, the sampler and the checkpoint state are WorkerStream's; evaluation reuses
 CacheData's PIL workers (not charged to the budget). A record DALI fails to decode does not stop
 training: that batch is made by the PIL path (which counts and replaces unreadable images) and a
-fresh pipeline carries on with the batches already queued.
+fresh pipeline carries on with the batches already queued. A failure on a batch whose images
+all decode is DALI's own (memory, driver): it stops the run rather than quietly continuing at
+PIL speed; the run resumes with either backend.
 """
 from __future__ import annotations
 
@@ -110,12 +112,15 @@ class DaliData(CacheData):
         while True:
             try:
                 images, labels = pipe.run()
-            except Exception:  # a record DALI cannot decode: PIL makes this batch
+            except Exception as e:  # a damaged record? PIL makes this batch, replacing it
                 failed = queued.popleft()
                 keys = itertools.chain(list(queued), keys)
                 queued.clear()
                 x, y, bad = self.dataset[failed]
-                yield x.to(self.device), y.to(self.device), bad
+                if bad == 0:  # every image decodes: the fault is DALI's, not the data's
+                    raise RuntimeError(f"DALI failed on a batch of readable images ({e}); "
+                                       f"resume with --set data.backend=pil (same stream)") from e
+                yield x, y, bad
                 pipe = build_pipeline(feed, self.local_batch, max(self.workers, 1),
                                       self.device_id)
                 continue
