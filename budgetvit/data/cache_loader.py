@@ -98,6 +98,10 @@ class CacheDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
+    def rng(self, i: int, epoch: int) -> random.Random:
+        """Image i's augmentation draws in epoch `epoch`, the same for every backend."""
+        return random.Random(mix_seed(self.seed, epoch, i))
+
     def plan(self, i: int, size: int, rng: random.Random) -> tuple[int, tuple, bool]:
         """How to make image i's view, before decoding anything: (stored level to decode, crop
         box (x, y, w, h) in that level's pixels, flip or not). Every backend draws from the
@@ -130,7 +134,7 @@ class CacheDataset(Dataset):
         y = torch.empty(len(keys), dtype=torch.long)
         out, n, bad = x.numpy(), len(self.split), 0
         for k, (idx, _, epoch) in enumerate(keys):
-            rng = random.Random(mix_seed(self.seed, epoch, idx))  # this image's augmentation
+            rng = self.rng(idx, epoch)
             for attempt in range(n):
                 j = (idx + attempt) % n
                 try:

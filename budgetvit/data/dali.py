@@ -18,7 +18,6 @@ PIL speed; the run resumes with either backend.
 from __future__ import annotations
 
 import itertools
-import random
 from collections import deque
 
 import numpy as np
@@ -26,7 +25,6 @@ import torch
 
 from ..config import ConfigError
 from .cache_loader import CacheData
-from .stream import mix_seed
 
 
 def require_dali():
@@ -43,8 +41,7 @@ def dali_inputs(dataset, keys) -> list[list[np.ndarray]]:
     [output w, h], [flip], [label]."""
     columns = [[] for _ in range(6)]
     for idx, size, epoch in keys:
-        rng = random.Random(mix_seed(dataset.seed, epoch, idx))  # as CacheDataset.__getitem__
-        level, (x, y, w, h), flip = dataset.plan(idx, size, rng)
+        level, (x, y, w, h), flip = dataset.plan(idx, size, dataset.rng(idx, epoch))
         record = np.frombuffer(dataset.split.record(idx, level), dtype=np.uint8)
         for col, value in zip(columns, (record, np.array([x, y], np.float32),
                                         np.array([w, h], np.float32),
@@ -108,7 +105,10 @@ class DaliData(CacheData):
             queued.append(batch)
             return dali_inputs(self.dataset, batch)
 
-        pipe = build_pipeline(feed, self.local_batch, max(self.workers, 1), self.device_id)
+        def start():
+            return build_pipeline(feed, self.local_batch, max(self.workers, 1), self.device_id)
+
+        pipe = start()
         while True:
             try:
                 images, labels = pipe.run()
@@ -121,8 +121,7 @@ class DaliData(CacheData):
                     raise RuntimeError(f"DALI failed on a batch of readable images ({e}); "
                                        f"resume with --set data.backend=pil (same stream)") from e
                 yield x, y, bad
-                pipe = build_pipeline(feed, self.local_batch, max(self.workers, 1),
-                                      self.device_id)
+                pipe = start()
                 continue
             queued.popleft()
             yield to_torch(images, self.device), to_torch(labels, self.device), 0
