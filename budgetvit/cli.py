@@ -9,7 +9,7 @@ import shlex
 import sys
 
 from .checkpoint import CheckpointError
-from .config import ConfigError
+from .config import COMPILE_MODES, ConfigError
 
 EXIT_USAGE = 2
 
@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compare-timm", action="store_true",
                    help="also time timm's same-shaped ViT in the same run")
     s.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
+    s.add_argument("--compile-scope", choices=["blocks", "model"], default="blocks")
+    s.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
+                   help="torch.compile mode; reduce-overhead replays CUDA graphs")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--trainer", action="store_true",
                    help="also time the full trainer step on the same model, batch and size")

@@ -87,6 +87,8 @@ class TrainSection:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     compile: str = "auto"  # auto (on for CUDA) | on | off
+    compile_scope: str = "blocks"  # blocks (each block, one compile serves all) | model
+    compile_mode: str = "default"  # torch.compile mode; reduce-overhead = CUDA graphs
     ema: bool = True
     ema_decay: float = 0.99
     seed: int = 0
@@ -189,6 +191,8 @@ def from_dict(d: dict) -> Config:
 # ---------------------------------------------------------------- budgets and stages
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# torch.compile's modes; "reduce-overhead" replays CUDA graphs (fewer kernel launches).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def parse_budget(text: str) -> tuple[float, str]:
@@ -330,6 +334,8 @@ def validate(cfg: Config) -> None:
     _choice("train.device", t.device, ["auto", "cpu", "cuda"])
     _choice("train.precision", t.precision, ["auto", "fp32", "bf16", "fp16"])
     _choice("train.compile", t.compile, ["auto", "on", "off"])
+    _choice("train.compile_scope", t.compile_scope, ["blocks", "model"])
+    _choice("train.compile_mode", t.compile_mode, list(COMPILE_MODES))
     _range("train.ema_decay", t.ema_decay, 0, 0.999999)
     _range("train.seed", t.seed, 0)
     _range("train.log_every", t.log_every, 1)

@@ -15,6 +15,9 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     return (x - m) / s
 
 
+# Eager, even where training compiled the model's blocks in place: every evaluation shape
+# (batch size, eval mode, size) would otherwise be compiled anew.
+@torch.compiler.set_stance("force_eager")
 @torch.no_grad()
 def evaluate(model, data, size: int, batch_size: int, runtime, d: Dist = Dist()) -> dict:
     """{'top1', 'top5' (percent), 'loss', 'images'} of `model` at `size` px. Every image of

@@ -39,7 +39,7 @@ class StepTimer:
                  compile_model: bool):
         self.model = model.to(rt.device).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=True)
-        self.fwd = torch.compile(self.model, dynamic=False) if compile_model else self.model
+        self.fwd = rt.compiled(self.model) if compile_model else self.model
         self.x = torch.randn(batch, in_chans, size, size, device=rt.device)
         self.y = torch.randint(0, 10, (batch,), device=rt.device)
         self.rt, self.batch = rt, batch
@@ -79,15 +79,18 @@ class StepTimer:
         return statistics.median(self.rates)
 
 
-def trainer_rate(model: str, size: int, batch: int, steps: int, device: str) -> float:
+def trainer_rate(model: str, size: int, batch: int, steps: int, args) -> float:
     """images/s of the real trainer (data, augmentation, clock, EMA, logging included) on
-    Fashion-MNIST at a fixed size, over `steps` steps of a step budget."""
+    Fashion-MNIST at a fixed size, over `steps` steps of a step budget, with the device and
+    compile settings of the speed command."""
     from .presets import fmnist
     from .train import Trainer
     cfg = fmnist()
     cfg.model.name = model
     cfg.curriculum.mode, cfg.curriculum.final_size_px = "off", size
-    cfg.train.budget, cfg.train.batch_size, cfg.train.device = f"{steps}steps", batch, device
+    t = cfg.train
+    t.budget, t.batch_size, t.device, t.compile = f"{steps}steps", batch, args.device, args.compile
+    t.compile_scope, t.compile_mode = args.compile_scope, args.compile_mode
     cfg.train.log_every, cfg.checkpoint.every_s = 10**9, 0.0
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(cfg, out)
@@ -99,7 +102,8 @@ def trainer_rate(model: str, size: int, batch: int, steps: int, device: str) -> 
 def run_speed(args) -> int:
     from .runtime import resolve
     from .config import TrainSection
-    rt = resolve(TrainSection(device=args.device, compile=args.compile))
+    rt = resolve(TrainSection(device=args.device, compile=args.compile,
+                              compile_scope=args.compile_scope, compile_mode=args.compile_mode))
     try:
         ours = create_model(args.model, num_classes=10 if args.trainer else 1000,
                             in_chans=1 if args.trainer else 3)
@@ -111,7 +115,8 @@ def run_speed(args) -> int:
             raise ConfigError(f"--img-size {s} is not a multiple of the patch size {cfg.patch_size}")
     peak = peak_flops(rt.device)
     print(f"device {rt.describe()}, {args.model}, batch {args.batch_size}, "
-          f"{'bf16 autocast' if rt.amp_dtype else 'fp32'}, compile {'on' if rt.compile else 'off'}"
+          f"{'bf16 autocast' if rt.amp_dtype else 'fp32'}, compile "
+          f"{f'on ({rt.compile_scope}, {rt.compile_mode})' if rt.compile else 'off'}"
           f", median of {args.repeats} x {args.steps} steps")
     header = f"{'size':>5} {'img/s':>9} {'MFU':>6} {'mem GiB':>8} {'warm-up s':>9}"
     if args.compare_timm:
@@ -138,7 +143,7 @@ def run_speed(args) -> int:
             line += f" {theirs:11.1f} {ours.img_per_s / theirs:6.2f}"
         if args.trainer:
             rate = trainer_rate(args.model, s, args.batch_size,
-                                args.steps * args.repeats + 3, args.device)
+                                args.steps * args.repeats + 3, args)
             line += f" {rate:14.1f} {100 * (1 - rate / ours.img_per_s):8.1f}%"
         print(line, flush=True)
     return 0

@@ -63,7 +63,7 @@ def caches(trees, tmp_path_factory):
 def snapshot(root: Path):
     """Every file's bytes, and meta.json without the fields that describe the run."""
     files = {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*"))
-             if f.is_file() and f.name != cache.META}
+             if f.is_file() and f.name not in (cache.META, cache.ELAPSED)}
     meta = json.loads((root / cache.META).read_text())
     for key in ("prepare_time_s", "resumed_shards", "workers"):
         meta.pop(key)
@@ -148,8 +148,10 @@ def test_prepare_redoes_unfinished_shards_and_refuses_other_settings(trees, cach
         (dst / cache.PARTS / f"{name}.json").unlink()
     (dst / "train-00001.bin").write_bytes(b"\xff" * 100)
     (dst / "train-00002.bin.tmp").write_bytes(b"partial")
+    (dst / cache.PARTS / cache.ELAPSED).write_text('{"seconds": 1000.0}')  # the dead run's time
     meta = prepare(trees[0], dst, max_size=64, shard_size=16, workers=1, progress=False)
     assert meta["resumed_shards"] == 2
+    assert 1000.0 < meta["prepare_time_s"] < 1060.0  # earlier runs' time is counted too
     assert snapshot(dst) == snapshot(caches[0])
     # A finished cache is left alone; other settings or files are refused.
     again = prepare(trees[0], dst, max_size=64, shard_size=16, workers=1, progress=False)

@@ -162,8 +162,23 @@ def test_any_field_can_be_overridden():
 
 def test_drop_path_rates_grow_with_depth():
     model = create_model("vit_ti16", drop_path=0.1)
-    rates = [b.drop_path for b in model.blocks]
-    assert rates[0] == 0.0 and abs(rates[-1] - 0.1) < 1e-9 and rates == sorted(rates)
+    rates = [b.drop_rate.item() for b in model.blocks]
+    assert rates[0] == 0.0 and abs(rates[-1] - 0.1) < 1e-7 and rates == sorted(rates)
+    assert [b.drops for b in model.blocks] == [False] + [True] * 11
+
+
+def test_drop_path_drops_whole_images_and_rescales_the_kept_ones():
+    block = create_model("vit_ti16", depth=2, drop_path=0.4).blocks[1]  # rate 0.4
+    x = torch.ones(4000, 3, 8)
+    torch.manual_seed(0)
+    out = block._drop(x)
+    per_image = out.flatten(1)
+    assert torch.equal(per_image.min(1).values, per_image.max(1).values)  # whole images
+    dropped, kept = sorted(set(per_image[:, 0].tolist()))
+    assert dropped == 0.0 and kept == pytest.approx(1 / 0.6)
+    assert abs((per_image[:, 0] == 0).float().mean().item() - 0.4) < 0.03
+    block.eval()
+    assert torch.equal(block._drop(x), x)
 
 
 def test_param_groups_exempt_biases_norms_pos_and_cls():

@@ -1,11 +1,14 @@
 """CPU-side checks of the speed work: MFU arithmetic, the peak-rate table, warm-up that
 leaves no trace, and the speed command itself."""
+import copy
+
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from budgetvit.cli import main
 from budgetvit.models import create_model, forward_flops
-from budgetvit.runtime import mfu, peak_flops, peak_for_name
+from budgetvit.runtime import Runtime, mfu, peak_flops, peak_for_name
 from budgetvit.train import Trainer
 
 from .conftest import needs_fmnist, tiny_config
@@ -64,3 +67,38 @@ def test_speed_command_compares_timm_and_trainer_on_cpu(capsys):
         ours, timm_rate, ratio = float(r[1]), float(r[5]), float(r[6])
         assert ours > 0 and timm_rate > 0
         assert ratio == pytest.approx(ours / timm_rate, rel=0.01)  # printed rounded
+
+
+def test_block_compile_serves_every_block_and_changes_no_number(monkeypatch):
+    """Scope "blocks": one graph per size for all blocks that drop paths (their rates are
+    tensors) plus one for block 0 (rate 0), the same outputs and gradients as eager, and
+    torch.compile called with the configured mode. Dynamo's "eager" backend keeps it fast."""
+    calls = []
+    real_compile = torch.compile
+
+    def compile_eagerly(fn, **kwargs):
+        calls.append(kwargs)
+        return real_compile(fn, dynamic=kwargs["dynamic"], backend="eager")
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    torch._dynamo.reset()
+    counters.clear()
+    model = create_model("vit_micro4_local", in_chans=1, num_classes=10, depth=5, drop_path=0.2)
+    reference = copy.deepcopy(model)
+    forward = Runtime(torch.device("cpu"), None, True, "blocks", "reduce-overhead").compiled(model)
+    for size in (16, 28):
+        x = torch.randn(6, 1, size, size)
+        outputs = []
+        for m, f in ((model, forward), (reference, reference)):
+            torch.manual_seed(size)
+            out = f(x)
+            out.square().mean().backward()
+            outputs.append((out, [p.grad for p in m.parameters()]))
+        (out, grads), (ref, ref_grads) = outputs
+        assert torch.allclose(out, ref, atol=1e-6)
+        assert all(torch.allclose(g, r, atol=1e-6) for g, r in zip(grads, ref_grads))
+    assert counters["stats"]["unique_graphs"] == 4  # 2 sizes x (block 0, blocks 1-4)
+    assert calls == [{"dynamic": False, "mode": "reduce-overhead"}] * 5
+    assert set(model.state_dict()) == set(reference.state_dict())  # checkpoints unchanged
+    calls.clear()
+    whole = Runtime(torch.device("cpu"), None, True, "model", "default").compiled(reference)
+    assert calls == [{"dynamic": False, "mode": None}] and whole is not reference

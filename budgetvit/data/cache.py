@@ -5,7 +5,8 @@
     CACHE/train.idx.npy          one index_dtype() row per image, in ImageFolder order
     CACHE/val-00000.bin, val.idx.npy
     CACHE/bad_files.tsv          source files left out: relative path <TAB> reason
-    CACHE/parts/                 one index part + receipt per finished shard (makes it resumable)
+    CACHE/parts/                 one index part + receipt per finished shard (makes it resumable),
+                                 elapsed.json: seconds spent by all runs so far
 
 Each image is stored with the shorter side at most S (--max-size) and, by default, as two more
 copies at 1/2 and 1/4 of that size ("levels"), as baseline RGB JPEG (quality 90, 4:2:0), or
@@ -51,6 +52,7 @@ ENCODINGS = ("jpeg", "raw")
 JPEG_QUALITY = 90
 SPLITS = ("train", "val")
 META, BAD_FILES, PARTS = "meta.json", "bad_files.tsv", "parts"
+ELAPSED = "elapsed.json"  # in parts/: wall seconds of every prepare run so far
 
 LEVELS = 3  # stored copies per image: shorter side <= S, S/2, S/4 (see the docstring)
 

@@ -226,6 +226,16 @@ def prepare(src: str | Path, dst: str | Path, *, max_size: int = 256, encoding: 
     def receipt_path(job):
         return parts / f"{job['split']}-{job['shard']:05d}.json"
 
+    # Wall time of earlier, interrupted runs (up to their last finished shard) is kept in
+    # parts/elapsed.json and added, so prepare_time_s is the whole preparation, not its last run.
+    elapsed_file = parts / cache.ELAPSED
+    earlier = json.loads(elapsed_file.read_text())["seconds"] if elapsed_file.exists() else 0.0
+
+    def record_elapsed():
+        seconds = earlier + time.perf_counter() - t0
+        cache.write_atomic(elapsed_file, json.dumps({"seconds": round(seconds, 2)}).encode())
+        return seconds
+
     todo = [j for j in jobs if not receipt_path(j).exists()]
     total = sum(len(j["items"]) for j in jobs)
     reused = total - sum(len(j["items"]) for j in todo)
@@ -233,17 +243,17 @@ def prepare(src: str | Path, dst: str | Path, *, max_size: int = 256, encoding: 
     if todo:
         _run_jobs(todo, dict(src=str(src), dst=str(dst), encoding=encoding, max_size=max_size,
                              levels=levels, max_pixels=max_pixels),
-                  workers, total, reused, progress)
+                  workers, total, reused, progress, record_elapsed)
     meta = _finish(dst, plan, jobs, receipt_path)
     meta.update(source=str(src), workers=workers, resumed_shards=len(jobs) - len(todo),
-                prepare_time_s=round(time.perf_counter() - t0, 2))
+                prepare_time_s=round(record_elapsed(), 2))
     meta["cache_bytes"] = cache.cache_bytes(dst)
     cache.write_atomic(dst / cache.META, json.dumps(meta, indent=1).encode())
     return meta
 
 
 def _run_jobs(todo: list[dict], common: dict, workers: int, total: int, reused: int,
-              progress: bool) -> None:
+              progress: bool, on_shard_done) -> None:
     from tqdm import tqdm
     # Processes rather than threads: decoding and resizing hold the GIL for part of the work.
     # ProcessPoolExecutor rather than Pool: a worker killed by the OS (out of memory) raises
@@ -262,6 +272,8 @@ def _run_jobs(todo: list[dict], common: dict, workers: int, total: int, reused: 
                 finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     fut.result()  # re-raises a worker's unexpected error
+                if finished:
+                    on_shard_done()
                 bar.update(reused + counter.value - bar.n)
         except BrokenProcessPool:
             raise WorkerDied("a prepare worker died (out of memory?); finished shards are "

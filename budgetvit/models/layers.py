@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import stochastic_depth
 
 Grid = tuple[int, int]
 
@@ -113,11 +112,19 @@ class Block(nn.Module):
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = FFNS[ffn](dim, int(dim * mlp_ratio), act=act, bias=ffn_bias)
-        self.drop_path = drop_path
+        # The rate is a tensor, not a float attribute: torch.compile bakes floats into the
+        # graph, so every block (each with its own rate) would be compiled separately.
+        self.register_buffer("drop_rate", torch.tensor(float(drop_path)), persistent=False)
+        self.drops = drop_path > 0
 
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
-        # Per-sample stochastic depth: the residual branch is dropped for whole images.
-        return stochastic_depth(x, self.drop_path, "row", self.training)
+        """Per-sample stochastic depth: the residual branch is dropped for whole images and
+        the kept ones are scaled by 1 / (1 - rate)."""
+        if not (self.training and self.drops):
+            return x
+        keep = 1.0 - self.drop_rate
+        mask = torch.rand(x.shape[0], 1, 1, device=x.device) < keep
+        return x * mask / keep
 
     def forward(self, x: torch.Tensor, grid: Grid, num_prefix: int) -> torch.Tensor:
         x = x + self._drop(self.attn(self.norm1(x)))
