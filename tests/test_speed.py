@@ -69,10 +69,9 @@ def test_speed_command_compares_timm_and_trainer_on_cpu(capsys):
         assert ratio == pytest.approx(ours / timm_rate, rel=0.01)  # printed rounded
 
 
-def test_block_compile_serves_every_block_and_changes_no_number(monkeypatch):
-    """Scope "blocks": one graph per size for all blocks that drop paths (their rates are
-    tensors) plus one for block 0 (rate 0), the same outputs and gradients as eager, and
-    torch.compile called with the configured mode. Dynamo's "eager" backend keeps it fast."""
+def compile_with_eager_backend(monkeypatch) -> list[dict]:
+    """torch.compile through Dynamo's "eager" backend (graphs captured, nothing generated, so
+    fast); returns the list of the arguments each torch.compile call got."""
     calls = []
     real_compile = torch.compile
 
@@ -82,6 +81,14 @@ def test_block_compile_serves_every_block_and_changes_no_number(monkeypatch):
     monkeypatch.setattr(torch, "compile", compile_eagerly)
     torch._dynamo.reset()
     counters.clear()
+    return calls
+
+
+def test_block_compile_serves_every_block_and_changes_no_number(monkeypatch):
+    """Scope "blocks": one graph per size for all blocks that drop paths (their rates are
+    tensors) plus one for block 0 (rate 0), the same outputs and gradients as eager, and
+    torch.compile called with the configured mode."""
+    calls = compile_with_eager_backend(monkeypatch)
     model = create_model("vit_micro4_local", in_chans=1, num_classes=10, depth=5, drop_path=0.2)
     reference = copy.deepcopy(model)
     forward = Runtime(torch.device("cpu"), None, True, "blocks", "reduce-overhead").compiled(model)
@@ -102,3 +109,23 @@ def test_block_compile_serves_every_block_and_changes_no_number(monkeypatch):
     calls.clear()
     whole = Runtime(torch.device("cpu"), None, True, "model", "default").compiled(reference)
     assert calls == [{"dynamic": False, "mode": None}] and whole is not reference
+
+
+@needs_fmnist
+def test_trainer_compiles_every_size_before_the_clock_and_never_after(tmp_path, monkeypatch):
+    calls = compile_with_eager_backend(monkeypatch)
+    trainer = Trainer(tiny_config("train.compile=on", "train.budget=12steps", "model.depth=3",
+                                  "model.drop_path=0.1"), tmp_path)
+    graphs = {}
+    real_warm_up = trainer.warm_up
+
+    def warm_up():
+        real_warm_up()
+        graphs["after warm-up"] = counters["stats"]["unique_graphs"]
+    trainer.warm_up = warm_up
+    summary = trainer.run()
+    assert len(calls) == 3 and summary["steps"] == 12
+    # sizes 16 and 28 x (block 0, blocks 1-2): all before the clock; training at both sizes
+    # and the final evaluation (eager) compile nothing more.
+    assert graphs["after warm-up"] == 4 == counters["stats"]["unique_graphs"]
+    assert [st["img_size"] for st in summary["stages"]] == [16, 28]

@@ -156,8 +156,9 @@ class CacheSplit:
 
 
 def cache_bytes(root: str | Path) -> int:
-    """Bytes the cache occupies: shards, indexes, report and parts (meta.json excluded, so the
-    figure written into meta.json does not depend on itself)."""
+    """Bytes the cache occupies: shards, indexes, report and parts (meta.json and elapsed.json
+    excluded: they describe the run, and the figure written into meta.json must not depend on
+    itself)."""
     root = Path(root)
-    return sum(f.stat().st_size for f in root.rglob("*")
-               if f.is_file() and f.name != META and not f.name.endswith(".tmp"))
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file()
+               and f.name not in (META, ELAPSED) and not f.name.endswith(".tmp"))
