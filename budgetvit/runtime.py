@@ -75,15 +75,19 @@ class Runtime:
         if self.cuda:
             torch.cuda.synchronize(self.device)
 
-    def compiled(self, model, forward=None):
+    def compiled(self, model, sizes: int, forward=None):
         """The callable a training step runs: `forward` (default: the model) as it is, or
-        compiled. Scope "blocks" compiles each transformer block in place; the blocks are the
-        same function, so one compile per image size serves all of them (several times
-        quicker warm-up than compiling the whole model, whose blocks are traced one by one).
-        Scope "model" compiles `forward` as one graph. Every image size is a static shape."""
+        compiled for `sizes` image sizes, each a static shape. Scope "blocks" compiles each
+        transformer block in place; the blocks are the same function, so one compile per
+        size serves all of them (several times quicker warm-up than compiling the whole
+        model, whose blocks are traced one by one). Scope "model" compiles `forward` whole."""
         forward = model if forward is None else forward
         if not self.compile:
             return forward
+        import torch._dynamo as dynamo
+        # Graphs kept per function: one per size, two where blocks with and without drop path
+        # differ; past the limit, dynamo would fall back to eager.
+        dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 2 * sizes + 4)
         mode = None if self.compile_mode == "default" else self.compile_mode
         if self.compile_scope == "blocks":
             for block in model.blocks:

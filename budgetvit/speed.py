@@ -36,10 +36,10 @@ class StepTimer:
     one after the other, the first suffers from a cold machine (allocator, caches, clocks)."""
 
     def __init__(self, model, in_chans: int, size: int, batch: int, rt: Runtime,
-                 compile_model: bool):
+                 compile_model: bool, sizes: int = 1):
         self.model = model.to(rt.device).train()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=True)
-        self.fwd = rt.compiled(self.model) if compile_model else self.model
+        self.fwd = rt.compiled(self.model, sizes) if compile_model else self.model
         self.x = torch.randn(batch, in_chans, size, size, device=rt.device)
         self.y = torch.randint(0, 10, (batch,), device=rt.device)
         self.rt, self.batch = rt, batch
@@ -91,7 +91,7 @@ def trainer_rate(model: str, size: int, batch: int, steps: int, args) -> float:
     t = cfg.train
     t.budget, t.batch_size, t.device, t.compile = f"{steps}steps", batch, args.device, args.compile
     t.compile_scope, t.compile_mode = args.compile_scope, args.compile_mode
-    cfg.train.log_every, cfg.checkpoint.every_s = 10**9, 0.0
+    t.log_every, cfg.checkpoint.every_s = 10**9, 0.0
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(cfg, out)
         with contextlib.redirect_stdout(io.StringIO()):
@@ -126,7 +126,8 @@ def run_speed(args) -> int:
     print(header)
     for s in args.sizes:
         torch.manual_seed(0)
-        timers = [StepTimer(create_model(cfg), cfg.in_chans, s, args.batch_size, rt, rt.compile)]
+        timers = [StepTimer(create_model(cfg), cfg.in_chans, s, args.batch_size, rt, rt.compile,
+                            len(args.sizes))]
         if args.compare_timm:  # timm as most users run it: eager, bf16 autocast on CUDA
             timers.append(StepTimer(timm_twin(cfg), cfg.in_chans, s, args.batch_size, rt,
                                     compile_model=False))

@@ -76,12 +76,8 @@ class Trainer:
         if self.dist.enabled:
             self.forward = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.dist.local_rank] if self.rt.cuda else None)
-        if self.rt.compile:
-            import torch._dynamo as dynamo
-            # One graph per image size, two where blocks with and without drop path differ.
-            dynamo.config.cache_size_limit = max(
-                16, 2 * len(curriculum.planned_sizes(cfg)) + 4)
-            self.forward = self.rt.compiled(self.model, self.forward)
+        self.forward = self.rt.compiled(self.model, len(curriculum.planned_sizes(cfg)),
+                                        self.forward)
         self.mix = augment.mixup_cutmix(cfg.aug.mixup, cfg.aug.cutmix, self.data.num_classes)
         self.clock = BudgetClock(self.budget, self.unit, self.rt.sync)
         # Steps between host-device syncs (clock reads, loss and fault read-back): free on

@@ -91,7 +91,7 @@ def test_block_compile_serves_every_block_and_changes_no_number(monkeypatch):
     calls = compile_with_eager_backend(monkeypatch)
     model = create_model("vit_micro4_local", in_chans=1, num_classes=10, depth=5, drop_path=0.2)
     reference = copy.deepcopy(model)
-    forward = Runtime(torch.device("cpu"), None, True, "blocks", "reduce-overhead").compiled(model)
+    forward = Runtime(torch.device("cpu"), None, True, "blocks", "reduce-overhead").compiled(model, 2)
     for size in (16, 28):
         x = torch.randn(6, 1, size, size)
         outputs = []
@@ -107,7 +107,7 @@ def test_block_compile_serves_every_block_and_changes_no_number(monkeypatch):
     assert calls == [{"dynamic": False, "mode": "reduce-overhead"}] * 5
     assert set(model.state_dict()) == set(reference.state_dict())  # checkpoints unchanged
     calls.clear()
-    whole = Runtime(torch.device("cpu"), None, True, "model", "default").compiled(reference)
+    whole = Runtime(torch.device("cpu"), None, True, "model", "default").compiled(reference, 2)
     assert calls == [{"dynamic": False, "mode": None}] and whole is not reference
 
 
