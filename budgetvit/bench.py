@@ -206,6 +206,7 @@ def aggregate(runs: dict[str, dict[int, dict]], caps: Benchmark | None = None) -
             "model": s[0].get("model"), "budget": sorted({str(x.get("budget")) for x in s}),
             "code_version": sorted({str(x.get("code_version")) for x in s}),
             "device": sorted({str(x.get("device")) for x in s}),
+            "eval_split": sorted({x.get("eval_split", "the evaluation split") for x in s}),
             "violations": [v for k, x in zip(seeds, s) for v in _violations(k, x, caps)],
         }
     return out
@@ -225,8 +226,10 @@ def collect(out_dir: Path) -> dict[str, dict[int, dict]]:
 
 def markdown(results: dict) -> str:
     _pm = lambda st: "–" if st is None else f"{st['mean']:.2f} ± {st['std']:.2f}"  # noqa: E731
+    splits = sorted({e for r in results["arms"].values()
+                     for e in r.get("eval_split", ["the evaluation split"])})
     head = (f"Benchmark `{results.get('benchmark')}`: preset `{results.get('preset')}`, budget "
-            f"{results.get('budget')}, top-1 in % on the evaluation split at the final size, "
+            f"{results.get('budget')}, top-1 in % on {' / '.join(splits)} at the final size, "
             f"mean ± sample std over seeds.\n\n")
     rows = ["| arm | n | top-1 | top-1 min–max | EMA top-1 | images | epochs | train time |",
             "|---|---:|---:|---:|---:|---:|---:|---:|"]

@@ -39,6 +39,7 @@ class DataSection:
     path: str = ""  # dataset root; empty = the dataset's default location
     num_workers: int = -1  # loader worker processes (DALI: threads); -1 = one per CPU core
     backend: str = "pil"  # cache decoding: pil (worker processes) | dali (NVIDIA DALI, GPU)
+    holdout: float = 0.0  # share of train held out and evaluated instead of test/val (tuning)
     synthetic_images: int = 10_000  # size of the synthetic dataset
     synthetic_classes: int = 10
 
@@ -279,6 +280,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.backend=dali reads a prepared cache: set data.dataset=cache "
                           "and data.path to what `budgetvit prepare` made")
     _range("data.num_workers", d.num_workers, -1)
+    _range("data.holdout", d.holdout, 0, 0.5)
     _range("data.synthetic_images", d.synthetic_images, 1)
     _range("data.synthetic_classes", d.synthetic_classes, 2)
 

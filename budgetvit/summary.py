@@ -48,6 +48,7 @@ def write_summary(trainer, final: dict, wall_s: float) -> dict:
         "wall_time_s": wall_s,
         "steps": clock.steps, "images_seen": t.images, "epochs": t.images / t.data.num_images,
         "final_img_size": t.cfg.curriculum.final_size_px,
+        "eval_split": t.data.eval_split,
         "stages": t.stages,
         "plan": [s.to_dict() for s in t.plan],
         "final_lr": t.opt.param_groups[0]["lr"],
@@ -80,6 +81,7 @@ def print_summary(s: dict, out: Path) -> None:
         f"{s['eval_time_s']:.1f}s, checkpoints {s['checkpoint_time_s']:.1f}s, warm-up "
         f"{s['warmup_time_s']:.1f}s (not charged)",
         f"{s['steps']} steps, {s['images_seen']} images, {s['epochs']:.2f} epochs; stages: {stages}",
-        f"top-1 {s['top1']:.2f}%   top-5 {s['top5']:.2f}%{ema}   (at {s['final_img_size']}px)",
+        f"top-1 {s['top1']:.2f}%   top-5 {s['top5']:.2f}%{ema}   (at {s['final_img_size']}px on "
+        f"{s['eval_split']})",
         f"summary: {out / 'summary.json'}",
     ]), flush=True)

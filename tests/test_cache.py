@@ -21,7 +21,8 @@ from budgetvit.cli import main
 from budgetvit.config import AugSection, ConfigError, validate
 from budgetvit.data import cache
 from budgetvit.data.cache_loader import CacheData, best_level, crop_resize, random_resized_crop
-from budgetvit.data.imagefolder import FolderData
+from budgetvit.data.holdout import holdout_rows
+from budgetvit.data.imagefolder import FolderData, scan
 from budgetvit.data.prepare import prepare
 from budgetvit.train import train
 
@@ -196,6 +197,25 @@ def test_cache_loader_has_folderdata_interface_and_order(trees, caches):
     ref = [torch.cat([y for _, y in f.eval_batches(48, 4, rank, 2)]) for rank in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(ys, ref)) and sum(map(len, ys)) == 15
     assert ranks[0][0][0].shape == (4, 3, 48, 48) and ranks[0][0][0].dtype == torch.uint8
+
+
+def test_holdout_evaluates_the_same_train_images_with_both_loaders(trees, caches):
+    common = dict(batch_size=8, seed=3, aug=AUG, device="cpu", num_workers=0, size=32,
+                  holdout=0.25)
+    c, f = CacheData(str(caches[0]), **common), FolderData(str(trees[0]), **common)
+    all_train, _, _ = scan(trees[0], "train")
+    keep, held = holdout_rows(44, 0.25)
+    assert len(held) == 11 and c.num_images == f.num_images == 33
+    assert c.eval_split == f.eval_split == "holdout (0.25 of train, 11 images)"
+    assert f.val_samples == [all_train[i] for i in held]  # train/ images, not val/
+    labels = [label for _, label in all_train]
+    for data in (c, f):
+        ys = torch.cat([y for _, y in data.eval_batches(32, 4)])
+        assert ys.tolist() == [labels[i] for i in held]
+    # Training draws from the kept images only.
+    assert f.dataset.samples == [all_train[i] for i in keep]
+    assert c.train_split.labels.tolist() == [labels[i] for i in keep]
+    assert c.train_split.record(0) == cache.CacheSplit(caches[0], "train").record(int(keep[0]))
 
 
 def test_cache_loader_resumes_exactly_with_workers(caches):

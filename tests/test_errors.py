@@ -45,6 +45,7 @@ CASES = [
     (["train", "--set", "curriculum.mode=grow"], "curriculum.mode='grow' is not allowed"),
     (["train", "--set", "aug.crop_scale_min=0"], "aug.crop_scale_min=0.0 must be >= 0.01"),
     (["train", "--set", "data.dataset=cifar"], "data.dataset='cifar' is not allowed"),
+    (["train", "--set", "data.holdout=0.7"], "data.holdout=0.7 must be <= 0.5"),
     (["train", "--set", "data.dataset=imagefolder"], "needs a root: --set data.path="),
     (["train", "--set", "data.dataset=imagefolder", "data.path=/nonexistent/imagenet",
       "train.budget=5s"], "no train/ folder in /nonexistent/imagenet"),

@@ -37,6 +37,7 @@ def test_summary_has_the_contract_fields(timed_run):
     assert SUMMARY_KEYS <= set(on_disk)
     assert on_disk["budget_s"] == 6.0 and on_disk["world_size"] == 1
     assert on_disk["final_img_size"] == 28 and on_disk["preset"] == "fmnist"
+    assert on_disk["eval_split"] == "test" and on_disk["evals"][-1]["eval_images"] == 10000
     assert on_disk["config"]["train"]["budget"] == "6s"
     assert 0 <= on_disk["top5"] <= 100 and on_disk["top1"] <= on_disk["top5"]
     assert on_disk["top1"] == on_disk["evals"][-1]["top1"]

@@ -13,7 +13,7 @@ from .memory import MemoryData
 def build_data(cfg, device, rank: int = 0, world: int = 1):
     d, t = cfg.data, cfg.train
     common = dict(batch_size=t.batch_size, seed=t.seed, aug=cfg.aug, device=device,
-                  rank=rank, world=world)
+                  rank=rank, world=world, holdout=d.holdout)
     if d.dataset == "fashion_mnist":
         return MemoryData(fashion_mnist.load("train", d.path), fashion_mnist.load("test", d.path),
                           classes=fashion_mnist.CLASSES, mean=fashion_mnist.MEAN,

@@ -36,6 +36,7 @@ datasets whose raw cache fits in memory.
 """
 from __future__ import annotations
 
+import copy
 import io
 import json
 import mmap
@@ -132,6 +133,14 @@ class CacheSplit:
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def subset(self, rows: np.ndarray) -> "CacheSplit":
+        """These images restricted to `rows` (in that order); the shards are shared."""
+        part = copy.copy(self)
+        for name in ("index", "labels", "shards", "offsets", "nbytes", "widths", "heights"):
+            setattr(part, name, getattr(self, name)[rows])
+        part._maps = {}
+        return part
 
     def __getstate__(self):
         return {**self.__dict__, "_maps": {}}  # maps do not travel; each worker opens its own

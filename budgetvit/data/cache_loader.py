@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from . import augment
 from .cache import CacheSplit
+from .holdout import describe, holdout_rows
 from .imagefolder import EVAL_CROP, IMAGENET_MEAN, IMAGENET_STD, WorkerStream
 from .stream import mix_seed
 
@@ -160,8 +161,15 @@ def to_device(x: torch.Tensor, y: torch.Tensor, device) -> tuple[torch.Tensor, t
 
 class CacheData(WorkerStream):
     def __init__(self, root: str, *, batch_size: int, seed: int, aug, device, num_workers: int,
-                 rank: int = 0, world: int = 1, size: int = 224):
-        self.train_split, self.val_split = CacheSplit(root, "train"), CacheSplit(root, "val")
+                 rank: int = 0, world: int = 1, size: int = 224, holdout: float = 0.0):
+        self.train_split = CacheSplit(root, "train")
+        if holdout:  # evaluate on a part of train instead (see holdout.py); val is unused
+            keep, held = holdout_rows(len(self.train_split), holdout)
+            self.train_split, self.val_split = (self.train_split.subset(keep),
+                                                self.train_split.subset(held))
+            self.eval_split = describe(holdout, len(held))
+        else:
+            self.val_split, self.eval_split = CacheSplit(root, "val"), "val"
         meta = self.train_split.meta
         self.classes, self.num_classes, self.in_chans = meta["classes"], meta["num_classes"], 3
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
 
+from .holdout import describe, holdout_rows
 from .stream import DataStream, mix_seed
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -159,9 +160,15 @@ class WorkerStream(DataStream):
 
 class FolderData(WorkerStream):
     def __init__(self, root: str, *, batch_size: int, seed: int, aug, device, num_workers: int,
-                 rank: int = 0, world: int = 1, size: int = 224):
+                 rank: int = 0, world: int = 1, size: int = 224, holdout: float = 0.0):
         train, self.classes, class_to_idx = scan(root, "train")
-        self.val_samples, _, _ = scan(root, "val", class_to_idx)
+        if holdout:  # evaluate on a part of train/ instead (see holdout.py); val/ is unused
+            keep, held = holdout_rows(len(train), holdout)
+            train, self.val_samples = [train[i] for i in keep], [train[i] for i in held]
+            self.eval_split = describe(holdout, len(held))
+        else:
+            self.val_samples, _, _ = scan(root, "val", class_to_idx)
+            self.eval_split = "val"
         self.num_classes, self.in_chans = len(self.classes), 3
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         super().__init__(len(train), batch_size=batch_size, seed=seed, device=device,

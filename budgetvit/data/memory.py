@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import augment
+from .holdout import describe, holdout_rows
 from .stream import DataStream, mix_seed
 
 
@@ -18,7 +19,12 @@ class MemoryData(DataStream):
     def __init__(self, train: tuple[torch.Tensor, torch.Tensor],
                  test: tuple[torch.Tensor, torch.Tensor], *, classes: list[str],
                  mean: tuple, std: tuple, batch_size: int, seed: int, aug, device,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, holdout: float = 0.0):
+        self.eval_split = "test"
+        if holdout:  # evaluate on a part of train instead (see holdout.py); test is unused
+            keep, held = (torch.from_numpy(r) for r in holdout_rows(len(train[1]), holdout))
+            train, test = (train[0][keep], train[1][keep]), (train[0][held], train[1][held])
+            self.eval_split = describe(holdout, len(held))
         self.images, self.labels = train[0].to(device), train[1].to(device)
         self.test_images, self.test_labels = test
         self.classes, self.mean, self.std = classes, mean, std
