@@ -9,7 +9,7 @@ import shlex
 import sys
 
 from .checkpoint import CheckpointError
-from .config import COMPILE_MODES, ConfigError
+from .config import COMPILE_MODES, COMPILE_SCOPES, ConfigError
 
 EXIT_USAGE = 2
 
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compare-timm", action="store_true",
                    help="also time timm's same-shaped ViT in the same run")
     s.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
-    s.add_argument("--compile-scope", choices=["blocks", "model"], default="blocks")
+    s.add_argument("--compile-scope", choices=COMPILE_SCOPES, default="blocks")
     s.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
                    help="torch.compile mode; reduce-overhead replays CUDA graphs")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

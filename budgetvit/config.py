@@ -194,6 +194,7 @@ def from_dict(d: dict) -> Config:
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # torch.compile's modes; "reduce-overhead" replays CUDA graphs (fewer kernel launches).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_SCOPES = ("blocks", "model")  # see Runtime.compiled
 
 
 def parse_budget(text: str) -> tuple[float, str]:
@@ -336,7 +337,7 @@ def validate(cfg: Config) -> None:
     _choice("train.device", t.device, ["auto", "cpu", "cuda"])
     _choice("train.precision", t.precision, ["auto", "fp32", "bf16", "fp16"])
     _choice("train.compile", t.compile, ["auto", "on", "off"])
-    _choice("train.compile_scope", t.compile_scope, ["blocks", "model"])
+    _choice("train.compile_scope", t.compile_scope, list(COMPILE_SCOPES))
     _choice("train.compile_mode", t.compile_mode, list(COMPILE_MODES))
     _range("train.ema_decay", t.ema_decay, 0, 0.999999)
     _range("train.seed", t.seed, 0)

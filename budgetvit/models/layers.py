@@ -115,7 +115,7 @@ class Block(nn.Module):
         # The rate is a tensor, not a float attribute: torch.compile bakes floats into the
         # graph, so every block (each with its own rate) would be compiled separately.
         self.register_buffer("drop_rate", torch.tensor(float(drop_path)), persistent=False)
-        self.drops = drop_path > 0
+        self.drops = drop_path > 0  # a Python bool on purpose: at most two graph variants
 
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample stochastic depth: the residual branch is dropped for whole images and
