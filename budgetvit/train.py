@@ -193,34 +193,49 @@ class Trainer:
 
     # ------------------------------------------------------------------ before the clock
 
-    def warm_up(self) -> None:
-        """Run a few untimed steps at every planned size: on CUDA this compiles each shape
-        before the clock starts; everywhere it measures seconds per step at each size, which
-        the paper's curriculum rule needs. Then restore the initial state, so the warm-up
-        steps have not trained the model."""
+    def warm_up(self, sizes: list[int], measure: bool) -> None:
+        """Run a few untimed steps at each of `sizes`: on CUDA this compiles each shape before
+        the clock starts. With `measure`, also time them (seconds per epoch at each size, which
+        the paper's curriculum rule needs). Then restore the state, so the warm-up steps have
+        not trained the model."""
         n = self.cfg.train.warmup_steps
         if n == 0:
             return
+        # Loader workers fill their prefetch queues while the first step compiles; steps
+        # served from those queues would hide a data-bound size. Where the plan depends on
+        # the measured rate, drain them first (untimed) so the timed steps wait on the data.
+        drain = self.data.prefetch_batches if measure and self.plan_needs_rates else 0
         initial = copy.deepcopy(self.state_dict())
         measured = {}
         with self.clock.paused("warmup"):
-            for size in curriculum.planned_sizes(self.cfg):
+            for size in sizes:
                 self.data.set_size(size)
                 # Restart loader workers at this position: batches they prefetched at the
                 # previous size must not be the ones timed (and compiled) for this size.
                 self.data.load_state_dict(self.data.state_dict())
                 times = []
-                for _ in range(n + 1):
+                for _ in range(1 + drain + n):  # the first one compiles
                     self.rt.sync()
                     t0 = time.perf_counter()
                     x, y = self.data.next_batch()
                     self.step(x, y, lr=0.0)
                     self.rt.sync()
                     times.append(time.perf_counter() - t0)
-                step_s = sorted(times[1:])[len(times[1:]) // 2]  # median, first one excluded
-                measured[size] = step_s * self.data.batches_per_epoch
+                timed = sorted(times[1 + drain:])
+                measured[size] = timed[len(timed) // 2] * self.data.batches_per_epoch  # median
         self.load_state_dict(initial, restore_clock=False)
-        self.seconds_per_epoch = measured
+        if measure:
+            self.seconds_per_epoch = measured
+
+    @property
+    def plan_needs_rates(self) -> bool:
+        """The paper's rule in a time budget converts epochs to seconds at measured rates."""
+        return self.cfg.curriculum.mode == "paper" and self.unit == "seconds"
+
+    def sizes_ahead(self) -> list[int]:
+        """The sizes of the plan's stages not yet finished (what a resumed run still trains)."""
+        p = self.clock.progress(self.clock.train_s)
+        return list(dict.fromkeys(s.size for s in self.plan if s.end > p)) or [self.plan[-1].size]
 
     def make_plan(self) -> None:
         if self.unit == "steps":  # epochs convert to steps exactly
@@ -293,8 +308,10 @@ class Trainer:
                 state = checkpoint.load_latest(self.out)
             self.load_state_dict(state)
             self.warn_config_change(state["config"])
+            if self.rt.compile:  # compile what is still to come before the clock runs again
+                self.warm_up(self.sizes_ahead(), measure=False)
         else:
-            self.warm_up()
+            self.warm_up(curriculum.planned_sizes(cfg), measure=True)
             self.make_plan()
         if self.dist.main:
             self.progress = Progress(self.out, self.budget, self.unit,

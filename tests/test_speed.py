@@ -1,11 +1,13 @@
 """CPU-side checks of the speed work: MFU arithmetic, the peak-rate table, warm-up that
 leaves no trace, and the speed command itself."""
 import copy
+import time
 
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from budgetvit import checkpoint
 from budgetvit.cli import main
 from budgetvit.models import create_model, forward_flops
 from budgetvit.runtime import Runtime, mfu, peak_flops, peak_for_name
@@ -41,7 +43,7 @@ def test_warm_up_measures_every_size_and_restores_the_initial_state(tmp_path):
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     ema_before = {k: v.clone() for k, v in trainer.ema.module.state_dict().items()}
     rng_before = torch.get_rng_state()
-    trainer.warm_up()
+    trainer.warm_up([16, 28], measure=True)
     assert set(trainer.seconds_per_epoch) == {16, 28}
     assert all(v > 0 for v in trainer.seconds_per_epoch.values())
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
@@ -52,6 +54,44 @@ def test_warm_up_measures_every_size_and_restores_the_initial_state(tmp_path):
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert trainer.data.state_dict() == {"epoch": 0, "batch": 0}
     assert trainer.clock.train_s == 0.0 and trainer.clock.other_s["warmup"] > 0
+
+
+def simulate_loader_workers(data, depth: int, period_s: float) -> None:
+    """Make a stream behave like loader workers that are slower than the model: after each
+    (re)start the first batch and `depth` prefetched ones are ready at once, every later batch
+    takes `period_s`."""
+    data.prefetch_batches = depth
+    ready = {"n": 0}
+    real_next, real_load = data.next_batch, data.load_state_dict
+
+    def next_batch():
+        if ready["n"] == 0:
+            time.sleep(period_s)
+        ready["n"] = max(ready["n"] - 1, 0)
+        return real_next()
+
+    def load_state_dict(state):
+        ready["n"] = 1 + depth
+        real_load(state)
+    data.next_batch, data.load_state_dict = next_batch, load_state_dict
+
+
+@needs_fmnist
+@pytest.mark.parametrize("mode", ["paper", "stages"])
+def test_warm_up_times_the_data_rate_where_the_plan_depends_on_it(tmp_path, mode):
+    """The paper's rule converts epochs to seconds with the warm-up's rates: there the
+    prefetched batches are drained before timing, so a data-bound size is timed at its data
+    rate. A plan of fixed shares needs no rates and pays no draining steps."""
+    trainer = Trainer(tiny_config(f"curriculum.mode={mode}", "curriculum.start_size_px=16",
+                                  "curriculum.step_px=12", "train.budget=60s"), tmp_path)
+    period_s, per_epoch = 0.1, trainer.data.batches_per_epoch
+    simulate_loader_workers(trainer.data, depth=4, period_s=period_s)
+    trainer.warm_up([16, 28], measure=True)
+    slowest = max(trainer.seconds_per_epoch.values())
+    if mode == "paper":
+        assert min(trainer.seconds_per_epoch.values()) >= period_s * per_epoch
+    else:  # timed on prefetched batches: the model's own (much faster) rate
+        assert slowest < period_s * per_epoch / 2
 
 
 @needs_fmnist
@@ -119,8 +159,8 @@ def test_trainer_compiles_every_size_before_the_clock_and_never_after(tmp_path, 
     graphs = {}
     real_warm_up = trainer.warm_up
 
-    def warm_up():
-        real_warm_up()
+    def warm_up(*args, **kwargs):
+        real_warm_up(*args, **kwargs)
         graphs["after warm-up"] = counters["stats"]["unique_graphs"]
     trainer.warm_up = warm_up
     summary = trainer.run()
@@ -129,3 +169,47 @@ def test_trainer_compiles_every_size_before_the_clock_and_never_after(tmp_path, 
     # and the final evaluation (eager) compile nothing more.
     assert graphs["after warm-up"] == 4 == counters["stats"]["unique_graphs"]
     assert [st["img_size"] for st in summary["stages"]] == [16, 28]
+
+
+@needs_fmnist
+def test_resumed_run_compiles_the_sizes_ahead_before_the_clock(tmp_path, monkeypatch):
+    """A run resumed in the 28 px stage compiles 28 px (only) during an uncharged warm-up
+    that leaves the resumed state as it was: nothing is compiled while the clock runs, and
+    the weights end as in an uninterrupted run."""
+    args = ("train.compile=on", "train.budget=12steps", "model.depth=3", "model.drop_path=0.1",
+            "checkpoint.every_steps=4", "train.deterministic=true")
+    compile_with_eager_backend(monkeypatch)
+    straight = Trainer(tiny_config(*args), tmp_path / "straight")
+    straight.run()
+    crashing = Trainer(tiny_config(*args), tmp_path / "resumed")
+    real_step = crashing.step
+
+    def step_then_crash(*a, **kw):
+        if crashing.clock.steps == 9:
+            raise RuntimeError("simulated crash")
+        return real_step(*a, **kw)
+    crashing.step = step_then_crash
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashing.run()
+
+    clock = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "resumed")[-1])["clock"]
+    torch._dynamo.reset()  # as in a new process
+    counters.clear()
+    resumed = Trainer(tiny_config(*args), tmp_path / "resumed")
+    warmed, real_warm_up = {}, resumed.warm_up
+
+    def warm_up(sizes, measure):
+        real_warm_up(sizes, measure)
+        warmed.update(sizes=sizes, measure=measure, graphs=counters["stats"]["unique_graphs"],
+                      clock=(resumed.clock.steps, resumed.clock.train_s))
+    resumed.warm_up = warm_up
+    summary = resumed.run()
+    # resumed at step 8 of 12, in the 28 px half: block 0 and blocks 1-2 at 28 px, compiled
+    # with the clock where the checkpoint left it
+    assert clock["steps"] == 8
+    assert warmed == {"sizes": [28], "measure": False, "graphs": 2,
+                      "clock": (8, clock["train_s"])}
+    assert counters["stats"]["unique_graphs"] == 2 and summary["steps"] == 12
+    assert summary["warmup_time_s"] > clock["other_s"]["warmup"]
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

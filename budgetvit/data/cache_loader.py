@@ -184,7 +184,7 @@ class CacheData(WorkerStream):
                           collate_fn=_whole, num_workers=self.workers,
                           pin_memory=torch.cuda.is_available(),
                           persistent_workers=self.workers > 0,
-                          prefetch_factor=2 if self.workers > 0 else None)
+                          prefetch_factor=self.prefetch_factor if self.workers > 0 else None)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's share of the next global batch: (uint8 (b, 3, S, S), labels (b,))."""

@@ -52,11 +52,14 @@ def dali_inputs(dataset, keys) -> list[list[np.ndarray]]:
     return columns
 
 
+QUEUE_DEPTH = 2  # batches DALI prepares ahead of the trainer
+
+
 def build_pipeline(feed, batch_size: int, threads: int, device_id: int | None):
     """decode the crop -> resize (linear, antialiased, as PIL's bilinear) -> flip -> CHW."""
     from nvidia.dali import Pipeline, fn, types
     pipe = Pipeline(batch_size=batch_size, num_threads=threads, device_id=device_id,
-                    prefetch_queue_depth=2)
+                    prefetch_queue_depth=QUEUE_DEPTH)
     with pipe:
         jpegs, anchor, shape, size, flip, labels = fn.external_source(
             source=feed, num_outputs=6, batch=True,
@@ -83,6 +86,8 @@ def to_torch(dali_batch, device) -> torch.Tensor:
 
 
 class DaliData(CacheData):
+    prefetch_batches = QUEUE_DEPTH
+
     def __init__(self, root: str, **kw):
         require_dali()
         super().__init__(root, **kw)

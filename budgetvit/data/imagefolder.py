@@ -122,12 +122,17 @@ def _collate(items):
 class WorkerStream(DataStream):
     """A stream decoded per image by DataLoader workers (ImageFolder, the cache): the batch
     sampler carries the position and the current size to them."""
+    prefetch_factor = 2  # batches each worker prepares ahead (DataLoader's prefetch_factor)
 
     def __init__(self, num_images: int, *, batch_size: int, seed: int, device,
                  num_workers: int, rank: int, world: int, size: int):
         super().__init__(num_images, batch_size, seed, device, rank, world, size)
         self.workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
         self._it = self._sampler = None
+
+    @property
+    def prefetch_batches(self) -> int:
+        return self.workers * self.prefetch_factor
 
     def set_size(self, size: int) -> None:
         super().set_size(size)
@@ -159,6 +164,8 @@ class WorkerStream(DataStream):
 
 
 class FolderData(WorkerStream):
+    prefetch_factor = 4  # per-image JPEG decoding: a deeper queue evens out slow images
+
     def __init__(self, root: str, *, batch_size: int, seed: int, aug, device, num_workers: int,
                  rank: int = 0, world: int = 1, size: int = 224, holdout: float = 0.0):
         train, self.classes, class_to_idx = scan(root, "train")
@@ -179,7 +186,7 @@ class FolderData(WorkerStream):
         return DataLoader(self.dataset, batch_sampler=self.sampler(), num_workers=self.workers,
                           collate_fn=_collate, pin_memory=torch.cuda.is_available(),
                           persistent_workers=self.workers > 0,
-                          prefetch_factor=4 if self.workers > 0 else None)
+                          prefetch_factor=self.prefetch_factor if self.workers > 0 else None)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.next_from_workers()

@@ -16,6 +16,8 @@ def mix_seed(*parts: int) -> int:
 
 
 class DataStream:
+    prefetch_batches = 0  # batches a (re)started stream may have ready before they are asked for
+
     def __init__(self, num_images: int, batch_size: int, seed: int, device, rank: int,
                  world: int, size: int):
         if batch_size > num_images:
