@@ -224,8 +224,10 @@ class Trainer:
                 timed = sorted(times[1 + drain:])
                 measured[size] = timed[len(timed) // 2] * self.data.batches_per_epoch  # median
         self.load_state_dict(initial, restore_clock=False)
-        if measure:
-            self.seconds_per_epoch = measured
+        if measure:  # rank 0's figures on every rank, so that all ranks make the same plan
+            rates = distributed.broadcast_floats(list(measured.values()), self.dist,
+                                                 self.rt.device)
+            self.seconds_per_epoch = dict(zip(measured, rates))
 
     @property
     def plan_needs_rates(self) -> bool:
@@ -463,8 +465,9 @@ def train(cfg: Config, out: str | Path, command: str = "") -> dict:
     try:
         result = trainer.run()
         if trainer.dist.enabled:  # lets users (and tests) see that every rank stopped together
+            plan = ", ".join(f"{st.size}px to {st.end:.6f}" for st in trainer.plan)
             print(f"rank {trainer.dist.rank}/{trainer.dist.world}: finished at step "
-                  f"{trainer.clock.steps}", flush=True)
+                  f"{trainer.clock.steps}, plan {plan}", flush=True)
         return result
     except (torch.distributed.DistError, RuntimeError) as e:
         if not trainer.dist.enabled or isinstance(e, TrainingStopped):

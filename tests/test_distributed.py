@@ -34,12 +34,25 @@ def test_two_ranks_stop_together_and_evaluate_every_image_once(tmp_path):
     proc = torchrun(2, tmp_path / "ddp", "8s")
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
-    finished = dict(re.findall(r"rank (\d)/2: finished at step (\d+)", output))
+    finished = dict(re.findall(r"rank (\d)/2: finished at step (\d+),", output))
     assert set(finished) == {"0", "1"} and finished["0"] == finished["1"]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == int(finished["0"])
     assert all(e["eval_images"] == 10000 for e in summary["evals"])  # each image exactly once
     assert [s["img_size"] for s in summary["stages"]] == [16, 28]
+
+
+def test_ranks_share_one_paper_plan(tmp_path):
+    """The paper's rule plans from throughput measured in warm-up; each rank measures its own,
+    so the plan must come from one of them (rank 0) or the ranks train at different sizes."""
+    proc = torchrun(2, tmp_path / "paper", "6s", "curriculum.mode=paper",
+                    "curriculum.start_size_px=16", "curriculum.step_px=4",
+                    "curriculum.every_epochs=0.05", "train.warmup_steps=3")
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    plans = dict(re.findall(r"rank (\d)/2: finished at step \d+, plan (.+)", output))
+    assert set(plans) == {"0", "1"} and plans["0"] == plans["1"]
+    assert plans["0"].count("px to") == 4 and "0.000000" not in plans["0"]  # 16, 20, 24, 28 px
 
 
 def test_loss_curve_matches_one_process_with_same_global_batch(tmp_path):
