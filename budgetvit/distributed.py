@@ -56,6 +56,15 @@ def all_sum(values: list[float], d: Dist, device) -> list[float]:
     return t.tolist()
 
 
+def gather_to_main(obj, d: Dist) -> list | None:
+    """Every rank's `obj` in rank order on rank 0; None elsewhere and without torchrun."""
+    if not d.enabled:
+        return None
+    out = [None] * d.world if d.main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()

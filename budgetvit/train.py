@@ -141,9 +141,7 @@ class Trainer:
             "optimizer": self.opt.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if self.rt.cuda else None,
-                    "python": random.getstate()},
+            "rng": self.rng_state(),
             "data": self.data.state_dict(),
             "clock": self.clock.state_dict(),
             "plan": [s.to_dict() for s in self.plan],
@@ -163,11 +161,11 @@ class Trainer:
         self.scaler.load_state_dict(s["scaler"])
         if self.ema is not None and s["ema"] is not None:
             self.ema.load_state_dict(s["ema"])
-        if self.dist.main:  # other ranks keep their own seeds: their streams must differ
-            torch.set_rng_state(s["rng"]["torch"])
-            if self.rt.cuda and s["rng"]["cuda"] is not None:
-                torch.cuda.set_rng_state_all(s["rng"]["cuda"])
-            random.setstate(s["rng"]["python"])
+        every_rank = s.get("rng_ranks")  # under torchrun: each rank's own, in rank order
+        if every_rank and len(every_rank) == self.dist.world:
+            self.set_rng_state(every_rank[self.dist.rank])
+        elif self.dist.main:  # another world size: the other ranks keep their own seeds
+            self.set_rng_state(s["rng"])
         self.data.load_state_dict(s["data"])
         self.plan = [curriculum.Stage(**d) for d in s["plan"]]
         self.seconds_per_epoch = {int(k): v for k, v in s["seconds_per_epoch"].items()}
@@ -177,13 +175,29 @@ class Trainer:
             self.clock.load_state_dict(s["clock"])
             self.faults = dict(s["faults"])
 
+    def rng_state(self) -> dict:
+        return {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if self.rt.cuda else None,
+                "python": random.getstate()}
+
+    def set_rng_state(self, rng: dict) -> None:
+        torch.set_rng_state(rng["torch"])
+        if self.rt.cuda and rng["cuda"] is not None:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        random.setstate(rng["python"])
+
     def save_checkpoint(self) -> None:
         """Write a checkpoint (rank 0); on a disk error keep the old one, warn, retry later."""
         with self.clock.paused("checkpoint"):
+            # Every rank's random state (dropout masks, mixup, erasing draw from it), so a
+            # resume at the same world size continues every rank's stream exactly.
+            every_rank = distributed.gather_to_main(self.rng_state(), self.dist)
             if self.dist.main:
+                state = self.state_dict()
+                if every_rank:
+                    state["rng_ranks"] = every_rank
                 try:
-                    checkpoint.save(self.state_dict(), self.out, self.clock.steps,
-                                    self.cfg.checkpoint.keep)
+                    checkpoint.save(state, self.out, self.clock.steps, self.cfg.checkpoint.keep)
                 except OSError as e:
                     self.faults["checkpoint_failures"] += 1
                     self.say(f"warning: checkpoint at step {self.clock.steps} not written "
@@ -205,7 +219,7 @@ class Trainer:
         # served from those queues would hide a data-bound size. Where the plan depends on
         # the measured rate, drain them first (untimed) so the timed steps wait on the data.
         drain = self.data.prefetch_batches if measure and self.plan_needs_rates else 0
-        initial = copy.deepcopy(self.state_dict())
+        initial, rng = copy.deepcopy(self.state_dict()), self.rng_state()
         measured = {}
         with self.clock.paused("warmup"):
             for size in sizes:
@@ -224,6 +238,7 @@ class Trainer:
                 timed = sorted(times[1 + drain:])
                 measured[size] = timed[len(timed) // 2] * self.data.batches_per_epoch  # median
         self.load_state_dict(initial, restore_clock=False)
+        self.set_rng_state(rng)  # every rank's own (load_state_dict restores rank 0's)
         if measure:  # rank 0's figures on every rank, so that all ranks make the same plan
             rates = distributed.broadcast_floats(list(measured.values()), self.dist,
                                                  self.rt.device)
