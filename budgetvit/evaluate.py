@@ -10,8 +10,9 @@ from .distributed import Dist, all_sum
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 or [0, 1] float (B, C, H, W) -> normalised float32."""
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    # Made on the host and copied without blocking: torch.tensor(..., device="cuda") waits
+    # for the GPU's queue to drain, a host-device sync in every training step.
+    m, s = torch.tensor([mean, std]).view(2, 1, -1, 1, 1).to(x.device, non_blocking=True)
     return (x - m) / s
 
 

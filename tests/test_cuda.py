@@ -48,3 +48,23 @@ def test_speed_table_on_gpu(capsys):
     assert [int(r[0]) for r in rows] == [64, 224]
     assert all(r[2].endswith("%") and float(r[3]) > 0 for r in rows)  # MFU and memory
     assert all(float(r[4]) > 0 for r in rows)  # warm-up (compile) seconds
+
+
+@pytest.mark.parametrize("compile_", ["off", "on"])
+def test_training_step_never_waits_for_the_gpu(tmp_path, compile_):
+    """Between the trainer's sync points the host must never wait for the GPU: every
+    synchronising CUDA call inside data -> step (augmentation, mixup, drop path, loss, clip,
+    fused AdamW, EMA) is an error under torch.cuda.set_sync_debug_mode("error")."""
+    trainer = Trainer(tiny_config("train.device=cuda", f"train.compile={compile_}",
+                                  "curriculum.mode=off", "model.drop_path=0.1", "aug.mixup=0.2",
+                                  "aug.random_erasing=0.25"), tmp_path)
+    for _ in range(2):  # lazy initialisation (optimizer state, cuBLAS, compile) may sync
+        trainer.step(*trainer.data.next_batch(), lr=1e-3)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            loss, ok = trainer.step(*trainer.data.next_batch(), lr=1e-3)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(loss).item() and ok.item()

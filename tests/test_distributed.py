@@ -117,11 +117,11 @@ def test_resume_under_torchrun_continues_every_rank_exactly(tmp_path):
     rank 1's must be saved and restored too, not only rank 0's."""
     args = ("checkpoint.every_steps=5", "train.deterministic=true", "model.drop_path=0.1",
             "aug.mixup=0.2", "aug.random_erasing=0.25")
-    straight = torchrun(2, tmp_path / "straight", "150steps", *args)
+    straight = torchrun(2, tmp_path / "straight", "100steps", *args)
     output, _ = straight.communicate(timeout=300)
     assert straight.returncode == 0, output
     out = tmp_path / "resumed"
-    proc = torchrun(2, out, "150steps", *args)
+    proc = torchrun(2, out, "100steps", *args)
     deadline = time.time() + 120
     while newest_step(out) < 5 and time.time() < deadline:
         time.sleep(0.05)
@@ -129,9 +129,9 @@ def test_resume_under_torchrun_continues_every_rank_exactly(tmp_path):
     proc.communicate(timeout=180)
     assert proc.returncode != 0  # killed before the end
     resumed_from = newest_step(out)
-    proc = torchrun(2, out, "150steps", *args)
+    proc = torchrun(2, out, "100steps", *args)
     output, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0 and resumed_from < 150, output
+    assert proc.returncode == 0 and resumed_from < 100, output
     a = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "straight")[-1])["model"]
     b = checkpoint.load(checkpoint.list_checkpoints(out)[-1])["model"]
     assert all(torch.equal(a[k], b[k]) for k in a), f"resumed from step {resumed_from}"

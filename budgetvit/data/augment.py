@@ -27,7 +27,7 @@ def resized_crop_flip(x: torch.Tensor, size: int, scale_min: float, hflip: bool,
     B = x.shape[0]
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     dev = x.device
-    u = u.to(dev)
+    u = u.to(dev, non_blocking=True)  # a blocking copy would wait for the GPU's queue
     area = scale_min + (1.0 - scale_min) * u[:, 0]
     log_ratio = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[:, 1]
     ratio = log_ratio.exp()

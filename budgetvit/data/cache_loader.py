@@ -192,8 +192,9 @@ class CacheData(WorkerStream):
         x, y = to_device(*self.next_from_workers(), self.device)
         if self.aug.randaugment_ops:
             # Batched on the device (fresh ops every 8 images), draws seeded by the position
-            # so a resumed run sees the same stream; the caller's RNG is left untouched.
-            with torch.random.fork_rng(devices=[]):
+            # so a resumed run sees the same stream; the caller's RNG is left untouched
+            # (manual_seed seeds the GPU's generator too: fork that one as well).
+            with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
                 torch.manual_seed(mix_seed(self.seed, epoch, batch, self.rank))
                 x = augment.randaugment_chunks(x, self.aug.randaugment_ops,
                                                self.aug.randaugment_magnitude)

@@ -37,7 +37,8 @@ class MemoryData(DataStream):
     def _order(self, epoch: int) -> torch.Tensor:
         if self._perm_epoch != epoch:
             gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
-            self._perm = torch.randperm(self.num_images, generator=gen).to(self.device)
+            self._perm = torch.randperm(self.num_images, generator=gen).to(self.device,
+                                                                            non_blocking=True)
             self._perm_epoch = epoch
         return self._perm
 
