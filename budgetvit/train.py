@@ -237,6 +237,9 @@ class Trainer:
                     times.append(time.perf_counter() - t0)
                 timed = sorted(times[1 + drain:])
                 measured[size] = timed[len(timed) // 2] * self.data.batches_per_epoch  # median
+                if self.rt.compile:  # compiling takes a while: say where it is
+                    self.say(f"warm-up {size}px: compiled and ran {len(times)} steps in "
+                             f"{sum(times):.1f}s (not charged)")
         self.load_state_dict(initial, restore_clock=False)
         self.set_rng_state(rng)  # every rank's own (load_state_dict restores rank 0's)
         if measure:  # rank 0's figures on every rank, so that all ranks make the same plan

@@ -152,7 +152,8 @@ def test_block_compile_serves_every_block_and_changes_no_number(monkeypatch):
 
 
 @needs_fmnist
-def test_trainer_compiles_every_size_before_the_clock_and_never_after(tmp_path, monkeypatch):
+def test_trainer_compiles_every_size_before_the_clock_and_never_after(tmp_path, monkeypatch,
+                                                                     capsys):
     calls = compile_with_eager_backend(monkeypatch)
     trainer = Trainer(tiny_config("train.compile=on", "train.budget=12steps", "model.depth=3",
                                   "model.drop_path=0.1"), tmp_path)
@@ -164,6 +165,8 @@ def test_trainer_compiles_every_size_before_the_clock_and_never_after(tmp_path, 
         graphs["after warm-up"] = counters["stats"]["unique_graphs"]
     trainer.warm_up = warm_up
     summary = trainer.run()
+    printed = capsys.readouterr().out
+    assert "warm-up 16px: compiled and ran 2 steps in" in printed and "warm-up 28px" in printed
     assert len(calls) == 3 and summary["steps"] == 12
     # sizes 16 and 28 x (block 0, blocks 1-2): all before the clock; training at both sizes
     # and the final evaluation (eager) compile nothing more.
