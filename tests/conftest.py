@@ -23,6 +23,21 @@ def tiny_config(*overrides: str):
     return cfg
 
 
+def crash_at_step(cfg, out, step: int) -> None:
+    """Train until a simulated crash as step `step` begins (what a kill would leave)."""
+    from budgetvit.train import Trainer
+    crashing = Trainer(cfg, out)
+    real_step = crashing.step
+
+    def step_then_crash(*a, **kw):
+        if crashing.clock.steps == step:
+            raise RuntimeError("simulated crash")
+        return real_step(*a, **kw)
+    crashing.step = step_then_crash
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashing.run()
+
+
 def fmnist_images(n: int, split: str = "test"):
     from budgetvit.data import fashion_mnist
     x, y = fashion_mnist.load(split)

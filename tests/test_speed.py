@@ -13,7 +13,7 @@ from budgetvit.models import create_model, forward_flops
 from budgetvit.runtime import Runtime, mfu, peak_flops, peak_for_name
 from budgetvit.train import Trainer
 
-from .conftest import needs_fmnist, tiny_config
+from .conftest import crash_at_step, needs_fmnist, tiny_config
 
 
 def test_mfu_arithmetic():
@@ -184,17 +184,7 @@ def test_resumed_run_compiles_the_sizes_ahead_before_the_clock(tmp_path, monkeyp
     compile_with_eager_backend(monkeypatch)
     straight = Trainer(tiny_config(*args), tmp_path / "straight")
     straight.run()
-    crashing = Trainer(tiny_config(*args), tmp_path / "resumed")
-    real_step = crashing.step
-
-    def step_then_crash(*a, **kw):
-        if crashing.clock.steps == 9:
-            raise RuntimeError("simulated crash")
-        return real_step(*a, **kw)
-    crashing.step = step_then_crash
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        crashing.run()
-
+    crash_at_step(tiny_config(*args), tmp_path / "resumed", 9)
     clock = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "resumed")[-1])["clock"]
     torch._dynamo.reset()  # as in a new process
     counters.clear()

@@ -12,7 +12,7 @@ from budgetvit.cli import main
 from budgetvit.schedules import lr_at
 from budgetvit.train import Trainer, train
 
-from .conftest import fmnist_images, needs_fmnist, tiny_config, write_image_tree
+from .conftest import crash_at_step, fmnist_images, needs_fmnist, tiny_config, write_image_tree
 
 pytestmark = needs_fmnist
 
@@ -97,16 +97,7 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
             "model.drop_path=0.1", "aug.mixup=0.2", "aug.random_erasing=0.25")
     train(tiny_config(*args), tmp_path / "straight")
 
-    crashing = Trainer(tiny_config(*args), tmp_path / "resumed")
-    real_step = crashing.step
-
-    def step_then_crash(*a, **kw):
-        if crashing.clock.steps == 17:
-            raise RuntimeError("simulated crash")
-        return real_step(*a, **kw)
-    crashing.step = step_then_crash
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        crashing.run()
+    crash_at_step(tiny_config(*args), tmp_path / "resumed", 17)
     assert checkpoint.list_checkpoints(tmp_path / "resumed")[-1].name == "step_00000010.pt"
 
     summary = train(tiny_config(*args), tmp_path / "resumed")
