@@ -255,13 +255,21 @@ def test_damaged_records_are_counted_not_fatal(caches, tmp_path):
     assert d.bad_images == 1
 
 
-def test_randaugment_runs_batched_and_follows_the_position(caches):
+def test_randaugment_follows_the_position_at_any_world_size(caches):
+    """RandAugment's draws come from the position alone, not from the global RNG, and rank 1
+    of 2 gets exactly the second half of the one-process batch."""
     aug = AugSection(crop_scale_min=0.35, randaugment_ops=2, randaugment_magnitude=9)
     common = dict(batch_size=8, seed=0, aug=aug, device="cpu", num_workers=0, size=32)
     torch.manual_seed(1)
     x1, _ = CacheData(str(caches[0]), **common).next_batch()
+    torch.manual_seed(2)
     x2, _ = CacheData(str(caches[0]), **common).next_batch()
     assert torch.equal(x1, x2) and x1.dtype == torch.uint8
+    half, _ = CacheData(str(caches[0]), rank=1, world=2, **common).next_batch()
+    assert torch.equal(half, x1[4:])
+    plain, _ = CacheData(str(caches[0]), **{**common, "aug": AugSection(
+        crop_scale_min=0.35)}).next_batch()
+    assert sum(not torch.equal(a, b) for a, b in zip(x1, plain)) >= 6  # it augments
 
 
 def test_crop_geometry_and_reduced_decoding(tmp_path):

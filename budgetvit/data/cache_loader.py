@@ -190,14 +190,14 @@ class CacheData(WorkerStream):
         """This rank's share of the next global batch: (uint8 (b, 3, S, S), labels (b,))."""
         epoch, batch = self.epoch, self.batch
         x, y = to_device(*self.next_from_workers(), self.device)
-        if self.aug.randaugment_ops:
-            # Batched on the device (fresh ops every 8 images), draws seeded by the position
-            # so a resumed run sees the same stream; the caller's RNG is left untouched
-            # (manual_seed seeds the GPU's generator too: fork that one as well).
-            with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
-                torch.manual_seed(mix_seed(self.seed, epoch, batch, self.rank))
-                x = augment.randaugment_chunks(x, self.aug.randaugment_ops,
-                                               self.aug.randaugment_magnitude)
+        ops = self.aug.randaugment_ops
+        if ops:
+            # On the device, every image its own ops, drawn for the whole global batch from
+            # the position (then this rank's rows): the same stream on resume, at any world size.
+            gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch, batch))
+            u = torch.rand(self.global_batch, 2 * ops, generator=gen)
+            u = u[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
+            x = augment.randaugment(x, ops, self.aug.randaugment_magnitude, u)
         return x, y
 
     def eval_batches(self, size: int, batch_size: int, rank: int = 0, world: int = 1):

@@ -48,12 +48,13 @@ class MemoryData(DataStream):
         idx = self._order(self.epoch)[start:start + self.local_batch]
         # Crop parameters are drawn for the whole global batch, then sliced: each image gets the
         # same crop whatever the world size.
+        ops = self.aug.randaugment_ops
         gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, self.batch))
-        u = torch.rand(self.global_batch, 5, generator=gen)
+        u = torch.rand(self.global_batch, 5 + 2 * ops, generator=gen)
         u = u[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
-        x = augment.randaugment_chunks(self.images[idx], self.aug.randaugment_ops,
-                                       self.aug.randaugment_magnitude)
-        x = augment.resized_crop_flip(x, self.size, self.aug.crop_scale_min, self.aug.hflip, u)
+        x = augment.randaugment(self.images[idx], ops, self.aug.randaugment_magnitude, u[:, 5:])
+        x = augment.resized_crop_flip(x, self.size, self.aug.crop_scale_min, self.aug.hflip,
+                                      u[:, :5])
         self.advance()
         return x, self.labels[idx]
 

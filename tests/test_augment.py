@@ -1,0 +1,61 @@
+"""Batched augmentation against torchvision's per-image reference."""
+import torch
+from torchvision.transforms import v2
+
+from budgetvit.data.augment import randaugment
+
+from .conftest import fmnist_images
+
+NAMES = list(v2.RandAugment._AUGMENTATION_SPACE)
+
+
+def natural_batch(n: int, size: int = 32) -> torch.Tensor:
+    """n real Fashion-MNIST images as RGB uint8 (B, 3, size, size), each tinted differently
+    so that colour ops have colour to act on."""
+    images, _ = fmnist_images(n)
+    x = torch.from_numpy(images)[:, None].float()
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear")
+    tint = torch.linspace(0.4, 1.0, 3 * n).view(n, 3, 1, 1)
+    return (x * tint).round().clamp(0, 255).to(torch.uint8)
+
+
+def torchvision_choice(seed: int) -> tuple[str, bool]:
+    """The op and sign that v2.RandAugment(num_ops=1) draws after torch.manual_seed(seed): an
+    index into its op table, then, for a signed op, a draw <= 0.5 for a negative magnitude."""
+    torch.manual_seed(seed)
+    name = NAMES[int(torch.randint(len(NAMES), ()))]
+    signed = v2.RandAugment._AUGMENTATION_SPACE[name][1]
+    return name, bool(signed and torch.rand(()) <= 0.5)
+
+
+def test_randaugment_gives_every_image_what_torchvision_gives_it_alone():
+    """One op per image, 28 images: each must equal torchvision's RandAugment run on that image
+    alone with the same draw, and the batch must cover many different ops."""
+    n, magnitude = 28, 9
+    x = natural_batch(n)
+    expected, u = [], torch.empty(n, 2)
+    for i in range(n):
+        name, negative = torchvision_choice(seed=i)
+        torch.manual_seed(i)
+        expected.append(v2.RandAugment(num_ops=1, magnitude=magnitude)(x[i]))
+        u[i, 0] = (NAMES.index(name) + 0.5) / len(NAMES)
+        u[i, 1] = 0.25 if negative else 0.75
+    out = randaugment(x, 1, magnitude, u)
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    for i in range(n):
+        assert torch.equal(out[i], expected[i]), (i, torchvision_choice(i))
+    ops_used = {torchvision_choice(i)[0] for i in range(n)}
+    assert len(ops_used) >= 10
+    changed = sum(not torch.equal(out[i], x[i]) for i in range(n))
+    assert changed >= n - 4  # only Identity (and ops that happen to keep an image) leave it
+
+
+def test_randaugment_rounds_compose_and_leave_the_input_alone():
+    x = natural_batch(6)
+    before, rng = x.clone(), torch.get_rng_state()
+    u = torch.rand(6, 4, generator=torch.Generator().manual_seed(0))
+    two = randaugment(x, 2, 9, u)
+    assert torch.equal(x, before)  # the caller's batch is not modified
+    assert torch.equal(torch.get_rng_state(), rng)  # nor the global random state
+    assert torch.equal(two, randaugment(randaugment(x, 1, 9, u[:, :2]), 1, 9, u[:, 2:]))
+    assert torch.equal(randaugment(x, 0, 9, u[:, :0]), x)
