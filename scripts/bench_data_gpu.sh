@@ -2,7 +2,8 @@
 # bench-data on a GPU machine (torch and torchvision preinstalled, e.g. 16 cores + 1 GPU):
 # writes the benchmark JPEG tree, prepares its cache on all cores, then times the cache loader
 # against the plain torchvision ImageFolder pipeline at 64, 128 and 224 px with one worker per
-# core, batches landing on the GPU; then the DALI backend the same way when DALI is installed.
+# core, batches landing on the GPU; then both with RandAugment; then the DALI backend the same
+# way when DALI is installed.
 # Prints the markdown tables for the README; the full results go to WORK/bench-data*.json.
 # Everything is reused when rerun (tree files, cache).
 #
@@ -10,7 +11,7 @@
 #   TRAIN=32000 VAL=1000 WORKERS=16 BATCH=256 SIZES=64,128,224 bash scripts/bench_data_gpu.sh
 #   SOURCES=DIR ...   source photos when scikit-image is not installed (a copy of skimage/data)
 #
-# Expected time with 16 cores: tree ~2 min, prepare ~1 min, benchmark ~3 min.
+# Expected time with 16 cores: tree ~2 min, prepare ~1 min, benchmark ~3 min per bench-data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-/tmp/budgetvit-bench-data}
@@ -52,6 +53,11 @@ $PY -m budgetvit prepare --src "$WORK/tree" --dst "$WORK/cache" --workers "$WORK
 echo "== bench-data"
 $PY -m budgetvit bench-data --src "$WORK/tree" --cache "$WORK/cache" --sizes "$SIZES" \
     --workers "$WORKERS" --batch-size "$BATCH" --repeats 2 --json "$WORK/bench-data.json"
+echo "== bench-data with RandAugment, 2 ops (the imagenet presets'): torchvision per image in"
+echo "   its workers, the cache loader batched on the GPU"
+$PY -m budgetvit bench-data --src "$WORK/tree" --cache "$WORK/cache" --sizes "$SIZES" \
+    --workers "$WORKERS" --batch-size "$BATCH" --repeats 2 --randaugment 2 \
+    --json "$WORK/bench-data-randaugment.json"
 if $PY -c "import nvidia.dali" 2>/dev/null; then
   echo "== bench-data, DALI backend (JPEG decoding on the GPU)"
   $PY -m budgetvit bench-data --src "$WORK/tree" --cache "$WORK/cache" --sizes "$SIZES" \

@@ -303,13 +303,21 @@ def test_training_on_the_cache(caches, tmp_path):
 
 # ----------------------------------------------------------------------------- commands
 
-def test_bench_data_prints_the_table(trees, caches, tmp_path, capsys):
+@pytest.mark.parametrize("randaugment", [0, 2])
+def test_bench_data_prints_the_table(trees, caches, tmp_path, capsys, monkeypatch, randaugment):
+    from budgetvit.data import bench_data
+    loaders, make_loader = [], bench_data.make_loader
+    monkeypatch.setattr(bench_data, "make_loader",
+                        lambda *a: loaders.append(make_loader(*a)) or loaders[-1])
     out = tmp_path / "bench.json"
     assert main(["bench-data", "--src", str(trees[0]), "--cache", str(caches[0]), "--sizes",
                  "16,32", "--workers", "1", "--batch-size", "4", "--batches", "2",
-                 "--warmup", "1", "--repeats", "1", "--json", str(out)]) == 0
+                 "--warmup", "1", "--repeats", "1", "--json", str(out),
+                 "--randaugment", str(randaugment)]) == 0
     text = capsys.readouterr().out
     assert "| 16 |" in text and "| 32 |" in text and "torchvision img/s" in text
+    assert ("RandAugment 2 ops" in text) == bool(randaugment)
+    assert [d.aug.randaugment_ops for d in loaders] == [randaugment] * 2
     rows = json.loads(out.read_text())["rows"]
     assert [r["size"] for r in rows] == [16, 32] and all(r["ratio"] > 0 for r in rows)
 
@@ -320,6 +328,7 @@ def test_bench_data_prints_the_table(trees, caches, tmp_path, capsys):
     (["bench-data", "--src", "{tmp}"], "no ImageFolder tree"),
     (["bench-data", "--src", "{clean}", "--cache", "{tmp}"], "no finished budgetvit cache"),
     (["bench-data", "--src", "{clean}", "--sizes", "64,big"], "--sizes"),
+    (["bench-data", "--src", "{clean}", "--randaugment", "-1"], "--randaugment"),
     (["train", "--set", "data.dataset=cache"], "data.dataset=cache needs"),
 ])
 def test_user_errors_are_one_line_exit_2(trees, tmp_path, capsys, args, fragment):

@@ -8,7 +8,8 @@ scale=(--crop-scale-min, 1)) + RandomHorizontalFlip + PILToTensor, in a DataLoad
 same batch size and workers (shuffle, pin_memory on CUDA), each batch moved to the device.
 Loader: CacheData on --cache (or on --src when it is a cache; DaliData with --backend dali),
 else FolderData on the tree, with the same crop scale and flip; its batches arrive on the
-device like the baseline's.
+device like the baseline's. With --randaugment OPS both add RandAugment (OPS ops, magnitude 9):
+per image in the baseline's workers, on the device for the cache.
 Every pipeline is started afresh for each size and its first --warmup batches (worker start-up,
 first reads, batches that were in flight) are not timed; then --batches batches are. Both
 should fit in one epoch: the baseline restarts its workers at every epoch. Baseline and loader
@@ -29,6 +30,7 @@ from ..config import AugSection, ConfigError
 from . import cache
 
 COMMAND = "bench-data"
+RANDAUGMENT_MAGNITUDE = 9  # DeiT's (rand-m9), as in the imagenet presets
 HELP = "images/s of the data loader at each image size vs a plain torchvision pipeline"
 
 
@@ -48,6 +50,9 @@ def add_arguments(p) -> None:
     p.add_argument("--repeats", type=int, default=2, help="runs per pipeline and size (best)")
     p.add_argument("--crop-scale-min", type=float, default=0.08,
                    help="random-resized-crop area range [s, 1] (default 0.08, torchvision's)")
+    p.add_argument("--randaugment", type=int, default=0, metavar="OPS",
+                   help="also RandAugment (OPS ops, magnitude 9): per image in the "
+                        "baseline's workers, batched on the device in the loader (default 0)")
     p.add_argument("--backend", default="pil", choices=["pil", "dali"],
                    help="how the cache is decoded: PIL worker processes, or NVIDIA DALI "
                         "(--workers threads; on the GPU when there is one)")
@@ -106,8 +111,11 @@ def baseline_batches(tree: Path, size: int, args, device):
     """The plain torchvision pipeline, endlessly: what a user would write first."""
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
-    tf = transforms.Compose([transforms.RandomResizedCrop(size, scale=(args.crop_scale_min, 1.0)),
-                             transforms.RandomHorizontalFlip(), transforms.PILToTensor()])
+    steps = [transforms.RandomResizedCrop(size, scale=(args.crop_scale_min, 1.0)),
+             transforms.RandomHorizontalFlip()]
+    if args.randaugment:
+        steps.append(transforms.RandAugment(args.randaugment, RANDAUGMENT_MAGNITUDE))
+    tf = transforms.Compose([*steps, transforms.PILToTensor()])
     loader = DataLoader(datasets.ImageFolder(str(tree / "train"), transform=tf),
                         batch_size=args.batch_size, shuffle=True, drop_last=True,
                         num_workers=args.workers, pin_memory=device.type == "cuda")
@@ -125,7 +133,9 @@ def loader_batches(data, size: int):
 def make_loader(tree: Path | None, cache_dir: Path | None, args, device):
     from .cache_loader import CacheData
     from .imagefolder import FolderData
-    aug = AugSection(crop_scale_min=args.crop_scale_min, hflip=True)
+    aug = AugSection(crop_scale_min=args.crop_scale_min, hflip=True,
+                     randaugment_ops=args.randaugment,
+                     randaugment_magnitude=RANDAUGMENT_MAGNITUDE)
     kind = CacheData if cache_dir is not None else FolderData
     if args.backend == "dali":
         from .dali import DaliData
@@ -160,6 +170,8 @@ def run(args) -> int:
         args.warmup = 2 * args.workers + 1
     if min(args.workers, args.batch_size, args.batches, args.repeats) < 1 or args.warmup < 0:
         raise ConfigError("--workers, --batch-size, --batches, --repeats must be >= 1")
+    if args.randaugment < 0:
+        raise ConfigError(f"--randaugment must be >= 0, got {args.randaugment}")
     if not 0 < args.crop_scale_min <= 1:
         raise ConfigError(f"--crop-scale-min must be in (0, 1], got {args.crop_scale_min}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -172,7 +184,8 @@ def run(args) -> int:
     name = ("DALI" if args.backend == "dali" else "cache") if cache_dir else "FolderData"
     print(f"bench-data on {machine()}; device {device}, {args.workers} workers, batch "
           f"{args.batch_size}, {args.batches} timed batches after {args.warmup}, best of "
-          f"{args.repeats}, crop scale ({args.crop_scale_min:g}, 1)")
+          f"{args.repeats}, crop scale ({args.crop_scale_min:g}, 1)"
+          + (f", RandAugment {args.randaugment} ops" if args.randaugment else ""))
     if meta is not None:
         counts = "+".join(str(meta["splits"][s]["images"]) for s in cache.SPLITS)
         print(f"cache {cache_dir}: {meta['encoding']}, shorter side <= {meta['max_size']} px, "
