@@ -69,7 +69,8 @@ def write_summary(trainer, final: dict, wall_s: float) -> dict:
 
 
 def print_summary(s: dict, out: Path) -> None:
-    budget = "steps" if s["budget_s"] is None else fmt_duration(s["budget_s"])
+    budget = (s["config"]["train"]["budget"] if s["budget_s"] is None  # e.g. "500steps"
+              else fmt_duration(s["budget_s"]))
     overrun = "" if s["overrun_s"] is None else f" (overrun {s['overrun_s']:+.2f}s)"
     stages = ", ".join(f"{st['img_size']}px {fmt_duration(st['end_s'] - st['start_s'])}"
                        for st in s["stages"])

@@ -83,10 +83,11 @@ def test_log_lines_and_eval_history(timed_run):
     assert evals[-1]["top1"] == s["top1"]
 
 
-def test_learns_fashion_mnist_within_a_step_budget(tmp_path):
+def test_learns_fashion_mnist_within_a_step_budget(tmp_path, capsys):
     """Machine-independent learning check: 150 steps of a tiny ViT, far above chance (10%)."""
     summary = train(tiny_config("train.budget=150steps", "train.ema=false"), tmp_path)
     assert summary["top1"] > 30.0  # 39.6% when written
+    assert "\nbudget 150steps, trained " in capsys.readouterr().out
 
 
 def test_resume_after_interruption_gives_identical_weights(tmp_path):

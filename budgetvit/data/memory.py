@@ -46,8 +46,8 @@ class MemoryData(DataStream):
         """This rank's share of the next global batch: (float (b, C, S, S) in [0, 1], (b,))."""
         start = self.batch * self.global_batch + self.rank * self.local_batch
         idx = self._order(self.epoch)[start:start + self.local_batch]
-        # Crop parameters are drawn for the whole global batch, then sliced: each image gets the
-        # same crop whatever the world size.
+        # Crop and RandAugment draws are made for the whole global batch, then sliced: each
+        # image gets the same augmentation whatever the world size.
         ops = self.aug.randaugment_ops
         gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, self.batch))
         u = torch.rand(self.global_batch, 5 + 2 * ops, generator=gen)
