@@ -26,7 +26,7 @@ from budgetvit.data.imagefolder import FolderData, scan
 from budgetvit.data.prepare import prepare
 from budgetvit.train import train
 
-from .conftest import needs_fmnist, tiny_config, write_image_tree
+from .conftest import crash_at_step, needs_fmnist, tiny_config, write_image_tree
 from .imagetree import add_bad_files, add_photos
 
 pytest.importorskip("skimage")
@@ -299,6 +299,23 @@ def test_training_on_the_cache(caches, tmp_path):
     assert summary["evals"][-1]["eval_images"] == 15
     state = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "run")[-1])
     assert state["classes"] == CLASSES
+
+
+def test_resume_on_the_cache_gives_identical_weights(caches, tmp_path):
+    """Loader workers restart on resume; nothing about that may move the random state that
+    mixup and drop path draw from (a DataLoader draws its base seed from the global RNG
+    unless given a generator)."""
+    args = ("data.dataset=cache", f"data.path={caches[0]}", "data.num_workers=0",
+            "train.batch_size=12", "train.budget=10steps", "checkpoint.every_steps=4",
+            "train.eval_batch_size=5", "curriculum.stages=16:0.5,32:0.5",
+            "curriculum.final_size_px=32", "train.deterministic=true", "aug.mixup=0.2",
+            "model.drop_path=0.1")
+    train(tiny_config(*args), tmp_path / "straight")
+    crash_at_step(tiny_config(*args), tmp_path / "resumed", 6)
+    train(tiny_config(*args), tmp_path / "resumed")
+    a, b = (checkpoint.load(checkpoint.list_checkpoints(tmp_path / run)[-1])["model"]
+            for run in ("straight", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ----------------------------------------------------------------------------- commands

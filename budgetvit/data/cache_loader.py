@@ -31,7 +31,7 @@ from . import augment
 from .cache import CacheSplit
 from .holdout import describe, holdout_rows
 from .imagefolder import EVAL_CROP, IMAGENET_MEAN, IMAGENET_STD, WorkerStream
-from .stream import mix_seed
+from .stream import loader_generator, mix_seed
 
 LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))  # random-resized-crop aspect-ratio range
 
@@ -183,6 +183,7 @@ class CacheData(WorkerStream):
         return DataLoader(self.dataset, sampler=self.sampler(), batch_size=None,
                           collate_fn=_whole, num_workers=self.workers,
                           pin_memory=torch.cuda.is_available(),
+                          generator=self.loader_generator(),
                           persistent_workers=self.workers > 0,
                           prefetch_factor=self.prefetch_factor if self.workers > 0 else None)
 
@@ -208,7 +209,8 @@ class CacheData(WorkerStream):
         batches = [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
         loader = DataLoader(ds, sampler=batches, batch_size=None, collate_fn=_whole,
                             num_workers=min(self.workers, len(batches)),
-                            pin_memory=torch.cuda.is_available())
+                            pin_memory=torch.cuda.is_available(),
+                            generator=loader_generator(self.seed))
         for x, y, bad in loader:
             self.bad_images += bad
             yield to_device(x, y, self.device)

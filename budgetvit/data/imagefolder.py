@@ -20,7 +20,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from torchvision.transforms import v2
 
 from .holdout import describe, holdout_rows
-from .stream import DataStream, mix_seed
+from .stream import DataStream, loader_generator, mix_seed
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 EVAL_CROP = 0.875  # evaluation: resize the shorter side to size / 0.875, centre-crop size
@@ -130,6 +130,9 @@ class WorkerStream(DataStream):
         self.workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
         self._it = self._sampler = None
 
+    def loader_generator(self) -> torch.Generator:
+        return loader_generator(self.seed, self.epoch, self.batch, self.rank)
+
     @property
     def prefetch_batches(self) -> int:
         return self.workers * self.prefetch_factor
@@ -185,6 +188,7 @@ class FolderData(WorkerStream):
     def make_loader(self) -> DataLoader:
         return DataLoader(self.dataset, batch_sampler=self.sampler(), num_workers=self.workers,
                           collate_fn=_collate, pin_memory=torch.cuda.is_available(),
+                          generator=self.loader_generator(),
                           persistent_workers=self.workers > 0,
                           prefetch_factor=self.prefetch_factor if self.workers > 0 else None)
 
@@ -197,7 +201,8 @@ class FolderData(WorkerStream):
         keys = [(i, size, 0) for i in range(rank, len(ds), world)]
         batches = [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
         loader = DataLoader(ds, batch_sampler=batches, num_workers=self.workers,
-                            collate_fn=_collate, pin_memory=torch.cuda.is_available())
+                            collate_fn=_collate, pin_memory=torch.cuda.is_available(),
+                            generator=loader_generator(self.seed))
         for x, y, bad in loader:
             self.bad_images += bad
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

@@ -6,6 +6,8 @@ all a checkpoint needs to resume the stream exactly.
 """
 from __future__ import annotations
 
+import torch
+
 
 def mix_seed(*parts: int) -> int:
     """A stable 63-bit seed from integers (Python's hash() of tuples is not stable across runs)."""
@@ -13,6 +15,13 @@ def mix_seed(*parts: int) -> int:
     for p in parts:
         h = ((h ^ (int(p) & 0xFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
     return h
+
+
+def loader_generator(*parts: int) -> torch.Generator:
+    """For a DataLoader's own draw (its workers' base seed), which otherwise comes from the
+    global RNG that mixup and drop path use: a loader restarted on resume would move it, and
+    the resumed run would leave the uninterrupted run's random stream."""
+    return torch.Generator().manual_seed(mix_seed(*parts))
 
 
 class DataStream:
