@@ -183,7 +183,8 @@ class CacheData(WorkerStream):
         return DataLoader(self.dataset, sampler=self.sampler(), batch_size=None,
                           collate_fn=_whole, num_workers=self.workers,
                           pin_memory=torch.cuda.is_available(),
-                          generator=self.loader_generator(),
+                          generator=loader_generator(self.seed, self.epoch, self.batch,
+                                                     self.rank),
                           persistent_workers=self.workers > 0,
                           prefetch_factor=self.prefetch_factor if self.workers > 0 else None)
 

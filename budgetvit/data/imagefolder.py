@@ -130,9 +130,6 @@ class WorkerStream(DataStream):
         self.workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
         self._it = self._sampler = None
 
-    def loader_generator(self) -> torch.Generator:
-        return loader_generator(self.seed, self.epoch, self.batch, self.rank)
-
     @property
     def prefetch_batches(self) -> int:
         return self.workers * self.prefetch_factor
@@ -188,7 +185,8 @@ class FolderData(WorkerStream):
     def make_loader(self) -> DataLoader:
         return DataLoader(self.dataset, batch_sampler=self.sampler(), num_workers=self.workers,
                           collate_fn=_collate, pin_memory=torch.cuda.is_available(),
-                          generator=self.loader_generator(),
+                          generator=loader_generator(self.seed, self.epoch, self.batch,
+                                                     self.rank),
                           persistent_workers=self.workers > 0,
                           prefetch_factor=self.prefetch_factor if self.workers > 0 else None)
 
