@@ -89,16 +89,15 @@ def randaugment(x: torch.Tensor, ops: int, magnitude: int, u: torch.Tensor) -> t
     if ops <= 0:
         return x
     ra = v2.RandAugment(num_ops=ops, magnitude=magnitude)
-    space = ra._AUGMENTATION_SPACE  # {name: (magnitudes(bins, H, W), signed)}: the op table
-    names = list(space)
+    table = []  # (name, magnitude, signed) of torchvision's ops, in its order
+    for name, (magnitudes, signed) in ra._AUGMENTATION_SPACE.items():
+        bins = magnitudes(ra.num_magnitude_bins, x.shape[-2], x.shape[-1])
+        table.append((name, 0.0 if bins is None else float(bins[magnitude]), signed))
     x = x.clone()
     for r in range(ops):
-        choice = (u[:, 2 * r] * len(names)).long().clamp(max=len(names) - 1)
+        choice = (u[:, 2 * r] * len(table)).long().clamp(max=len(table) - 1)
         negative = u[:, 2 * r + 1] < 0.5
-        for k, name in enumerate(names):
-            magnitudes, signed = space[name]
-            bins = magnitudes(ra.num_magnitude_bins, x.shape[-2], x.shape[-1])
-            m = 0.0 if bins is None else float(bins[magnitude])
+        for k, (name, m, signed) in enumerate(table):
             for sign in ((1.0, -1.0) if signed else (1.0,)):
                 picked = (choice == k) & (negative == (sign < 0)) if signed else choice == k
                 rows = picked.nonzero().flatten()  # on the CPU: no sync

@@ -194,11 +194,9 @@ class CacheData(WorkerStream):
         x, y = to_device(*self.next_from_workers(), self.device)
         ops = self.aug.randaugment_ops
         if ops:
-            # On the device, every image its own ops, drawn for the whole global batch from
-            # the position (then this rank's rows): the same stream on resume, at any world size.
-            gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch, batch))
-            u = torch.rand(self.global_batch, 2 * ops, generator=gen)
-            u = u[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
+            # On the device, every image its own ops, drawn from the position: the same
+            # stream on resume and at any world size.
+            u = self.batch_draws(epoch, batch, 2 * ops)
             x = augment.randaugment(x, ops, self.aug.randaugment_magnitude, u)
         return x, y
 

@@ -46,12 +46,8 @@ class MemoryData(DataStream):
         """This rank's share of the next global batch: (float (b, C, S, S) in [0, 1], (b,))."""
         start = self.batch * self.global_batch + self.rank * self.local_batch
         idx = self._order(self.epoch)[start:start + self.local_batch]
-        # Crop and RandAugment draws are made for the whole global batch, then sliced: each
-        # image gets the same augmentation whatever the world size.
         ops = self.aug.randaugment_ops
-        gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, self.batch))
-        u = torch.rand(self.global_batch, 5 + 2 * ops, generator=gen)
-        u = u[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
+        u = self.batch_draws(self.epoch, self.batch, 5 + 2 * ops)  # crop, then RandAugment
         x = augment.randaugment(self.images[idx], ops, self.aug.randaugment_magnitude, u[:, 5:])
         x = augment.resized_crop_flip(x, self.size, self.aug.crop_scale_min, self.aug.hflip,
                                       u[:, :5])

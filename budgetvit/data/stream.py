@@ -42,6 +42,14 @@ class DataStream:
     def set_size(self, size: int) -> None:
         self.size = size
 
+    def batch_draws(self, epoch: int, batch: int, columns: int) -> torch.Tensor:
+        """Uniform draws (CPU, (local batch, columns)) for this rank's images of global batch
+        (epoch, batch): made for the whole global batch from its position, then sliced, so
+        every image gets the same draws whatever the world size."""
+        gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch, batch))
+        u = torch.rand(self.global_batch, columns, generator=gen)
+        return u[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
+
     def advance(self) -> None:
         """Move the position past the batch just produced."""
         self.batch += 1
