@@ -112,7 +112,7 @@ class CheckpointSection:
 
 @dataclass
 class Config:
-    preset: str = "fmnist"
+    preset: str = "custom"  # a preset names itself (presets.py); bare defaults are none
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     curriculum: CurriculumSection = field(default_factory=CurriculumSection)

@@ -86,7 +86,7 @@ def test_log_lines_and_eval_history(timed_run):
 def test_learns_fashion_mnist_within_a_step_budget(tmp_path, capsys):
     """Machine-independent learning check: 150 steps of a tiny ViT, far above chance (10%)."""
     summary = train(tiny_config("train.budget=150steps", "train.ema=false"), tmp_path)
-    assert summary["top1"] > 30.0  # 39.6% when written
+    assert summary["top1"] > 30.0  # 52.0% with the 1x FFN of the fmnist preset (4x: 39.6%)
     assert "\nbudget 150steps, trained " in capsys.readouterr().out
 
 
