@@ -20,17 +20,17 @@ class ConfigError(ValueError):
 @dataclass
 class ModelSection:
     name: str = "vit_micro4_local"
-    # Overrides of the named shape; None keeps the shape's own value.
-    dim: int | None = None
-    depth: int | None = None
-    heads: int | None = None
-    patch_size: int | None = None
-    base_img_size: int | None = None
-    mlp_ratio: float | None = None
-    ffn: str | None = None
-    act: str | None = None
-    ffn_bias: bool | None = None
-    drop_path: float = 0.0
+    # Overrides of the named model (models/registry.py); None keeps the model's own value.
+    dim: int | None = None  # token width
+    depth: int | None = None  # blocks
+    heads: int | None = None  # attention heads (dim must divide by them)
+    patch_size: int | None = None  # px per patch side
+    base_img_size: int | None = None  # the size the position embedding is stored at
+    mlp_ratio: float | None = None  # FFN hidden width / dim; None = 4 (the fmnist preset: 1)
+    ffn: str | None = None  # mlp | local; None = local for *_local names, else mlp
+    act: str | None = None  # FFN activation: gelu | hswish; None = hswish for *_local names
+    ffn_bias: bool | None = None  # FFN biases; None = off for *_local names, else on
+    drop_path: float = 0.0  # stochastic depth rate of the last block (linear from 0)
 
 
 @dataclass
@@ -41,7 +41,7 @@ class DataSection:
     backend: str = "pil"  # cache decoding: pil (worker processes) | dali (NVIDIA DALI, GPU)
     holdout: float = 0.0  # share of train held out and evaluated instead of test/val (tuning)
     synthetic_images: int = 10_000  # size of the synthetic dataset
-    synthetic_classes: int = 10
+    synthetic_classes: int = 10  # classes of the synthetic dataset
 
 
 @dataclass
@@ -62,8 +62,8 @@ class OptimSection:
     min_lr: float = 1e-5  # reached exactly when the budget is spent
     warmup: float = 0.05  # share of the budget spent warming up linearly
     decay: str = "cosine"  # cosine | linear
-    weight_decay: float = 0.05
-    beta1: float = 0.9
+    weight_decay: float = 0.05  # AdamW's, on weights only (not biases, norms, embeddings)
+    beta1: float = 0.9  # AdamW's betas
     beta2: float = 0.999
     grad_clip: float = 1.0  # max global grad norm; 0 = off
 
@@ -71,12 +71,12 @@ class OptimSection:
 @dataclass
 class AugSection:
     crop_scale_min: float = 1.0  # random-resized-crop area range [crop_scale_min, 1]
-    hflip: bool = True
+    hflip: bool = True  # random horizontal flips
     randaugment_ops: int = 0  # RandAugment: ops per image (0 = off) ...
     randaugment_magnitude: int = 9  # ... and their magnitude
     mixup: float = 0.0  # Beta(alpha, alpha) for mixup; 0 = off
     cutmix: float = 0.0  # Beta(alpha, alpha) for cutmix; 0 = off
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1  # share of the target spread over all classes
     random_erasing: float = 0.0  # probability per image
 
 
@@ -84,15 +84,15 @@ class AugSection:
 class TrainSection:
     budget: str = "5m"  # training-time budget: 90s, 5m, 24h, 1d; or NNNsteps (reproducible mode)
     batch_size: int = 128  # global batch; each of W processes takes batch_size / W
-    eval_batch_size: int = 500
+    eval_batch_size: int = 500  # images per evaluation batch (per process)
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     compile: str = "auto"  # auto (on for CUDA) | on | off
     compile_scope: str = "blocks"  # blocks (each block, one compile serves all) | model
     compile_mode: str = "default"  # torch.compile mode; reduce-overhead = CUDA graphs
-    ema: bool = True
-    ema_decay: float = 0.99
-    seed: int = 0
+    ema: bool = True  # keep an exponential moving average of the weights, evaluated at the end
+    ema_decay: float = 0.99  # its decay per step
+    seed: int = 0  # seeds the model, data order and augmentation
     deterministic: bool = False  # deterministic kernels (for exact-resume tests)
     log_every: int = 20  # steps between log.jsonl lines
     eval_every_s: float = 0.0  # training seconds between evaluations (0 = only at the end)
@@ -344,6 +344,9 @@ def validate(cfg: Config) -> None:
     _range("train.log_every", t.log_every, 1)
     _range("train.eval_every_s", t.eval_every_s, 0)
     _range("train.warmup_steps", t.warmup_steps, 0)
+    if c.mode == "paper" and t.warmup_steps == 0 and parse_budget(t.budget)[1] == "seconds":
+        raise ConfigError("curriculum.mode=paper with a time budget needs train.warmup_steps "
+                          ">= 1: the warm-up measures each size's throughput to place its epochs")
     _range("train.sync_every", t.sync_every, 0)
     _range("train.max_bad_steps", t.max_bad_steps, 1)
     _range("train.max_rollbacks", t.max_rollbacks, 0)

@@ -1,8 +1,8 @@
 """budgetvit report RUN_DIR...: how runs spent their budget, as two plots and a table.
 
 - time_to_accuracy.png: top-1 (%) against training time, one solid line per run that has at
-  least one evaluation (from eval.jsonl); with --ema, one more dashed line per run that has
-  EMA evaluations. Curves = runs with evaluations (+ runs with EMA evaluations, with --ema).
+  least one evaluation (from eval.jsonl); with --ema, the run's EMA evaluations as diamonds
+  joined by a dashed line (the trainer evaluates the EMA at the end only: one diamond).
 - schedule.png: image size (px) and learning rate against training time, one line per run
   (with a log.jsonl or summary.json) in each of the two stacked axes; the size comes from
   the summary's stages when the run has finished, else from its log.
@@ -127,8 +127,10 @@ def time_to_accuracy_figure(runs: list[dict], ema: bool = False, title: str = ""
         t = [e["train_time_s"] / scale for e in ev]
         ax.plot(t, [e["top1"] for e in ev], "-o", color=color, ms=3, label=run["name"])
         curves += 1
-        if ema and all(e.get("top1_ema") is not None for e in ev):
-            ax.plot(t, [e["top1_ema"] for e in ev], "--", color=color, label=f"{run['name']} (EMA)")
+        # The trainer evaluates the EMA weights at the end only: usually one point, so marked.
+        pts = [(x, e["top1_ema"]) for x, e in zip(t, ev) if e.get("top1_ema") is not None]
+        if ema and pts:
+            ax.plot(*zip(*pts), "--D", color=color, ms=5, label=f"{run['name']} (EMA)")
             curves += 1
     ax.set_xlabel(f"training time ({unit}; budget clock, evaluation excluded)")
     ax.set_ylabel("top-1 accuracy (%)")

@@ -12,8 +12,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError
+from .config import Config, ConfigError, ModelSection
 from .models import create_model
+from .presets import fmnist
 from .runtime import Runtime, mfu, peak_flops
 
 
@@ -79,14 +80,11 @@ class StepTimer:
         return statistics.median(self.rates)
 
 
-def trainer_rate(model: str, size: int, batch: int, steps: int, args) -> float:
-    """images/s of the real trainer (data, augmentation, clock, EMA, logging included) on
-    Fashion-MNIST at a fixed size, over `steps` steps of a step budget, with the device and
-    compile settings of the speed command."""
-    from .presets import fmnist
-    from .train import Trainer
+def trainer_config(model: str, size: int, batch: int, steps: int, args) -> Config:
+    """The fmnist run trainer_rate times: the bare loop's model (without the preset's
+    overrides) at a fixed size, `steps` steps, the speed command's device and compile settings."""
     cfg = fmnist()
-    cfg.model.name = model
+    cfg.model = ModelSection(name=model)
     cfg.curriculum.mode, cfg.curriculum.final_size_px = "off", size
     t = cfg.train
     t.budget, t.batch_size, t.device, t.compile = f"{steps}steps", batch, args.device, args.compile
@@ -95,8 +93,15 @@ def trainer_rate(model: str, size: int, batch: int, steps: int, args) -> float:
     # The run ends with an evaluation (model and EMA), which is not timed: evaluate on a 1%
     # holdout of train (600 images) instead of the 10,000 test images.
     cfg.data.holdout = 0.01
+    return cfg
+
+
+def trainer_rate(model: str, size: int, batch: int, steps: int, args) -> float:
+    """images/s of the real trainer (data, augmentation, clock, EMA, logging included) on
+    Fashion-MNIST (trainer_config)."""
+    from .train import Trainer
     with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(cfg, out)
+        trainer = Trainer(trainer_config(model, size, batch, steps, args), out)
         with contextlib.redirect_stdout(io.StringIO()):
             trainer.run()
         return trainer.images / trainer.clock.train_s

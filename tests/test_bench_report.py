@@ -162,9 +162,14 @@ def test_report_curves_pngs_and_markdown(tmp_path, capsys):
         "live", "local/seed0", "vit/seed0", "vit/seed1"]
     runs = report.load_runs(dirs)
     assert [r["name"] for r in runs] == ["live", "local/seed0", "vit/seed0", "vit/seed1"]
-    # One curve per run with evaluations (3); --ema adds a dashed one per run with EMA (2).
+    # One curve per run with evaluations (3); --ema adds one per run with EMA evaluations (2),
+    # also when only the final evaluation has one, as the trainer writes it.
     assert len(report.time_to_accuracy_figure(runs).axes[0].lines) == 3
     assert len(report.time_to_accuracy_figure(runs, ema=True).axes[0].lines) == 5
+    for e in runs[-1]["evals"][:-1]:
+        del e["top1_ema"]
+    lines = report.time_to_accuracy_figure(runs, ema=True).axes[0].lines
+    assert len(lines) == 5 and list(lines[-1].get_ydata()) == [80.0]
     sched = report.schedule_figure(runs)
     assert [len(ax.lines) for ax in sched.axes] == [4, 4]
     assert max(sched.axes[0].lines[1].get_ydata()) == 28

@@ -43,6 +43,8 @@ CASES = [
     (["train", "--set", "curriculum.stages=16-0.5"], "expected 'size:share,...'"),
     (["train", "--set", "curriculum.stages=16:0.5,24:0.5"], "must end at curriculum.final_size_px=28"),
     (["train", "--set", "curriculum.mode=grow"], "curriculum.mode='grow' is not allowed"),
+    (["train", "--set", "curriculum.mode=paper", "train.warmup_steps=0"],
+     "curriculum.mode=paper with a time budget needs train.warmup_steps >= 1"),
     (["train", "--set", "aug.crop_scale_min=0"], "aug.crop_scale_min=0.0 must be >= 0.01"),
     (["train", "--set", "data.dataset=cifar"], "data.dataset='cifar' is not allowed"),
     (["train", "--set", "data.holdout=0.7"], "data.holdout=0.7 must be <= 0.5"),

@@ -1,5 +1,6 @@
 """CPU-side checks of the speed work: MFU arithmetic, the peak-rate table, warm-up that
 leaves no trace, and the speed command itself."""
+import argparse
 import copy
 import time
 
@@ -7,8 +8,9 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from budgetvit import checkpoint
+from budgetvit import checkpoint, speed
 from budgetvit.cli import main
+from budgetvit.config import model_shape
 from budgetvit.models import create_model, forward_flops
 from budgetvit.runtime import Runtime, mfu, peak_flops, peak_for_name
 from budgetvit.train import Trainer
@@ -111,6 +113,17 @@ def test_speed_command_compares_timm_and_trainer_on_cpu(capsys):
         ours, timm_rate, ratio = float(r[1]), float(r[5]), float(r[6])
         assert ours > 0 and timm_rate > 0
         assert ratio == pytest.approx(ours / timm_rate, rel=0.01)  # printed rounded
+
+
+def test_speed_trainer_times_the_same_model_as_the_bare_loop():
+    """The fmnist preset narrows the FFN; the trainer column must not inherit that."""
+    args = argparse.Namespace(device="cpu", compile="off", compile_scope="blocks",
+                              compile_mode="default")
+    for name in ("vit_micro4", "vit_micro4_local"):
+        cfg = speed.trainer_config(name, 28, 16, 5, args)
+        bare = create_model(name, num_classes=10, in_chans=1).cfg
+        assert model_shape(cfg, num_classes=10, in_chans=1) == bare
+        assert cfg.curriculum.mode == "off" and cfg.train.budget == "5steps"
 
 
 def compile_with_eager_backend(monkeypatch) -> list[dict]:

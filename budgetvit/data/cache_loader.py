@@ -25,13 +25,13 @@ import random
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import Dataset, get_worker_info
 
 from . import augment
 from .cache import CacheSplit
 from .holdout import describe, holdout_rows
-from .imagefolder import EVAL_CROP, IMAGENET_MEAN, IMAGENET_STD, WorkerStream
-from .stream import loader_generator, mix_seed
+from .imagefolder import EVAL_CROP, IMAGENET_MEAN, IMAGENET_STD, WorkerStream, to_device
+from .stream import mix_seed
 
 LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))  # random-resized-crop aspect-ratio range
 
@@ -89,8 +89,8 @@ def crop_resize(img: Image.Image, box, size: int) -> Image.Image:
 
 
 class CacheDataset(Dataset):
-    """Item = one whole batch: keys [(index, size, epoch)] -> (uint8 (B, 3, S, S), labels (B,),
-    number of unreadable records replaced)."""
+    """Made a whole batch at a time: batch(keys [(index, size, epoch)]) -> (uint8 (B, 3, S, S),
+    labels (B,), number of unreadable records replaced)."""
 
     def __init__(self, split: CacheSplit, train: bool, scale_min: float, hflip: bool, seed: int):
         self.split, self.train, self.scale_min, self.hflip, self.seed = (
@@ -125,7 +125,7 @@ class CacheDataset(Dataset):
             out = out.transpose(Image.FLIP_LEFT_RIGHT)  # PIL's flip: 10x a reversed numpy copy
         return np.asarray(out)
 
-    def __getitem__(self, keys):
+    def batch(self, keys):
         size = keys[0][1]
         x = torch.empty(len(keys), 3, size, size, dtype=torch.uint8)  # (B, 3, S, S)
         if get_worker_info() is not None:
@@ -149,17 +149,16 @@ class CacheDataset(Dataset):
             y[k] = int(self.split.labels[j])
         return x, y, bad
 
+    __getitems__ = batch  # a DataLoader hands its batch sampler's whole list of keys here
+
 
 def _whole(batch):
-    return batch  # the dataset already returns whole batches
-
-
-def to_device(x: torch.Tensor, y: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch (pinned when CUDA) onto the device, without waiting for the copy."""
-    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    return batch  # CacheDataset.batch already made the whole batch
 
 
 class CacheData(WorkerStream):
+    collate = staticmethod(_whole)
+
     def __init__(self, root: str, *, batch_size: int, seed: int, aug, device, num_workers: int,
                  rank: int = 0, world: int = 1, size: int = 224, holdout: float = 0.0):
         self.train_split = CacheSplit(root, "train")
@@ -179,15 +178,6 @@ class CacheData(WorkerStream):
         self.dataset = CacheDataset(self.train_split, True, aug.crop_scale_min, aug.hflip, seed)
         self.aug = aug
 
-    def make_loader(self) -> DataLoader:
-        return DataLoader(self.dataset, sampler=self.sampler(), batch_size=None,
-                          collate_fn=_whole, num_workers=self.workers,
-                          pin_memory=torch.cuda.is_available(),
-                          generator=loader_generator(self.seed, self.epoch, self.batch,
-                                                     self.rank),
-                          persistent_workers=self.workers > 0,
-                          prefetch_factor=self.prefetch_factor if self.workers > 0 else None)
-
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's share of the next global batch: (uint8 (b, 3, S, S), labels (b,))."""
         epoch, batch = self.epoch, self.batch
@@ -200,16 +190,5 @@ class CacheData(WorkerStream):
             x = augment.randaugment(x, ops, self.aug.randaugment_magnitude, u)
         return x, y
 
-    def eval_batches(self, size: int, batch_size: int, rank: int = 0, world: int = 1):
-        """This rank's share of the val split (every image once over all ranks), centre view:
-        yields (uint8 (b, 3, size, size), labels (b,)) on the device."""
-        ds = CacheDataset(self.val_split, False, 1.0, False, self.seed)
-        keys = [(i, size, 0) for i in range(rank, len(ds), world)]
-        batches = [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
-        loader = DataLoader(ds, sampler=batches, batch_size=None, collate_fn=_whole,
-                            num_workers=min(self.workers, len(batches)),
-                            pin_memory=torch.cuda.is_available(),
-                            generator=loader_generator(self.seed))
-        for x, y, bad in loader:
-            self.bad_images += bad
-            yield to_device(x, y, self.device)
+    def eval_dataset(self) -> CacheDataset:
+        return CacheDataset(self.val_split, False, 1.0, False, self.seed)

@@ -121,7 +121,7 @@ class DaliData(CacheData):
                 failed = queued.popleft()
                 keys = itertools.chain(list(queued), keys)
                 queued.clear()
-                x, y, bad = self.dataset[failed]
+                x, y, bad = self.dataset.batch(failed)
                 if bad == 0:  # every image decodes: the fault is DALI's, not the data's
                     raise RuntimeError(f"DALI failed on a batch of readable images ({e}); "
                                        f"resume with --set data.backend=pil (same stream)") from e

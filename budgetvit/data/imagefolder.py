@@ -119,10 +119,17 @@ def _collate(items):
     return torch.stack(images), torch.tensor(labels), sum(bad)
 
 
+def to_device(x: torch.Tensor, y: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch (pinned when CUDA) onto the device, without waiting for the copy."""
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
 class WorkerStream(DataStream):
     """A stream decoded per image by DataLoader workers (ImageFolder, the cache): the batch
-    sampler carries the position and the current size to them."""
+    sampler carries the position and the current size to them. A subclass sets self.dataset
+    (training images, keyed by (index, size, epoch)), eval_dataset() and collate."""
     prefetch_factor = 2  # batches each worker prepares ahead (DataLoader's prefetch_factor)
+    collate = staticmethod(_collate)  # the workers' items -> (x, y, bad images)
 
     def __init__(self, num_images: int, *, batch_size: int, seed: int, device,
                  num_workers: int, rank: int, world: int, size: int):
@@ -156,6 +163,31 @@ class WorkerStream(DataStream):
         return x, y
 
     def make_loader(self) -> DataLoader:
+        """Workers making this rank's batches from the current position on."""
+        return DataLoader(self.dataset, batch_sampler=self.sampler(), num_workers=self.workers,
+                          collate_fn=self.collate, pin_memory=torch.cuda.is_available(),
+                          generator=loader_generator(self.seed, self.epoch, self.batch,
+                                                     self.rank),
+                          persistent_workers=self.workers > 0,
+                          prefetch_factor=self.prefetch_factor if self.workers > 0 else None)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return to_device(*self.next_from_workers(), self.device)
+
+    def eval_batches(self, size: int, batch_size: int, rank: int = 0, world: int = 1):
+        """This rank's share of the evaluation split (every image once over all ranks), centre
+        view: yields (uint8 (b, 3, size, size), labels (b,)) on the device."""
+        ds = self.eval_dataset()
+        keys = [(i, size, 0) for i in range(rank, len(ds), world)]
+        batches = [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
+        loader = DataLoader(ds, batch_sampler=batches, num_workers=min(self.workers, len(batches)),
+                            collate_fn=self.collate, pin_memory=torch.cuda.is_available(),
+                            generator=loader_generator(self.seed))
+        for x, y, bad in loader:
+            self.bad_images += bad
+            yield to_device(x, y, self.device)
+
+    def eval_dataset(self) -> Dataset:
         raise NotImplementedError
 
     def load_state_dict(self, state: dict) -> None:
@@ -182,25 +214,5 @@ class FolderData(WorkerStream):
                          num_workers=num_workers, rank=rank, world=world, size=size)
         self.dataset = FolderDataset(train, True, aug, seed)
 
-    def make_loader(self) -> DataLoader:
-        return DataLoader(self.dataset, batch_sampler=self.sampler(), num_workers=self.workers,
-                          collate_fn=_collate, pin_memory=torch.cuda.is_available(),
-                          generator=loader_generator(self.seed, self.epoch, self.batch,
-                                                     self.rank),
-                          persistent_workers=self.workers > 0,
-                          prefetch_factor=self.prefetch_factor if self.workers > 0 else None)
-
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.next_from_workers()
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-    def eval_batches(self, size: int, batch_size: int, rank: int = 0, world: int = 1):
-        ds = FolderDataset(self.val_samples, False, None, self.seed)
-        keys = [(i, size, 0) for i in range(rank, len(ds), world)]
-        batches = [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
-        loader = DataLoader(ds, batch_sampler=batches, num_workers=self.workers,
-                            collate_fn=_collate, pin_memory=torch.cuda.is_available(),
-                            generator=loader_generator(self.seed))
-        for x, y, bad in loader:
-            self.bad_images += bad
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+    def eval_dataset(self) -> FolderDataset:
+        return FolderDataset(self.val_samples, False, None, self.seed)
