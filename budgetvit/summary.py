@@ -59,7 +59,7 @@ def write_summary(trainer, final: dict, wall_s: float) -> dict:
         "params": count_params(t.model),
         "device": t.rt.describe(), "world_size": t.dist.world,
         "torch": torch.__version__,
-        "preset": t.cfg.preset, "config": t.cfg.to_dict(), "code_version": code_version(),
+        "preset": t.cfg.preset, "config": t.cfg.to_dict(), "code_version": t.code_version,
     }
     if summary["top1_ema"] is None:
         del summary["top1_ema"], summary["top5_ema"]

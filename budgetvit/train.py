@@ -26,7 +26,7 @@ from .models import VisionTransformer, count_params, param_groups
 from .progress import Progress, fmt_duration
 from .runtime import mfu, peak_flops, resolve
 from .schedules import lr_at
-from .summary import write_summary
+from .summary import code_version, write_summary
 
 
 class TrainingStopped(RuntimeError):
@@ -50,6 +50,8 @@ class Trainer:
     def __init__(self, cfg: Config, out: str | Path, command: str = ""):
         validate(cfg)
         self.cfg, self.command = cfg, command
+        # Read now: edits made to the checkout while this process trains are not its code.
+        self.code_version = code_version()
         self.budget, self.unit = parse_budget(cfg.train.budget)
         self.dist = distributed.init("cuda" if resolve(cfg.train).cuda else "cpu")
         self.rt = resolve(cfg.train, self.dist.local_rank)

@@ -31,6 +31,15 @@ def timed_run(tmp_path_factory):
     return out, cfg, summary
 
 
+def test_summary_names_the_code_the_run_started_from(tmp_path, monkeypatch):
+    from budgetvit import train as train_module
+    monkeypatch.setattr(train_module, "code_version", lambda: "abc123")
+    trainer = Trainer(tiny_config("train.budget=2steps", "train.ema=false"), tmp_path)
+    monkeypatch.setattr(train_module, "code_version", lambda: "abc123-dirty")  # edited meanwhile
+    trainer.run()
+    assert json.loads((tmp_path / "summary.json").read_text())["code_version"] == "abc123"
+
+
 def test_summary_has_the_contract_fields(timed_run):
     out, cfg, summary = timed_run
     on_disk = json.loads((out / "summary.json").read_text())
