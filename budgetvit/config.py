@@ -331,7 +331,7 @@ def validate(cfg: Config) -> None:
     _range("aug.label_smoothing", a.label_smoothing, 0, 0.99)
     _range("aug.random_erasing", a.random_erasing, 0, 1)
 
-    parse_budget(t.budget)
+    _, budget_unit = parse_budget(t.budget)
     _range("train.batch_size", t.batch_size, 1)
     _range("train.eval_batch_size", t.eval_batch_size, 1)
     _choice("train.device", t.device, ["auto", "cpu", "cuda"])
@@ -344,7 +344,7 @@ def validate(cfg: Config) -> None:
     _range("train.log_every", t.log_every, 1)
     _range("train.eval_every_s", t.eval_every_s, 0)
     _range("train.warmup_steps", t.warmup_steps, 0)
-    if c.mode == "paper" and t.warmup_steps == 0 and parse_budget(t.budget)[1] == "seconds":
+    if c.mode == "paper" and t.warmup_steps == 0 and budget_unit == "seconds":
         raise ConfigError("curriculum.mode=paper with a time budget needs train.warmup_steps "
                           ">= 1: the warm-up measures each size's throughput to place its epochs")
     _range("train.sync_every", t.sync_every, 0)
