@@ -1,9 +1,10 @@
 """budgetvit bench: several arms x several seeds under one budget, one run after another.
 
-An arm is a named change of the preset's config (plain ViT, + locality FFN, + curriculum, ...),
-written as `--set` overrides so that every run's exact command can be read, copied and rerun.
-Each run is its own `budgetvit train` process (a clean process and a clean clock) in
-OUT/<arm>/seed<k>; a run directory with summary.json is done and skipped, one with only a
+An arm is a named change of the preset's config (plain ViT, + locality FFN, + curriculum, ...,
+or one of your own: --arm 'NAME: KEY=VALUE ...'), written as `--set` overrides so that every
+run's exact command can be read, copied and rerun. Each run is its own `budgetvit train`
+process (a clean process and a clean clock) in OUT/<arm>/seed<k>; a run directory with
+summary.json is done and skipped (if bench.json says it ran the same command), one with only a
 checkpoint resumes by itself. At the end OUT/results.json and OUT/results.md aggregate every
 finished run in OUT, and the plots of `budgetvit report` are drawn. BENCHMARK.md has the rules.
 """
@@ -150,10 +151,25 @@ def all_arms(cfg: Config) -> dict[str, Arm]:
     return {a.name: a for a in [*ABLATION, *OPTIONAL, *sweep_arms(cfg)]}
 
 
+def adhoc_arm(spec: str, taken: set[str]) -> Arm:
+    """--arm 'NAME: KEY=VALUE ...' -> an arm with exactly those overrides of the base config
+    (none: the base config itself), for recipe sweeps that no named arm covers."""
+    name, colon, rest = spec.partition(":")
+    name = name.strip()
+    if not colon or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
+        raise ConfigError(f"--arm: expected 'NAME: KEY=VALUE ...' (NAME of letters, digits and "
+                          f"._+-), got {spec!r}")
+    if name in taken:
+        raise ConfigError(f"--arm {name}: that name is taken (a built-in arm or an earlier "
+                          f"--arm); pick another")
+    sets = shlex.split(rest)
+    return Arm(name, f"--set {' '.join(sets)}" if sets else "the base config", lambda c: sets)
+
+
 def arm_config(base: Config, arm: Arm, check: bool = True) -> Config | None:
     """The arm's full config, validated; an invalid one raises (check) or gives None."""
-    cfg = apply_overrides(copy.deepcopy(base), arm.overrides(base))
     try:
+        cfg = apply_overrides(copy.deepcopy(base), arm.overrides(base))
         validate(cfg)
     except ConfigError as e:
         if check:
@@ -318,17 +334,23 @@ def plan(args) -> tuple[str, Benchmark | None, Config, list[Arm], list[int], lis
     bench = BENCHMARKS.get(name)
     base = get_preset(bench.preset if bench else args.preset or "fmnist")
     base.train.budget = bench.budget if bench else args.budget or base.train.budget
-    if any(s.split("=")[0].strip() == "train.seed" for s in args.set):
-        raise ConfigError("train.seed is set by the bench for each run; use --seeds")
     common = [*(bench.overrides if bench else ()), *args.set]
     apply_overrides(base, common)
     validate(base)
     known = all_arms(base)
+    adhoc: list[Arm] = []
+    for spec in args.arm or []:
+        adhoc.append(adhoc_arm(spec, {*known, *(a.name for a in adhoc)}))
+    if any(s.split("=")[0].strip() == "train.seed"
+           for s in [*args.set, *(x for a in adhoc for x in a.overrides(base))]):
+        raise ConfigError("train.seed is set by the bench for each run; use --seeds")
     names = [a.strip() for a in (args.arms or "").split(",") if a.strip()]
     for a in names:
         if a not in known:
             raise ConfigError(f"unknown arm {a!r}; choose from: {', '.join(known)}")
-    chosen = [known[a] for a in names] or (sweep_arms(base) if args.sweep else list(ABLATION))
+    chosen = [known[a] for a in names] + adhoc
+    if not chosen:
+        chosen = sweep_arms(base) if args.sweep else list(ABLATION)
     for arm in chosen:
         arm_config(base, arm)
     return name, bench, base, chosen, _seeds(args.seeds), common
@@ -348,11 +370,21 @@ def _shell(argv: list[str]) -> str:
     return "budgetvit " + " ".join(map(shlex.quote, argv))
 
 
+def _same_run(recorded: str, argv: list[str]) -> bool:
+    """Whether a recorded `budgetvit train` command line is argv, wherever its --out points
+    (the same folder may be named relative or absolute)."""
+    def drop_out(a: list[str]) -> list[str]:
+        i = a.index("--out")
+        return a[:i] + a[i + 2:]
+    return drop_out(shlex.split(recorded)[1:]) == drop_out(argv)
+
+
 def bench_command(args, out: Path) -> str:
     """This bench as a command line, rebuilt from the parsed arguments (the same whether it
     came from the shell, `python -m budgetvit` or a test)."""
     argv = ["bench", *[x for f in ("benchmark", "preset", "budget", "arms", "seeds")
                        if getattr(args, f) for x in (f"--{f}", str(getattr(args, f)))]]
+    argv += [x for spec in args.arm or [] for x in ("--arm", spec)]
     argv += ["--out", str(out), *(["--sweep"] if args.sweep else [])]
     if args.nproc_per_node > 1:
         argv += ["--nproc-per-node", str(args.nproc_per_node)]
@@ -442,6 +474,12 @@ def run(args) -> int:
     record = {**meta, "arms": list(dict.fromkeys([*old.get("arms", []), *(a.name for a in arms)])),
               "commands": [*old.get("commands", []), bench_command(args, out)],
               "runs": dict(old.get("runs", {})), "environment": env_info}
+    for arm, seed, run_dir in runs:  # a finished run counts only if it ran this arm's command
+        was = old.get("runs", {}).get(f"{arm.name}/seed{seed}")
+        now = train_argv(base, arm, seed, run_dir, common)
+        if (run_dir / "summary.json").exists() and was and not _same_run(was, now):
+            raise ConfigError(f"{run_dir} was run as `{was}`; this bench would run "
+                              f"`{_shell(now)}`: use another --out or arm name")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(bench.env if bench else {})}
     failed = []
     for i, (arm, seed, run_dir) in enumerate(runs, 1):
@@ -454,7 +492,7 @@ def run(args) -> int:
             return 130
         if status == "failed":
             failed.append(f"{arm.name}/seed{seed}")
-    about = {a.name: a.about for a in all_arms(base).values()}
+    about = {a.name: a.about for a in [*all_arms(base).values(), *arms]}
     rules = dataclasses.asdict(bench) if bench else None
     results = write_results(out, {**meta, "rules": rules, "environment": env_info}, bench, about)
     from .report import is_run, write_report
@@ -477,6 +515,9 @@ def add_arguments(p) -> None:
     p.add_argument("--budget", help="custom bench: budget per run, e.g. 90s, 5m, 500steps")
     p.add_argument("--arms", help="comma-separated arm names (see --list); default: the "
                    "ablation, or the curriculum sweep with --sweep")
+    p.add_argument("--arm", action="append", metavar="'NAME: KEY=VALUE ...'",
+                   help="an arm of your own: the base config plus these overrides (repeatable; "
+                   "runs after the --arms ones)")
     p.add_argument("--sweep", action="store_true", help="the curriculum sweep (S0, M, N, shares)")
     p.add_argument("--seeds", default="3", help="a count (3 = seeds 0,1,2) or a list 0,5,7")
     p.add_argument("--out", help="bench directory (default runs/bench-NAME[-sweep])")

@@ -2,6 +2,7 @@
 with the expected number of curves, and a real tiny bench whose rerun skips finished runs."""
 import json
 import math
+import shlex
 from argparse import Namespace
 
 import pytest
@@ -75,7 +76,7 @@ def test_fmnist_sweep_settings():
 
 
 def bench_args(**kw):
-    args = dict(benchmark=None, preset=None, budget=None, arms=None, sweep=False, seeds="3",
+    args = dict(benchmark=None, preset=None, budget=None, arms=None, arm=None, sweep=False, seeds="3",
                 out=None, set=[], dry_run=False, list=False, nproc_per_node=1)
     return Namespace(**{**args, **kw})
 
@@ -99,10 +100,57 @@ def test_dry_run_prints_every_command_and_writes_nothing(tmp_path, capsys):
     (dict(arms="vit,nope"), "unknown arm 'nope'"),
     (dict(set=["train.seed=3"]), "use --seeds"),
     (dict(seeds="two"), "--seeds"),
+    (dict(arm=["lr 3e-3"]), "expected 'NAME: KEY=VALUE"),
+    (dict(arm=["bad name: optim.lr=1e-3"]), "expected 'NAME: KEY=VALUE"),
+    (dict(arm=["vit: optim.lr=1e-3"]), "--arm vit: that name is taken"),
+    (dict(arm=["a: optim.lr=1e-3", "a: optim.lr=2e-3"]), "--arm a: that name is taken"),
+    (dict(arm=["a: optim.lr"]), "arm a: --set expects key=value"),
+    (dict(arm=["a: optim.nope=1"]), "arm a: unknown config key"),
+    (dict(arm=["a: optim.lr=-1"]), "arm a: optim.lr=-1"),
+    (dict(arm=["a: train.seed=4"]), "use --seeds"),
 ])
 def test_plan_errors_are_one_line(kw, message):
     with pytest.raises(ConfigError, match=message):
         bench.plan(bench_args(**kw))
+
+
+def test_adhoc_arms_run_after_named_ones_with_exactly_their_overrides(tmp_path, capsys):
+    specs = ["lr-3e-3: optim.lr=3e-3", "stages: curriculum.mode=stages "
+             "'curriculum.stages=16:0.5,28:0.5'", "base:"]
+    args = bench_args(benchmark="fmnist-cpu-5m", arms="vit", arm=specs, seeds="1")
+    _, _, base, arms, _, common = bench.plan(args)
+    assert [a.name for a in arms] == ["vit", "lr-3e-3", "stages", "base"]
+    cfgs = [bench.arm_config(base, a) for a in arms[1:]]
+    assert cfgs[0].optim.lr == 3e-3 and cfgs[0].curriculum == base.curriculum
+    assert cfgs[1].curriculum.stages == "16:0.5,28:0.5" and cfgs[1].optim.lr == base.optim.lr
+    assert cfgs[2] == base and arms[3].about == "the base config"
+    # The bench's own command line, parsed again, gives the same arms.
+    command = bench.bench_command(args, tmp_path / "b")
+    assert main(shlex.split(command)[1:] + ["--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split("--out ")[1].split()[0].split("/")[-2] for ln in lines] == \
+        ["vit", "lr-3e-3", "stages", "base"]
+    assert lines[1].endswith("optim.lr=3e-3 train.seed=0")
+    assert lines[3].endswith("train.device=cpu train.seed=0")
+
+
+def test_a_finished_run_of_another_command_is_not_skipped(tmp_path):
+    out = tmp_path / "b"
+    args = bench_args(preset="fmnist", budget="6steps", arm=["a: optim.lr=1e-3"], seeds="1",
+                      out=str(out))
+    _, _, base, (arm,), _, common = bench.plan(args)
+    argv = bench.train_argv(base, arm, 0, out / "a" / "seed0", common)
+    fake_run(out / "a" / "seed0", 50.0)
+    meta = {"benchmark": "custom", "preset": "fmnist", "budget": "6steps", "set": [],
+            "nproc_per_node": 1}
+    record = {**meta, "runs": {"a/seed0": bench._shell(argv).replace(str(out), "elsewhere")}}
+    (out / "bench.json").write_text(json.dumps(record))
+    # The same command with the folder named another way is the same run...
+    assert bench._same_run(record["runs"]["a/seed0"], argv)
+    # ...but another arm under that name is not: the bench refuses before running anything.
+    args.arm = ["a: optim.lr=2e-3"]
+    with pytest.raises(ConfigError, match=r"b/a/seed0 was run as .*optim.lr=1e-3.*use another"):
+        bench.run(args)
 
 
 # ---------------------------------------------------------------- aggregation
