@@ -456,7 +456,9 @@ def run(args) -> int:
             print(f"{a.name:30s} {a.about}\n{'':30s} --set {' '.join(a.overrides(base))}")
         return 0
     out = Path(args.out or f"runs/bench-{name}{'-sweep' if args.sweep else ''}")
-    runs = [(a, k, out / a.name / f"seed{k}") for a in arms for k in seeds]
+    # Seed by seed, every arm in each: if the machine's speed drifts over the hours, the arms
+    # of one seed still ran under the same conditions, and a bench stopped early has whole seeds.
+    runs = [(a, k, out / a.name / f"seed{k}") for k in seeds for a in arms]
     if args.dry_run:
         for a, k, d in runs:
             print(_shell(train_argv(base, a, k, d, common)))

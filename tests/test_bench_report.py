@@ -91,7 +91,10 @@ def test_dry_run_prints_every_command_and_writes_nothing(tmp_path, capsys):
     assert first.startswith("budgetvit train --preset fmnist --budget 5m --out")
     assert "train.eval_every_s=60" in first and "train.device=cpu" in first
     assert "optim.lr=1e-3" in first and first.endswith("train.seed=0")
-    assert f"{out}/vit+local+curriculum/seed1" in lines[-1]
+    # Seed by seed: the four arms of seed 0, then those of seed 1.
+    assert [ln.split(f"{out}/")[1].split()[0] for ln in lines] == \
+        [f"{a}/seed{k}" for k in (0, 1) for a in ("vit", "vit+local", "vit+curriculum",
+                                                  "vit+local+curriculum")]
 
 
 @pytest.mark.parametrize("kw, message", [
