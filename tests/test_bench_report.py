@@ -76,8 +76,8 @@ def test_fmnist_sweep_settings():
 
 
 def bench_args(**kw):
-    args = dict(benchmark=None, preset=None, budget=None, arms=None, arm=None, sweep=False, seeds="3",
-                out=None, set=[], dry_run=False, list=False, nproc_per_node=1)
+    args = dict(benchmark=None, preset=None, budget=None, arms=None, arm=None, sweep=False,
+                seeds="3", out=None, set=[], dry_run=False, list=False, nproc_per_node=1)
     return Namespace(**{**args, **kw})
 
 
