@@ -459,9 +459,10 @@ def run(args) -> int:
     # Seed by seed, every arm in each: if the machine's speed drifts over the hours, the arms
     # of one seed still ran under the same conditions, and a bench stopped early has whole seeds.
     runs = [(a, k, out / a.name / f"seed{k}") for k in seeds for a in arms]
+    argvs = [train_argv(base, a, k, d, common) for a, k, d in runs]
     if args.dry_run:
-        for a, k, d in runs:
-            print(_shell(train_argv(base, a, k, d, common)))
+        for argv in argvs:
+            print(_shell(argv))
         return 0
     # A bench folder holds one comparison: same benchmark, preset, budget and --set values.
     meta = {"benchmark": name, "preset": base.preset, "budget": base.train.budget, "set": common,
@@ -470,22 +471,21 @@ def run(args) -> int:
     if old and {k: old.get(k) for k in meta} != meta:
         raise ConfigError(f"{out} holds a bench with {json.dumps({k: old.get(k) for k in meta})};"
                           f" this one is {json.dumps(meta)}; use another --out")
+    # A finished run is done only if it ran this arm's command (an arm name may be reused).
+    for (arm, seed, run_dir), argv in zip(runs, argvs):
+        was = old.get("runs", {}).get(f"{arm.name}/seed{seed}")
+        if (run_dir / "summary.json").exists() and was and not _same_run(was, argv):
+            raise ConfigError(f"{run_dir} was run as `{was}`; this bench would run "
+                              f"`{_shell(argv)}`: use another --out or arm name")
     env_info = environment()
     _check_hardware(name, bench, env_info)
     out.mkdir(parents=True, exist_ok=True)
     record = {**meta, "arms": list(dict.fromkeys([*old.get("arms", []), *(a.name for a in arms)])),
               "commands": [*old.get("commands", []), bench_command(args, out)],
               "runs": dict(old.get("runs", {})), "environment": env_info}
-    for arm, seed, run_dir in runs:  # a finished run counts only if it ran this arm's command
-        was = old.get("runs", {}).get(f"{arm.name}/seed{seed}")
-        now = train_argv(base, arm, seed, run_dir, common)
-        if (run_dir / "summary.json").exists() and was and not _same_run(was, now):
-            raise ConfigError(f"{run_dir} was run as `{was}`; this bench would run "
-                              f"`{_shell(now)}`: use another --out or arm name")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(bench.env if bench else {})}
     failed = []
-    for i, (arm, seed, run_dir) in enumerate(runs, 1):
-        argv = train_argv(base, arm, seed, run_dir, common)
+    for i, ((arm, seed, run_dir), argv) in enumerate(zip(runs, argvs), 1):
         record["runs"][f"{arm.name}/seed{seed}"] = _shell(argv)
         write_json_atomic(out / "bench.json", record)
         status = _run_one(f"[{i}/{len(runs)}] {arm.name} seed {seed}:", argv, run_dir, env,
