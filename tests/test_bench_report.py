@@ -7,7 +7,7 @@ from argparse import Namespace
 
 import pytest
 
-from budgetvit import bench, report
+from budgetvit import arms, bench, report
 from budgetvit.cli import main
 from budgetvit.config import ConfigError
 from budgetvit.presets import get_preset
@@ -50,8 +50,8 @@ def test_arms_are_valid_and_mean_what_they_say(preset, tmp_path):
     if base.data.dataset == "imagefolder":  # validation wants a real root with train/
         (tmp_path / "train").mkdir()
         base.data.path = str(tmp_path)
-    arms = bench.all_arms(base)
-    cfgs = {name: bench.arm_config(base, arm) for name, arm in arms.items()}
+    by_name = arms.all_arms(base)
+    cfgs = {name: arms.arm_config(base, arm) for name, arm in by_name.items()}
     shape = base.model.name.removesuffix("_local")
     assert cfgs["vit"].model.name == shape and cfgs["vit"].curriculum.mode == "off"
     assert cfgs["vit+local"].model.name == shape + "_local"
@@ -59,19 +59,19 @@ def test_arms_are_valid_and_mean_what_they_say(preset, tmp_path):
     both = cfgs["vit+local+curriculum"]
     assert both.model.name == shape + "_local" and both.curriculum.mode != "off"
     assert cfgs["vit+local-gelu+curriculum"].model.act == "gelu"
-    sweep = bench.sweep_arms(base)
+    sweep = arms.sweep_arms(base)
     assert len(sweep) >= 4 and len({a.name for a in sweep}) == len(sweep)
     assert len({tuple(a.overrides(base)) for a in sweep}) == len(sweep)
 
 
 def test_fmnist_sweep_settings():
-    names = [a.name for a in bench.sweep_arms(get_preset("fmnist"))]
+    names = [a.name for a in arms.sweep_arms(get_preset("fmnist"))]
     assert names == ["preset", "paper-S16-M4-N1", "paper-S16-M4-N0.5", "paper-S16-M4-N2",
                      "paper-S20-M4-N1", "paper-S16-M8-N1", "stages-equal-16-20-24-28",
                      "stages-rising-16-20-24-28", "stages-half-16-28"]
-    equal = bench.all_arms(get_preset("fmnist"))["stages-equal-16-20-24-28"]
+    equal = arms.all_arms(get_preset("fmnist"))["stages-equal-16-20-24-28"]
     assert equal.overrides(get_preset("fmnist"))[-1] == "curriculum.stages=16:0.25,20:0.25,24:0.25,28:0.25"
-    rising = bench.all_arms(get_preset("fmnist"))["stages-rising-16-20-24-28"]
+    rising = arms.all_arms(get_preset("fmnist"))["stages-rising-16-20-24-28"]
     assert rising.overrides(get_preset("fmnist"))[-1] == "curriculum.stages=16:0.1,20:0.2,24:0.3,28:0.4"
 
 
@@ -121,12 +121,12 @@ def test_adhoc_arms_run_after_named_ones_with_exactly_their_overrides(tmp_path, 
     specs = ["lr-3e-3: optim.lr=3e-3", "stages: curriculum.mode=stages "
              "'curriculum.stages=16:0.5,28:0.5'", "base:"]
     args = bench_args(benchmark="fmnist-cpu-5m", arms="vit", arm=specs, seeds="1")
-    _, _, base, arms, _, common = bench.plan(args)
-    assert [a.name for a in arms] == ["vit", "lr-3e-3", "stages", "base"]
-    cfgs = [bench.arm_config(base, a) for a in arms[1:]]
+    _, _, base, chosen, _, common = bench.plan(args)
+    assert [a.name for a in chosen] == ["vit", "lr-3e-3", "stages", "base"]
+    cfgs = [arms.arm_config(base, a) for a in chosen[1:]]
     assert cfgs[0].optim.lr == 3e-3 and cfgs[0].curriculum == base.curriculum
     assert cfgs[1].curriculum.stages == "16:0.5,28:0.5" and cfgs[1].optim.lr == base.optim.lr
-    assert cfgs[2] == base and arms[3].about == "the base config"
+    assert cfgs[2] == base and chosen[3].about == "the base config"
     # The bench's own command line, parsed again, gives the same arms.
     command = bench.bench_command(args, tmp_path / "b")
     assert main(shlex.split(command)[1:] + ["--dry-run"]) == 0
