@@ -86,7 +86,7 @@ class TrainSection:
     batch_size: int = 128  # global batch; each of W processes takes batch_size / W
     eval_batch_size: int = 500  # images per evaluation batch (per process)
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (CUDA: bf16, fp16 if no bf16; CPU: fp32) | fp32 | bf16 | fp16
     compile: str = "auto"  # auto (on for CUDA) | on | off
     compile_scope: str = "blocks"  # blocks (each block, one compile serves all) | model
     compile_mode: str = "default"  # torch.compile mode; reduce-overhead = CUDA graphs

@@ -26,8 +26,11 @@ class EMA:
         n = self.updates
         decay = torch.clamp((1.0 + n) / (10.0 + n), max=self.decay)
         weight = (1.0 - decay) * ok  # 0 on a bad step: nothing moves
-        ours = list(self.module.parameters())
-        torch._foreach_lerp_(ours, list(model.parameters()), [weight] * len(ours))
+        ours, theirs = list(self.module.parameters()), list(model.parameters())
+        # avg = (1 - w) avg + w p. Not _foreach_lerp_: with a device-tensor weight it only has
+        # a per-tensor overload, which on CUDA launches one kernel per parameter.
+        torch._foreach_mul_(ours, 1.0 - weight)
+        torch._foreach_add_(ours, torch._foreach_mul(theirs, weight))
         self.updates += ok
 
     def state_dict(self) -> dict:

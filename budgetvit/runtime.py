@@ -3,25 +3,30 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 
 import torch
 
 from .config import ConfigError
 
-# Peak dense bf16 matrix throughput (FLOP/s) of known GPUs, for MFU; vendor datasheet figures
-# for the SXM parts (dense, no sparsity). BUDGETVIT_PEAK_TFLOPS overrides it.
+# Peak dense 16-bit matrix throughput (FLOP/s) of known GPUs, for MFU: bf16, or fp16 on the
+# V100 and T4, which have no bf16 tensor cores; vendor datasheet figures, dense (no sparsity),
+# SXM unless named. BUDGETVIT_PEAK_TFLOPS overrides it.
 PEAK_BF16_FLOPS = {
-    "H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12,
+    "H200": 989e12, "H200 NVL": 835e12, "H100": 989e12, "H100 PCIe": 756e12,
+    "H100 NVL": 835e12, "A100": 312e12, "L40S": 362e12, "L40": 181e12, "A10G": 70e12,
     "L4": 121e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12,
 }
 
 
 def peak_for_name(name: str) -> float | None:
-    """Peak dense bf16 FLOP/s for a GPU name as CUDA reports it, None if not in the table."""
-    for key, flops in PEAK_BF16_FLOPS.items():
-        if key in name:
-            return flops
+    """Peak FLOP/s for a GPU name as CUDA reports it ("NVIDIA H100 PCIe"), None if not in the
+    table. The longest name that appears as whole words wins: "L40" is not "L4", and an
+    "H100 PCIe" is not the SXM part."""
+    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
+        if re.search(rf"(?<![\w-]){re.escape(key)}(?![\w])", name):
+            return PEAK_BF16_FLOPS[key]
     return None
 
 
@@ -108,8 +113,9 @@ def resolve(train_cfg, local_rank: int = 0) -> Runtime:
     cuda = want == "cuda" or (want == "auto" and torch.cuda.is_available())
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     precision = train_cfg.precision
-    if precision == "auto":
-        precision = "bf16" if cuda else "fp32"
+    if precision == "auto":  # fp16 (with loss scaling) on GPUs without bf16 tensor cores
+        bf16 = cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+        precision = "bf16" if bf16 else "fp16" if cuda else "fp32"
     amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     compile_on = train_cfg.compile == "on" or (train_cfg.compile == "auto" and cuda)
     return Runtime(device, amp, compile_on, train_cfg.compile_scope, train_cfg.compile_mode)

@@ -229,25 +229,30 @@ class Trainer:
                 # Restart loader workers at this position: batches they prefetched at the
                 # previous size must not be the ones timed (and compiled) for this size.
                 self.data.load_state_dict(self.data.state_dict())
-                times = []
-                for _ in range(1 + drain + n):  # the first one compiles
-                    self.rt.sync()
-                    t0 = time.perf_counter()
-                    x, y = self.data.next_batch()
-                    self.step(x, y, lr=0.0)
-                    self.rt.sync()
-                    times.append(time.perf_counter() - t0)
-                timed = sorted(times[1 + drain:])
-                measured[size] = timed[len(timed) // 2] * self.data.batches_per_epoch  # median
+                t0 = time.perf_counter()
+                self._zero_lr_steps(1 + drain)  # the first one compiles
+                t1 = time.perf_counter()
+                # Timed back to back, as training runs them: a sync around every step would
+                # add the host's launch time to the GPU's instead of overlapping the two.
+                self._zero_lr_steps(n)
+                t2 = time.perf_counter()
+                measured[size] = (t2 - t1) / n * self.data.batches_per_epoch
                 if self.rt.compile:  # compiling takes a while: say where it is
-                    self.say(f"warm-up {size}px: compiled and ran {len(times)} steps in "
-                             f"{sum(times):.1f}s (not charged)")
+                    self.say(f"warm-up {size}px: compiled and ran {1 + drain + n} steps in "
+                             f"{t2 - t0:.1f}s (not charged)")
         self.load_state_dict(initial, restore_clock=False)
         self.set_rng_state(rng)  # every rank's own (load_state_dict restores rank 0's)
         if measure:  # rank 0's figures on every rank, so that all ranks make the same plan
             rates = distributed.broadcast_floats(list(measured.values()), self.dist,
                                                  self.rt.device)
             self.seconds_per_epoch = dict(zip(measured, rates))
+
+    def _zero_lr_steps(self, count: int) -> None:
+        """`count` steps at learning rate 0, then wait for the device."""
+        for _ in range(count):
+            x, y = self.data.next_batch()
+            self.step(x, y, lr=0.0)
+        self.rt.sync()
 
     @property
     def plan_needs_rates(self) -> bool:
@@ -446,8 +451,8 @@ class Trainer:
                "lr": lr, "loss": loss_sum / max(count, 1), "img_per_s": img_per_s,
                "images": self.images, "epoch": self.images / self.data.num_images}
         peak = peak_flops(self.rt.device)
-        if peak:
-            rec["mfu"] = mfu(self.model_cfg, size, img_per_s, peak)
+        if peak:  # img_per_s counts every rank's images: the peak is world x one GPU's
+            rec["mfu"] = mfu(self.model_cfg, size, img_per_s, peak * self.dist.world)
         if self.dist.main:
             self.progress.log(rec)
             self.progress.update(self.clock.spent_units(now), rec)

@@ -30,6 +30,9 @@ def test_peak_table_and_override(monkeypatch):
     assert peak_for_name("NVIDIA H200") == 989e12
     assert peak_for_name("NVIDIA A100-SXM4-80GB") == 312e12
     assert peak_for_name("NVIDIA L40S") == 362e12 and peak_for_name("NVIDIA L4") == 121e12
+    assert peak_for_name("NVIDIA L40") == 181e12  # not the L4's figure
+    assert peak_for_name("NVIDIA H100 80GB HBM3") == 989e12  # SXM
+    assert peak_for_name("NVIDIA H100 PCIe") == 756e12
     assert peak_for_name("NVIDIA A10G") == 70e12
     assert peak_for_name("Some Future GPU") is None
     monkeypatch.delenv("BUDGETVIT_PEAK_TFLOPS", raising=False)
