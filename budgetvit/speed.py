@@ -4,6 +4,7 @@ after warm-up as the median of several repeats, optionally next to timm's same-s
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import statistics
 import tempfile
@@ -62,9 +63,16 @@ class StepTimer:
         self.rt.sync()
         return time.perf_counter() - t0
 
+    def resident_bytes(self) -> int:
+        """Memory this model holds between steps: weights, AdamW state, the input batch."""
+        state = [v for st in self.opt.state.values() for v in st.values() if torch.is_tensor(v)]
+        tensors = [*self.model.parameters(), *state, self.x, self.y]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def time_block(self, steps: int) -> None:
-        if self.rt.cuda:
+        if self.rt.cuda:  # the other model is resident too: count only what this one adds
             torch.cuda.reset_peak_memory_stats(self.rt.device)
+            before = torch.cuda.memory_allocated(self.rt.device)
         self.rt.sync()
         t0 = time.perf_counter()
         for _ in range(steps):
@@ -72,7 +80,8 @@ class StepTimer:
         self.rt.sync()
         self.rates.append(steps * self.batch / (time.perf_counter() - t0))
         if self.rt.cuda:
-            mem = torch.cuda.max_memory_allocated(self.rt.device) / 2**30
+            step_peak = torch.cuda.max_memory_allocated(self.rt.device) - before
+            mem = (step_peak + self.resident_bytes()) / 2**30
             self.peak_mem_gib = max(mem, self.peak_mem_gib or 0.0)
 
     @property
@@ -133,26 +142,31 @@ def run_speed(args) -> int:
         header += f" {'trainer img/s':>14} {'overhead':>9}"
     print(header)
     for s in args.sizes:
-        torch.manual_seed(0)
-        timers = [StepTimer(create_model(cfg), cfg.in_chans, s, args.batch_size, rt, rt.compile,
-                            len(args.sizes))]
-        if args.compare_timm:  # timm as most users run it: eager, bf16 autocast on CUDA
-            timers.append(StepTimer(timm_twin(cfg), cfg.in_chans, s, args.batch_size, rt,
-                                    compile_model=False))
-        warmup_s = [t.warm_up() for t in timers]
-        for _ in range(args.repeats):  # turn about, so neither model is always measured first
-            for t in timers:
-                t.time_block(args.steps)
-        ours = timers[0]
-        util = f"{100 * mfu(cfg, s, ours.img_per_s, peak):5.1f}%" if peak else "    -"
-        mem = f"{ours.peak_mem_gib:8.2f}" if ours.peak_mem_gib is not None else f"{'-':>8}"
-        line = f"{s:>5} {ours.img_per_s:9.1f} {util:>6} {mem} {warmup_s[0]:9.1f}"
-        if args.compare_timm:
-            theirs = timers[1].img_per_s
-            line += f" {theirs:11.1f} {ours.img_per_s / theirs:6.2f}"
-        if args.trainer:
-            rate = trainer_rate(args.model, s, args.batch_size,
-                                args.steps * args.repeats + 3, args)
-            line += f" {rate:14.1f} {100 * (1 - rate / ours.img_per_s):8.1f}%"
-        print(line, flush=True)
+        print(size_row(cfg, s, rt, peak, args), flush=True)
+        gc.collect()  # this size's models and optimizer states must not weigh on the next
     return 0
+
+
+def size_row(cfg, s: int, rt: Runtime, peak: float | None, args) -> str:
+    """Time our model (and timm's, the trainer's) at size `s`; one row of the table."""
+    torch.manual_seed(0)
+    timers = [StepTimer(create_model(cfg), cfg.in_chans, s, args.batch_size, rt, rt.compile,
+                        len(args.sizes))]
+    if args.compare_timm:  # timm as most users run it: eager, bf16 autocast on CUDA
+        timers.append(StepTimer(timm_twin(cfg), cfg.in_chans, s, args.batch_size, rt,
+                                compile_model=False))
+    warmup_s = [t.warm_up() for t in timers]
+    for _ in range(args.repeats):  # turn about, so neither model is always measured first
+        for t in timers:
+            t.time_block(args.steps)
+    ours = timers[0]
+    util = f"{100 * mfu(cfg, s, ours.img_per_s, peak):5.1f}%" if peak else "    -"
+    mem = f"{ours.peak_mem_gib:8.2f}" if ours.peak_mem_gib is not None else f"{'-':>8}"
+    line = f"{s:>5} {ours.img_per_s:9.1f} {util:>6} {mem} {warmup_s[0]:9.1f}"
+    if args.compare_timm:
+        theirs = timers[1].img_per_s
+        line += f" {theirs:11.1f} {ours.img_per_s / theirs:6.2f}"
+    if args.trainer:
+        rate = trainer_rate(args.model, s, args.batch_size, args.steps * args.repeats + 3, args)
+        line += f" {rate:14.1f} {100 * (1 - rate / ours.img_per_s):8.1f}%"
+    return line

@@ -2,6 +2,7 @@
 (Fashion-MNIST images at several sizes, scikit-image's natural photos) with every kind of bad
 file: conversion and skip report, resume after a kill, labels and class order as ImageFolder,
 the loader interface, exact resume, training on the cache."""
+import importlib.util
 import json
 import os
 import shutil
@@ -435,8 +436,31 @@ def test_dali_refuses_a_raw_cache(trees, tmp_path):
         dali_data(raw)
 
 
+def test_dali_outputs_kept_on_the_cpu_are_filled_in_host_memory(monkeypatch):
+    """DALI copies a CPU output (the labels) only into host memory: handing it a GPU tensor
+    would crash the process, so a batch bound for another device is staged on the host."""
+    pytest.importorskip("nvidia.dali")
+    from nvidia.dali.backend import TensorListCPU
+    from nvidia.dali.plugin import pytorch as dali_torch
+
+    from budgetvit.data.dali import to_torch
+    real = dali_torch.feed_ndarray
+
+    def host_only(t, out, cuda_stream=None):
+        assert out.device.type == "cpu", f"DALI CPU output copied into {out.device} memory"
+        return real(t, out, cuda_stream)
+
+    monkeypatch.setattr(dali_torch, "feed_ndarray", host_only)
+    labels = TensorListCPU(np.arange(6, dtype=np.int64))
+    assert torch.equal(to_torch(labels, "cpu"), torch.arange(6))
+    moved = to_torch(labels, torch.device("meta"))  # a device other than the host
+    assert moved.device.type == "meta" and moved.shape == (6,)
+
+
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("nvidia") is None
+                    or importlib.util.find_spec("nvidia.dali") is None,
+                    reason="needs a CUDA GPU and DALI")
 def test_dali_decodes_on_the_gpu(caches):
     d = dali_data(caches[0], device="cuda")
     c = CacheData(str(caches[0]), batch_size=8, seed=3, aug=AUG, device="cpu", num_workers=0,

@@ -26,6 +26,21 @@ def test_mfu_arithmetic():
     assert 0.083 < expected < 0.085  # ~9.2 GFLOPs forward, x3 for training
 
 
+def test_speed_counts_a_models_resident_memory():
+    """The mem column adds what one model holds between steps (weights, 2 AdamW moments and a
+    step counter per tensor, the batch) to its step's transient peak, so that timm's model,
+    resident beside ours, is not counted."""
+    model = create_model("vit_micro4", num_classes=10, in_chans=1)
+    rt = Runtime(torch.device("cpu"), None, compile=False)
+    timer = speed.StepTimer(model, in_chans=1, size=16, batch=8, rt=rt, compile_model=False)
+    params = list(model.parameters())
+    weights = sum(p.numel() for p in params) * 4
+    batch = 8 * 16 * 16 * 4 + 8 * 8  # float32 images, int64 labels
+    assert timer.resident_bytes() == weights + batch
+    timer.step()  # AdamW creates its state at the first step
+    assert timer.resident_bytes() == 3 * weights + 4 * len(params) + batch
+
+
 def test_peak_table_and_override(monkeypatch):
     assert peak_for_name("NVIDIA H200") == 989e12
     assert peak_for_name("NVIDIA A100-SXM4-80GB") == 312e12

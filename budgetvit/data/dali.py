@@ -76,13 +76,20 @@ def build_pipeline(feed, batch_size: int, threads: int, device_id: int | None):
 
 
 def to_torch(dali_batch, device) -> torch.Tensor:
-    """One DALI output batch as a torch tensor on `device`, ordered on torch's current stream."""
-    from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+    """One DALI output batch as a torch tensor on `device`, ordered on torch's current stream.
+    An output DALI keeps on the CPU (the labels) can only be copied into host memory: it is
+    filled there (pinned when bound for a GPU), then moved."""
+    from nvidia.dali.backend import TensorGPU
+    from nvidia.dali.plugin import pytorch as dali_torch
+    device = torch.device(device)
     t = dali_batch.as_tensor()
-    out = torch.empty(t.shape(), dtype=to_torch_type[t.dtype], device=device)
-    stream = torch.cuda.current_stream(device) if out.is_cuda else None
-    feed_ndarray(t, out, cuda_stream=stream)
-    return out
+    on_gpu = isinstance(t, TensorGPU)
+    out = torch.empty(t.shape(), dtype=dali_torch.to_torch_type[t.dtype],
+                      device=device if on_gpu else "cpu",
+                      pin_memory=not on_gpu and device.type == "cuda")
+    stream = torch.cuda.current_stream(device) if on_gpu else None
+    dali_torch.feed_ndarray(t, out, cuda_stream=stream)
+    return out.to(device, non_blocking=True)
 
 
 class DaliData(CacheData):
