@@ -1,7 +1,10 @@
 """The short table of scripts/gpu_check.sh, from the logs it wrote; run it on its own on a
-log folder that came back from a cut-short check: python scripts/gpu_summary.py LOG_DIR."""
+log folder that came back from a cut-short check: python scripts/gpu_summary.py LOG_DIR.
+Whatever a step did not write is said to be missing, never left out silently."""
 import json
 import pathlib
+import re
+import statistics
 import sys
 
 log = pathlib.Path(sys.argv[1])
@@ -13,38 +16,79 @@ def lines(name: str) -> list[str]:
     return path.read_text().strip().splitlines() if path.exists() else []
 
 
-env = lines("env.txt")
-print("\n== budgetvit GPU check:", env[0] if env else "?")
-print("  ", env[1] if len(env) > 1 else "")
-tests = lines("cuda_tests.txt")
-print(f"{'CUDA tests':<28} {tests[-1] if tests else 'no output'}")
+def summary(name: str) -> dict | None:
+    try:
+        return json.loads((log / name).read_text())
+    except (OSError, ValueError):
+        return None
 
 
-def speed_rows(name):
-    """{size: [size, img/s, MFU, mem, warm-up(, timm img/s, ratio)]} of a speed output."""
-    return {int(p[0]): p for p in map(str.split, lines(name)) if p and p[0].isdigit()}
+def row(label: str, text: str) -> None:
+    print(f"{label:<32} {text}")
 
 
-rows = speed_rows("speed.txt")
-for size, r in sorted(rows.items()):
-    extra = f"timm {r[5]} img/s, ratio {r[6]}" if len(r) > 6 else ""
-    print(f"{'speed ' + str(size) + ' px':<28} {r[1]} img/s, MFU {r[2]}, {r[3]} GiB, "
-          f"warm-up {r[4]} s; {extra}")
-if rows:
+def speed_tables() -> list[tuple[str, dict]]:
+    """[(header, {size: [size, img/s, MFU, mem, warm-up(, timm img/s, ratio)]})], one per
+    `speed` run in speed.txt (each begins with its "device ..." line)."""
+    tables = []
+    for line in lines("speed.txt"):
+        parts = line.split()
+        if line.startswith("device "):
+            tables.append((line, {}))
+        elif tables and parts and parts[0].isdigit():
+            tables[-1][1][int(parts[0])] = parts
+    return tables
+
+
+check = lines("check.txt")
+print("\n== budgetvit GPU check:", check[0] if check else "no check.txt")
+for line in check[1:]:
+    print("  ", line)
+
+tables = speed_tables()
+if not tables or not tables[0][1]:
+    tail = lines("speed.txt")[-1:] or ["no speed.txt"]
+    row("speed table", f"MISSING; last line: {tail[0]}")
+else:
+    header, rows = tables[0]
+    row("speed table", header)
+    for size, r in sorted(rows.items()):
+        timm = f"; timm {r[5]} img/s, ratio {r[6]}" if len(r) > 6 else ""
+        row(f"  {size} px", f"{r[1]} img/s, MFU {r[2]}, {r[3]} GiB, warm-up {r[4]} s{timm}")
     small, large = min(rows), max(rows)
-    print(f"{f'{small} px / {large} px throughput':<28} "
-          f"{float(rows[small][1]) / float(rows[large][1]):.2f}x")
-    print(f"{'warm-up of all sizes':<28} {sum(float(r[4]) for r in rows.values()):.0f} s")
-for name, label in (("speed_cudagraphs.txt", "CUDA graphs"),
-                    ("speed_model_scope.txt", "whole-model compile")):
-    for size, r in speed_rows(name).items():
-        base = f" (blocks, no graphs: {rows[size][1]} img/s, warm-up {rows[size][4]} s)" \
-            if size in rows else ""
-        print(f"{f'{label} {size} px':<28} {r[1]} img/s, MFU {r[2]}, warm-up {r[4]} s{base}")
-try:
-    s = json.loads((log / "fmnist_summary.json").read_text())
-    print(f"{'fmnist 2m run':<28} top-1 {s['top1']:.2f}%, trained {s['train_time_s']:.1f}s "
-          f"(overrun {s['overrun_s']:+.2f}s), warm-up {s['warmup_time_s']:.1f}s, "
-          f"{s['images_seen']} images, stages {[st['img_size'] for st in s['stages']]}")
-except Exception as e:
-    print(f"{'fmnist 2m run':<28} FAILED: no summary.json ({e}); see train.txt")
+    row(f"  {small} px / {large} px", f"{float(rows[small][1]) / float(rows[large][1]):.2f}x")
+    for header, variant in tables[1:]:  # the compile variants, against the blocks default
+        for size, r in variant.items():
+            base = f" (default: {rows[size][1]} img/s)" if size in rows else ""
+            how = re.search(r"compile (?:on \((.*?)\)|off)", header)
+            row(f"  {size} px, {how and how[1] or 'no compile'}",
+                f"{r[1]} img/s, MFU {r[2]}, warm-up {r[4]} s{base}")
+
+tests = lines("cuda_tests.txt")
+result = next((t for t in reversed(tests) if " in " in t
+               and any(w in t for w in ("passed", "failed", "skipped", "error"))), None)
+row("CUDA tests", result or f"NO RESULT LINE; last line: {tests[-1] if tests else 'no log'}")
+for t in tests:
+    if t.startswith(("SKIPPED", "FAILED", "ERROR")):
+        row("", t[:120])
+
+s = summary("fmnist_summary.json")
+if s is None:
+    row("fmnist 2m run", "FAILED: no summary.json; see train.txt")
+else:
+    overrun = f", overrun {s['overrun_s']:+.2f}s" if s.get("overrun_s") is not None else ""
+    row("fmnist 2m run", f"top-1 {s['top1']:.2f}%, trained {s['train_time_s']:.1f}s{overrun}, "
+        f"warm-up {s['warmup_time_s']:.1f}s, {s['images_seen']} images, "
+        f"sizes {[st['img_size'] for st in s['stages']]}, on {s['device']}")
+    mfus = [r["mfu"] for r in map(json.loads, lines("fmnist_log.jsonl")) if "mfu" in r]
+    row("  MFU in its log.jsonl", f"median {100 * statistics.median(mfus):.1f}% of "
+        f"{len(mfus)} records" if mfus else "none (unknown GPU or no log)")
+
+w = summary("warmup_summary.json")
+if w is None:
+    row("imagenet preset warm-up", "MISSING; see warmup.txt")
+else:
+    # "warm-up 64px: compiled and ran 4 steps in 21.3s (not charged)", one line per size
+    sizes = [t.split()[1][:-1] for t in lines("warmup.txt") if t.startswith("warm-up ")]
+    row("imagenet preset warm-up", f"{w['warmup_time_s']:.1f}s for {', '.join(sizes) or '?'} "
+        f"(cold caches; target <= 180s), batch {w['config']['train']['batch_size']}")
