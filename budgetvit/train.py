@@ -310,10 +310,11 @@ class Trainer:
         state = checkpoint.load_latest(self.out)
         if state is None:
             raise TrainingStopped("non-finite steps and no checkpoint to roll back to")
-        faults = dict(self.faults)
+        faults, scale = dict(self.faults), min(self.lr_scale, state["lr_scale"])
         self.load_state_dict(state, restore_clock=False)
         self.faults = faults
-        self.lr_scale *= self.cfg.train.rollback_lr_factor
+        # Lower than any lr tried so far: the checkpoint's own scale is that of an earlier try.
+        self.lr_scale = scale * self.cfg.train.rollback_lr_factor
         # The clock keeps running: time lost to the fault is charged, as it would be anyway.
         self.clock.steps = state["clock"]["steps"]
         self.say(f"warning: {self.bad_run} non-finite steps in a row ({first_bad}-{last_bad});"
@@ -330,6 +331,7 @@ class Trainer:
         if resumed:
             if not self.dist.main:  # rank 0 read it; the others read the same file
                 state = checkpoint.load_latest(self.out)
+            self.check_resumable(state)
             self.load_state_dict(state)
             self.warn_config_change(state["config"])
             if self.rt.compile:  # compile what is still to come before the clock runs again
@@ -369,16 +371,20 @@ class Trainer:
                         self.stages[-1]["end_s"] = train_s
                     if self.clock.steps - window["step"] >= t.log_every:
                         self.log_window(window, train_s, lr)
-                    if stop:
-                        break
-                    k = cfg.checkpoint
-                    if ((k.every_s and train_s - self._last_ckpt[0] >= k.every_s) or
-                            (k.every_steps and
-                             self.clock.steps - self._last_ckpt[1] >= k.every_steps)):
-                        self.save_checkpoint()
-                    if t.eval_every_s and train_s - last_eval >= t.eval_every_s:
+                    if stop or self.clock.progress(train_s) >= 1.0:
+                        break  # the final checkpoint and evaluation follow
+                    # Evaluate first, so that the checkpoint holds this evaluation and a run
+                    # resumed from it does not repeat it (nor evaluate its step twice).
+                    evaluated = self.evals and self.evals[-1]["step"] == self.clock.steps
+                    if t.eval_every_s and train_s - last_eval >= t.eval_every_s and not evaluated:
                         self.run_eval(train_s)
                         last_eval = train_s
+                    k = cfg.checkpoint
+                    due = ((k.every_s and train_s - self._last_ckpt[0] >= k.every_s) or
+                           (k.every_steps and
+                            self.clock.steps - self._last_ckpt[1] >= k.every_steps))
+                    if due and not self.bad_run:  # not inside a run of skipped steps
+                        self.save_checkpoint()
                 p = self.clock.progress(train_s)
                 if p >= 1.0:
                     break  # the overrun past the budget is at most the last sync interval
@@ -458,10 +464,27 @@ class Trainer:
             self.progress.update(self.clock.spent_units(now), rec)
         window.update(loss=0.0, n=0, images=0, t=now, step=self.clock.steps)
 
-    def warn_config_change(self, saved: dict) -> None:
+    def config_changes(self, saved: dict) -> list[str]:
+        """The keys whose values differ from those of a checkpoint's config."""
         now = self.cfg.to_dict()
-        changed = [f"{sec}.{k}" for sec in now if isinstance(now[sec], dict)
-                   for k in now[sec] if saved.get(sec, {}).get(k) != now[sec][k]]
+        return [f"{sec}.{k}" for sec in now if isinstance(now[sec], dict)
+                for k in now[sec] if saved.get(sec, {}).get(k) != now[sec][k]]
+
+    def check_resumable(self, state: dict) -> None:
+        """A checkpoint of another model shape or class list cannot be resumed: say which
+        keys differ rather than fail inside load_state_dict."""
+        shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        saved = {k: tuple(v.shape) for k, v in state["model"].items()}
+        if shapes != saved or state["classes"] != list(self.data.classes):
+            was = state["config"]
+            raise ConfigError(
+                f"--out {self.out} holds a run of {was['model']['name']} on "
+                f"{was['data']['dataset']} that this config cannot resume (the model's shape or "
+                f"the classes differ; changed: {', '.join(self.config_changes(was))}); use "
+                f"another --out, or that run's config")
+
+    def warn_config_change(self, saved: dict) -> None:
+        changed = self.config_changes(saved)
         if changed:
             self.say(f"warning: resuming with a config that differs from the checkpoint's in "
                      f"{', '.join(changed)}; the new values apply from here on")

@@ -2,6 +2,7 @@
 schedules, exact resume, eval / predict / export on a saved checkpoint, ImageFolder trees."""
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -122,6 +123,50 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
     steps = [[json.loads(line)["step"] for line in (tmp_path / run / "log.jsonl").open()]
              for run in ("straight", "resumed")]
     assert steps[0] == steps[1] and steps[0][:3] == [5, 10, 15]
+
+
+def test_evaluations_are_not_repeated_on_resume_or_at_the_end(tmp_path):
+    """An evaluation at every step: the checkpoint at step 5 holds step 5's evaluation, so the
+    run resumed from it does not evaluate step 5 again, and the last step is evaluated once."""
+    args = ("train.budget=12steps", "checkpoint.every_steps=5", "train.eval_every_s=1e-9",
+            "data.holdout=0.005", "train.ema=false")
+    train(tiny_config(*args), tmp_path / "straight")
+    crash_at_step(tiny_config(*args), tmp_path / "resumed", 8)
+    train(tiny_config(*args), tmp_path / "resumed")
+    steps = [[json.loads(line)["step"] for line in (tmp_path / run / "eval.jsonl").open()]
+             for run in ("straight", "resumed")]
+    assert steps[0] == steps[1] and steps[0][-12:] == list(range(1, 13))
+    assert len(set(steps[0])) == len(steps[0])
+
+
+def test_each_rollback_lowers_the_lr_further(tmp_path, capsys):
+    from budgetvit.train import TrainingStopped
+    cfg = tiny_config("train.budget=30steps", "checkpoint.every_steps=5", "train.max_bad_steps=2",
+                      "train.max_rollbacks=3", "data.holdout=0.02")
+    trainer = Trainer(cfg, tmp_path)
+    real_loss = trainer.loss_fn
+
+    def loss_fn(logits, y):  # non-finite from step 3 on, however low the lr
+        return real_loss(logits, y) * (math.nan if trainer.clock.steps + 1 >= 3 else 1.0)
+    trainer.loss_fn = loss_fn
+    with pytest.raises(TrainingStopped, match="after 3 rollbacks"):
+        trainer.run()
+    said = capsys.readouterr()
+    # No checkpoint is written inside the run of bad steps: each rollback goes back to step 0.
+    assert re.findall(r"rolled back to step (\d+) with lr x([\d.]+)", said.out + said.err) == [
+        ("0", "0.5"), ("0", "0.25"), ("0", "0.125")]
+
+
+def test_rerun_with_another_model_shape_is_refused_in_one_line(tmp_path, capsys):
+    args = ["train", "--budget", "2steps", "--out", str(tmp_path), "--set", "model.dim=32",
+            "model.depth=1", "model.heads=2", "train.batch_size=32", "data.holdout=0.02"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args + ["model.mlp_ratio=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"--out {tmp_path} holds a run of vit_micro4_local on fashion_mnist" in err
+    assert "changed: model.mlp_ratio" in err
 
 
 def test_eval_predict_and_export_on_a_checkpoint(timed_run, tmp_path, capsys):
