@@ -1,0 +1,102 @@
+"""scripts/gpu_check.sh and its summary, as far as a machine without a GPU can run them: the
+deadline, the stop without CUDA, and the table read from logs (made up here in the formats
+`speed`, pytest and the trainer write)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEED = """\
+device NVIDIA H200, vit_s16_local, batch 1024, bf16 autocast, compile on (blocks, default), median of 3 x 5 steps
+ size     img/s    MFU  mem GiB warm-up s  timm img/s  ratio
+   64   50000.0  40.0%     5.00      20.0     30000.0   1.67
+  224   12000.0  45.0%    30.00      25.0      8000.0   1.50
+device NVIDIA H200, vit_s16_local, batch 1024, bf16 autocast, compile on (blocks, reduce-overhead), median of 3 x 5 steps
+ size     img/s    MFU  mem GiB warm-up s
+   64   60000.0  48.0%     5.00      30.0
+"""
+
+
+def summary_of(log: Path) -> list[str]:
+    out = subprocess.run([sys.executable, str(ROOT / "scripts/gpu_summary.py"), str(log)],
+                         capture_output=True, text=True, check=True).stdout
+    return out.splitlines()
+
+
+def row(lines: list[str], label: str) -> str:
+    return next(line[33:] for line in lines if line.startswith(label))
+
+
+def test_summary_reads_every_log(tmp_path):
+    (tmp_path / "check.txt").write_text("NVIDIA H200, 570.1, 143771 MiB\ntorch 2.11.0\n")
+    (tmp_path / "speed.txt").write_text(SPEED)
+    (tmp_path / "cuda_tests.txt").write_text(
+        "....s\nSKIPPED [1] tests/test_cache.py:460: needs a CUDA GPU and DALI\n"
+        "4 passed, 1 skipped, 30 deselected in 80.1s\n")
+    (tmp_path / "fmnist_summary.json").write_text(json.dumps({
+        "top1": 88.1, "train_time_s": 120.02, "overrun_s": 0.02, "warmup_time_s": 14.0,
+        "images_seen": 9_000_000, "stages": [{"img_size": 16}, {"img_size": 28}],
+        "device": "NVIDIA H200"}))
+    (tmp_path / "fmnist_log.jsonl").write_text(
+        "".join(json.dumps({"step": s, "mfu": m}) + "\n" for s, m in [(1, .1), (2, .3), (3, .2)]))
+    (tmp_path / "warmup.txt").write_text(
+        "warm-up 32px: compiled and ran 4 steps in 20.1s (not charged)\n"
+        "warm-up 64px: compiled and ran 4 steps in 19.0s (not charged)\n")
+    (tmp_path / "warmup_summary.json").write_text(json.dumps({
+        "warmup_time_s": 39.1, "config": {"train": {"batch_size": 1024}}}))
+    lines = summary_of(tmp_path)
+    assert lines[1] == "== budgetvit GPU check: NVIDIA H200, 570.1, 143771 MiB"
+    assert row(lines, "  224 px") == ("12000.0 img/s, MFU 45.0%, 30.00 GiB, warm-up 25.0 s; "
+                                      "timm 8000.0 img/s, ratio 1.50")
+    assert row(lines, "  64 px / 224 px") == "4.17x"
+    assert row(lines, "  64 px, blocks, reduce-overhead") == (
+        "60000.0 img/s, MFU 48.0%, warm-up 30.0 s (default: 50000.0 img/s)")
+    assert row(lines, "CUDA tests") == "4 passed, 1 skipped, 30 deselected in 80.1s"
+    assert any("SKIPPED [1] tests/test_cache.py:460" in line for line in lines)
+    assert row(lines, "fmnist 2m run").startswith("top-1 88.10%, trained 120.0s, overrun +0.02s")
+    assert row(lines, "  MFU in its log.jsonl") == "median 20.0% of 3 records"
+    assert row(lines, "imagenet preset warm-up") == (
+        "39.1s for 32px, 64px (cold caches; target <= 180s), batch 1024")
+
+
+def test_summary_says_what_is_missing(tmp_path):
+    (tmp_path / "cuda_tests.txt").write_text("....\nTimeout\n")  # cut before pytest's last line
+    (tmp_path / "fmnist_summary.json").write_text(json.dumps({  # a step budget: no overrun
+        "top1": 50.0, "train_time_s": 3.0, "overrun_s": None, "warmup_time_s": 1.0,
+        "images_seen": 640, "stages": [{"img_size": 28}], "device": "cpu"}))
+    lines = summary_of(tmp_path)
+    assert row(lines, "speed table") == "MISSING; last line: no speed.txt"
+    assert row(lines, "CUDA tests") == "NO RESULT LINE; last line: Timeout"
+    assert row(lines, "fmnist 2m run").startswith("top-1 50.00%, trained 3.0s, warm-up 1.0s")
+    assert row(lines, "imagenet preset warm-up") == "MISSING; see warmup.txt"
+
+
+def run_check(log: Path, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "scripts/gpu_check.sh"), str(log)],
+                          env={**os.environ, "PYTHON": sys.executable, **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_check_skips_the_steps_past_its_deadline_and_still_prints_the_table(tmp_path):
+    done = run_check(tmp_path, REQUIRE_CUDA="0", DEVICE="cpu", DEADLINE_S="0")
+    check = (tmp_path / "check.txt").read_text()
+    for name in ("1/5 speed table", "2/5 fmnist training", "3/5 CUDA tests",
+                 "4/5 imagenet-1gpu-24h warm-up", "5/5 CUDA graphs", "5/5 whole-model compile"):
+        assert f"step {name}" in check and "skipped, " in check.split(f"step {name}")[1]
+    assert "torch " in check and "fashion-mnist: " in check
+    assert "== budgetvit GPU check:" in done.stdout
+    assert "speed table                      MISSING" in done.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
+def test_check_stops_at_once_without_a_gpu(tmp_path):
+    done = run_check(tmp_path)
+    assert done.returncode == 1
+    assert "no CUDA GPU visible to PyTorch: stopping before any work" in done.stdout
+    assert not (tmp_path / "speed.txt").exists()
+    assert "== budgetvit GPU check:" in done.stdout  # the table is printed all the same
