@@ -369,7 +369,9 @@ class Trainer:
                     self.drain(pending, window)
                     if self.stages:
                         self.stages[-1]["end_s"] = train_s
-                    if self.clock.steps - window["step"] >= t.log_every:
+                    # At the first sync past each multiple of log_every: a resumed run logs
+                    # the same steps as an uninterrupted one.
+                    if self.clock.steps // t.log_every > window["step"] // t.log_every:
                         self.log_window(window, train_s, lr)
                     if stop or self.clock.progress(train_s) >= 1.0:
                         break  # the final checkpoint and evaluation follow
