@@ -70,7 +70,7 @@ class OptimSection:
 
 @dataclass
 class AugSection:
-    crop_scale_min: float = 1.0  # random-resized-crop area range [crop_scale_min, 1]
+    crop_scale_min: float = 1.0  # crop area drawn in [this, 1]; in-memory data still cropped at 1
     hflip: bool = True  # random horizontal flips
     randaugment_ops: int = 0  # RandAugment: ops per image (0 = off) ...
     randaugment_magnitude: int = 9  # ... and their magnitude

@@ -2,7 +2,7 @@
 import torch
 from torchvision.transforms import v2
 
-from budgetvit.data.augment import randaugment
+from budgetvit.data.augment import randaugment, resized_crop_flip
 
 from .conftest import fmnist_images
 
@@ -59,3 +59,19 @@ def test_randaugment_rounds_compose_and_leave_the_input_alone():
     assert torch.equal(torch.get_rng_state(), rng)  # nor the global random state
     assert torch.equal(two, randaugment(randaugment(x, 1, 9, u[:, :2]), 1, 9, u[:, 2:]))
     assert torch.equal(randaugment(x, 0, 9, u[:, :0]), x)
+
+
+def test_crop_scale_min_1_is_not_no_crop():
+    """What resized_crop_flip's docstring says about its clamp: at scale_min=1 every crop keeps
+    one whole side and 86.6% or more of the other, and the whole image only at ratio 1."""
+    ramp = torch.arange(64.0) / 63
+    x = torch.stack([ramp.expand(64, 64), ramp[:, None].expand(64, 64)])  # (col, row) coords
+    u = torch.rand(500, 5, generator=torch.Generator().manual_seed(0))
+    out = resized_crop_flip(x.expand(500, 2, 64, 64), 32, 1.0, False, u)
+    # Side shares: a linear ramp resamples exactly; 32 samples span 31/32 of the crop.
+    w = (out[:, 0, :, -1] - out[:, 0, :, 0]).mean(1) * 63 / 62
+    h = (out[:, 1, -1, :] - out[:, 1, 0, :]).mean(1) * 63 / 62
+    assert torch.allclose(torch.maximum(w, h), torch.ones(500), atol=1e-4)
+    kept = w * h
+    assert kept.min() > (3 / 4) ** 0.5 - 1e-4 and kept.min() < 0.88
+    assert (kept < 0.99).float().mean() > 0.9

@@ -235,6 +235,22 @@ def test_cache_loader_resumes_exactly_with_workers(caches):
     assert a.bad_images == 0 and a.skipped_files == 5
 
 
+def test_a_size_change_restarts_the_cache_workers_where_a_resume_would(caches):
+    """Batches the workers prefetched at 16 px are dropped: after the change the stream is
+    the one a run resumed at that stage boundary gets."""
+    common = dict(batch_size=8, seed=0, aug=AUG, device="cpu", num_workers=2, size=32)
+    a = CacheData(str(caches[0]), **common)
+    a.set_size(16)
+    a.next_batch()
+    state = a.state_dict()
+    a.set_size(32)
+    b = CacheData(str(caches[0]), **common)
+    b.load_state_dict(state)
+    for _ in range(6):
+        (x, y), (xb, yb) = a.next_batch(), b.next_batch()
+        assert x.shape == (8, 3, 32, 32) and torch.equal(x, xb) and torch.equal(y, yb)
+
+
 def damaged_copy(src: Path, dst: Path, image: int) -> Path:
     """A copy of the cache at src with every stored level of one training image zeroed."""
     shutil.copytree(src, dst)

@@ -15,14 +15,18 @@ from torchvision.transforms import v2
 
 def resized_crop_flip(x: torch.Tensor, size: int, scale_min: float, hflip: bool,
                       u: torch.Tensor) -> torch.Tensor:
-    """Random-resized-crop (area share U(scale_min, 1), aspect ratio log-U(3/4, 4/3)) and random
-    horizontal flip, every image with its own parameters, to a (size x size) output.
+    """Random-resized-crop and random horizontal flip, every image with its own parameters, to
+    a (size x size) output.
 
     x: (B, C, H, W) uint8 or float in [0, 1]; u: (B, 5) uniform draws in [0, 1), one row per
     image (drawn by the caller so that an image's crop does not depend on how the batch is
     split across processes). Returns float (B, C, size, size) in [0, 1].
-    One affine grid_sample does crop, flip and resize at once; crops wider or taller than
-    the image are clamped to it (torchvision retries instead; the difference is rare and small).
+    The crop draws an area share a ~ U(scale_min, 1) and a ratio r ~ log-U(3/4, 4/3), takes
+    sides sqrt(a r) x sqrt(a / r) of the image's width x height, and clamps a side longer than
+    the image to it. Unlike torchvision (which redraws, then falls back to the whole image), the
+    kept area then falls below a, to 86.6% of it at worst, and the crop is not of ratio r. So
+    scale_min=1 is not "no crop": every image with r != 1 loses up to 13.4% of one side
+    (the fmnist preset was tuned with this). One affine grid_sample does crop, flip and resize.
     """
     B = x.shape[0]
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()

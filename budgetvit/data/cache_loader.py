@@ -15,7 +15,9 @@ per core that is already 32 batches in /dev/shm on a 16-core box); next_batch co
 device without blocking. RandAugment, when on, runs batched on the device with draws
 seeded by the position; normalisation, mixup/cutmix and random erasing run batched in the
 trainer. The sampler, the seeding and the state are FolderData's, so a run can switch between
-a tree and its cache without changing labels, class order or the order of images.
+a tree and its cache keeping labels, class order and the order of images, provided prepare
+skipped no file: a skipped file changes the image count, hence every epoch's order and the
+rows data.holdout sets aside. The crops differ (the same rule, other random draws).
 """
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """ImageNet-style ImageFolder trees (`root/train/<class>/*.jpg`, `root/val/<class>/*`), decoded
 per image in DataLoader worker processes with torchvision.transforms.v2.
 
-The image size changes during training, so the batch sampler stamps every index with the size
-current when the batch is dispatched; workers crop to that size. Batches prefetched before a
-size change keep their old size (a handful of steps; the model accepts any size). Each image's
-augmentation is seeded by (seed, epoch, index), so the stream is a function of the position.
+The image size changes during training, so the batch sampler stamps every index with the current
+size; workers crop to that size. A size change restarts the workers at the current position,
+dropping the batches they prefetched at the old size. Each image's augmentation is seeded by
+(seed, epoch, index), so the stream is a function of the position and the size.
 Unreadable images are counted and replaced by the next readable one, never fatal.
 """
 from __future__ import annotations
@@ -89,13 +89,16 @@ class FolderDataset(Dataset):
                 bad += 1
         else:
             raise RuntimeError("no readable image in the dataset")
-        torch.manual_seed(mix_seed(self.seed, epoch, idx))  # this image's augmentation
-        return self.transform(size)(img), label, bad
+        # v2 transforms draw from the global CPU RNG. Seed it for this image, but on a fork:
+        # with 0 workers this runs in the trainer, whose RNG mixup and drop path draw from.
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(mix_seed(self.seed, epoch, idx))
+            return self.transform(size)(img), label, bad
 
 
 class CurriculumBatchSampler:
-    """Endless global batches from (epoch, batch) on, this rank's share of each, stamped with
-    the current size. Epoch e's order is a permutation seeded by (seed, e)."""
+    """Endless global batches from (epoch, batch) on, this rank's share of each, every index
+    stamped with `size`. Epoch e's order is a permutation seeded by (seed, e)."""
 
     def __init__(self, n: int, global_batch: int, rank: int, world: int, seed: int,
                  epoch: int, batch: int, size: int):
@@ -135,23 +138,24 @@ class WorkerStream(DataStream):
                  num_workers: int, rank: int, world: int, size: int):
         super().__init__(num_images, batch_size, seed, device, rank, world, size)
         self.workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
-        self._it = self._sampler = None
+        self._it = None  # the running loader's batches
 
     @property
     def prefetch_batches(self) -> int:
         return self.workers * self.prefetch_factor
 
     def set_size(self, size: int) -> None:
+        if size != self.size:
+            # Restart the workers here: batches they prefetched at the old size would be
+            # trained as the new one, and their number depends on when the loader started
+            # (a resume at a stage boundary would not be exact).
+            self._it = None
         super().set_size(size)
-        if self._sampler is not None:
-            self._sampler.size = size  # batches dispatched from now on
 
     def sampler(self) -> CurriculumBatchSampler:
         """A fresh sampler starting at the current position."""
-        self._sampler = CurriculumBatchSampler(self.num_images, self.global_batch, self.rank,
-                                               self.world, self.seed, self.epoch, self.batch,
-                                               self.size)
-        return self._sampler
+        return CurriculumBatchSampler(self.num_images, self.global_batch, self.rank, self.world,
+                                      self.seed, self.epoch, self.batch, self.size)
 
     def next_from_workers(self):
         """The workers' next (x, y, bad) batch, counting bad images and the position."""
@@ -192,7 +196,7 @@ class WorkerStream(DataStream):
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self._it = self._sampler = None  # restart the workers from the loaded position
+        self._it = None  # restart the workers from the loaded position
 
 
 class FolderData(WorkerStream):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ..config import ConfigError
+
 
 def mix_seed(*parts: int) -> int:
     """A stable 63-bit seed from integers (Python's hash() of tuples is not stable across runs)."""
@@ -29,9 +31,9 @@ class DataStream:
 
     def __init__(self, num_images: int, batch_size: int, seed: int, device, rank: int,
                  world: int, size: int):
-        if batch_size > num_images:
-            raise ValueError(f"train.batch_size={batch_size} exceeds the {num_images} "
-                             f"training images")
+        if batch_size > num_images:  # (data.holdout's images are not training images)
+            raise ConfigError(f"train.batch_size={batch_size} exceeds the {num_images} "
+                              f"training images")
         self.num_images, self.seed, self.device = num_images, seed, device
         self.global_batch, self.local_batch = batch_size, batch_size // world
         self.rank, self.world = rank, world

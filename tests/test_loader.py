@@ -1,0 +1,95 @@
+"""The training-data stream: FolderData on a real JPEG tree (a size change with workers running,
+the trainer's global RNG with 0 workers, exact resume at a curriculum stage boundary), and a
+dataset smaller than one batch."""
+import multiprocessing
+
+import pytest
+import torch
+
+from budgetvit import checkpoint
+from budgetvit.config import AugSection
+from budgetvit.data.imagefolder import FolderData
+from budgetvit.train import train
+
+from .conftest import crash_at_step, needs_fmnist, tiny_config, write_image_tree
+
+AUG = AugSection(crop_scale_min=0.35, randaugment_ops=1)  # v2 draws from the global RNG
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return write_image_tree(tmp_path_factory.mktemp("tree"))  # 36 train, 12 val images
+
+
+def folder(tree, **kw):
+    return FolderData(str(tree), **{**dict(batch_size=8, seed=3, aug=AUG, device="cpu",
+                                         num_workers=2, size=16), **kw})
+
+
+@needs_fmnist
+def test_batches_after_a_size_change_have_the_new_size(tree):
+    """The workers prefetch 2 x 4 batches: none of them may be trained at the old size, and the
+    batches after the change are those of a loader started there (a resume at that step)."""
+    others = set(multiprocessing.active_children())
+    d = folder(tree)
+    d.next_batch()
+    state = d.state_dict()
+    d.set_size(32)
+    after = [d.next_batch() for _ in range(10)]
+    assert [x.shape[-1] for x, _ in after] == [32] * 10
+    resumed = folder(tree, size=32)
+    resumed.load_state_dict(state)
+    for x, y in after:
+        xr, yr = resumed.next_batch()
+        assert torch.equal(x, xr) and torch.equal(y, yr)
+    del resumed
+    d.set_size(24)
+    assert [d.next_batch()[0].shape[-1] for _ in range(10)] == [24] * 10
+    assert len(set(multiprocessing.active_children()) - others) == 2  # old workers are gone
+
+
+@needs_fmnist
+def test_zero_workers_leave_the_global_rng_alone(tree):
+    """With 0 workers the per-image seeding runs in the trainer, whose global RNG mixup and
+    drop path draw from: it must not move, and the images must be the workers' images."""
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    d = folder(tree, num_workers=0)
+    batches = [d.next_batch() for _ in range(2)]
+    list(d.eval_batches(16, 8))
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(1)  # another global state: the same images
+    workers = folder(tree, num_workers=2)
+    for x, y in batches:
+        xw, yw = workers.next_batch()
+        assert torch.equal(x, xw) and torch.equal(y, yw)
+
+
+@needs_fmnist
+def test_resume_at_a_stage_boundary_with_workers_gives_identical_weights(tree, tmp_path):
+    """The checkpoint at step 4 is where 16 px turns to 32 px: the uninterrupted run's workers
+    hold 16 px batches prefetched then, the resumed run's loader starts at 32 px."""
+    args = ("data.dataset=imagefolder", f"data.path={tree}", "data.num_workers=2",
+            "train.batch_size=8", "train.budget=8steps", "checkpoint.every_steps=4",
+            "train.eval_batch_size=12", "curriculum.stages=16:0.5,32:0.5",
+            "curriculum.final_size_px=32", "train.deterministic=true", "aug.mixup=0.2",
+            "model.drop_path=0.1", "train.warmup_steps=0", "train.ema=false")
+    train(tiny_config(*args), tmp_path / "straight")
+    crash_at_step(tiny_config(*args), tmp_path / "resumed", 6)
+    assert checkpoint.list_checkpoints(tmp_path / "resumed")[-1].name == "step_00000004.pt"
+    train(tiny_config(*args), tmp_path / "resumed")
+    a, b = (checkpoint.load(checkpoint.list_checkpoints(tmp_path / run)[-1])["model"]
+            for run in ("straight", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("holdout,fragment", [
+    ("0", "train.batch_size=128 exceeds the 100 training images"),
+    ("0.2", "train.batch_size=128 exceeds the 80 training images")])  # 20 held out
+def test_a_dataset_smaller_than_a_batch_is_one_line_exit_2(tmp_path, capsys, holdout, fragment):
+    from budgetvit.cli import main
+    code = main(["train", "--budget", "5steps", "--out", str(tmp_path / "run"), "--set",
+                 "data.dataset=synthetic", "data.synthetic_images=100", f"data.holdout={holdout}",
+                 "curriculum.final_size_px=32", "curriculum.stages=32:1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"error: {fragment}"
