@@ -4,9 +4,10 @@ An arm (arms.py) is a named change of the preset's config (plain ViT, + locality
 + curriculum, ..., or one of your own: --arm 'NAME: KEY=VALUE ...'), written as `--set`
 overrides so that every run's exact command can be read, copied and rerun. Each run is its
 own `budgetvit train` process (a clean process and a clean clock) in OUT/<arm>/seed<k>; a run
-directory with summary.json is done and skipped (if bench.json says it ran the same command),
-one with only a checkpoint resumes by itself. At the end OUT/results.json and OUT/results.md
-aggregate every finished run in OUT, and the plots of `budgetvit report` are drawn.
+directory with summary.json is done and skipped, one with only a checkpoint resumes by itself
+(either only if bench.json says it ran the same command). At the end OUT/results.json and
+OUT/results.md aggregate every finished run in OUT, and the plots of `budgetvit report` are
+drawn.
 BENCHMARK.md has the rules.
 """
 from __future__ import annotations
@@ -121,7 +122,8 @@ def collect(out_dir: Path) -> dict[str, dict[int, dict]]:
 def markdown(results: dict) -> str:
     _pm = lambda st: "–" if st is None else f"{st['mean']:.2f} ± {st['std']:.2f}"  # noqa: E731
     splits = sorted({e for r in results["arms"].values()
-                     for e in r.get("eval_split", ["the evaluation split"])})
+                     for e in r.get("eval_split", ["the evaluation split"])}) \
+        or ["the evaluation split"]  # no run finished
     head = (f"Benchmark `{results.get('benchmark')}`: preset `{results.get('preset')}`, budget "
             f"{results.get('budget')}, top-1 in % on {' / '.join(splits)} at the final size, "
             f"mean ± sample std over seeds.\n\n")
@@ -312,10 +314,12 @@ def _run_one(head: str, argv: list[str], run_dir: Path, env: dict, nproc: int) -
         rc, stopped = _train(argv, run_dir, env, nproc)
     except KeyboardInterrupt:
         rc, stopped = 130, True
-    if stopped:  # from outside: the run has checkpointed; start no other run
+    s = _read_json(run_dir / "summary.json")
+    # Exit 0 without a summary: the trainer was stopped by a signal sent to it alone (a
+    # scheduler, a kill) and has checkpointed, as when the bench itself was stopped.
+    if stopped or (rc == 0 and not s):  # start no other run
         print(f"{head} interrupted; rerun the same command to resume", flush=True)
         return "stopped"
-    s = _read_json(run_dir / "summary.json")
     if rc != 0 or not s:
         tail = (run_dir / "train.log").read_text(errors="replace").splitlines()[-6:]
         print(f"{head} failed (exit {rc}); end of its log:\n    " + "\n    ".join(tail),
@@ -349,10 +353,12 @@ def run(args) -> int:
     if old and {k: old.get(k) for k in meta} != meta:
         raise ConfigError(f"{out} holds a bench with {json.dumps({k: old.get(k) for k in meta})};"
                           f" this one is {json.dumps(meta)}; use another --out")
-    # A finished run is done only if it ran this arm's command (an arm name may be reused).
+    # A finished run is done, and an interrupted one resumed, only if it ran this arm's command
+    # (an arm name may be reused): a checkpoint resumed under other overrides mixes two configs.
     for (arm, seed, run_dir), argv in zip(runs, argvs):
         was = old.get("runs", {}).get(f"{arm.name}/seed{seed}")
-        if (run_dir / "summary.json").exists() and was and not _same_run(was, argv):
+        held = (run_dir / "summary.json").exists() or (run_dir / "checkpoints").exists()
+        if held and was and not _same_run(was, argv):
             raise ConfigError(f"{run_dir} was run as `{was}`; this bench would run "
                               f"`{_shell(argv)}`: use another --out or arm name")
     env_info = environment()

@@ -28,7 +28,7 @@ def cmd_eval(args) -> int:
                               f"{ld.model.cfg.patch_size}")
     data = build_data(cfg, rt.device)
     print(f"checkpoint {inference.resolve_checkpoint(args.checkpoint)} (step {ld.step}), "
-          f"{cfg.data.dataset} evaluation split")
+          f"{cfg.data.dataset} {data.eval_split}")
     print(f"{'size':>6} {'top1':>8} {'top5':>8} {'top1_ema':>9} {'top5_ema':>9}")
     for s in sizes:
         r = evaluate(ld.model.to(rt.device), data, s, cfg.train.eval_batch_size, rt)
@@ -39,11 +39,23 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
+def eval_view(dataset: str, size: int):
+    """One image (PIL) -> a (1, C, size, size) batch, seen as the run's evaluation saw its
+    images: the in-memory datasets resize the whole image (augment.resize), image trees resize
+    the shorter side to size / EVAL_CROP and centre-crop."""
     from torchvision.transforms import v2
 
+    from .data import augment
+    from .data.imagefolder import EVAL_CROP
+    if dataset in ("fashion_mnist", "synthetic"):
+        return lambda img: augment.resize(v2.functional.pil_to_tensor(img)[None], size)
+    tf = v2.Compose([v2.Resize(round(size / EVAL_CROP)), v2.CenterCrop(size), v2.PILToTensor()])
+    return lambda img: tf(img)[None]
+
+
+def cmd_predict(args) -> int:
     from . import inference
-    from .data.imagefolder import EVAL_CROP, open_rgb
+    from .data.imagefolder import open_rgb
     from .evaluate import normalize
     ld = inference.load(args.checkpoint)
     model = ld.model if (args.no_ema or ld.ema is None) else ld.ema
@@ -51,7 +63,7 @@ def cmd_predict(args) -> int:
     if size % model.cfg.patch_size:
         raise ConfigError(f"--img-size {size} is not a multiple of the patch size "
                           f"{model.cfg.patch_size}")
-    tf = v2.Compose([v2.Resize(round(size / EVAL_CROP)), v2.CenterCrop(size), v2.PILToTensor()])
+    view = eval_view(ld.cfg.data.dataset, size)
     for path in args.images:
         try:
             img = open_rgb(path)
@@ -61,7 +73,7 @@ def cmd_predict(args) -> int:
             raise FileNotFoundError(f"cannot read image {path}: {e}") from None
         if model.cfg.in_chans == 1:
             img = img.convert("L")
-        x = normalize(tf(img).unsqueeze(0), ld.mean, ld.std)
+        x = normalize(view(img), ld.mean, ld.std)
         with torch.no_grad():
             probs = model(x).softmax(-1)[0]
         top = probs.topk(min(5, len(probs)))

@@ -137,13 +137,17 @@ def test_adhoc_arms_run_after_named_ones_with_exactly_their_overrides(tmp_path, 
     assert lines[3].endswith("train.device=cpu train.seed=0")
 
 
-def test_a_finished_run_of_another_command_is_not_skipped(tmp_path):
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_run_of_another_command_is_neither_skipped_nor_resumed(tmp_path, finished):
     out = tmp_path / "b"
     args = bench_args(preset="fmnist", budget="6steps", arm=["a: optim.lr=1e-3"], seeds="1",
                       out=str(out))
     _, _, base, (arm,), _, common = bench.plan(args)
     argv = bench.train_argv(base, arm, 0, out / "a" / "seed0", common)
-    fake_run(out / "a" / "seed0", 50.0)
+    run_dir = fake_run(out / "a" / "seed0", 50.0, finished=finished)
+    if not finished:  # interrupted: a checkpoint, no summary
+        (run_dir / "checkpoints").mkdir()
+        (run_dir / "checkpoints" / "step_00000003.pt").write_bytes(b"")
     meta = {"benchmark": "custom", "preset": "fmnist", "budget": "6steps", "set": [],
             "nproc_per_node": 1}
     record = {**meta, "runs": {"a/seed0": bench._shell(argv).replace(str(out), "elsewhere")}}
@@ -154,6 +158,29 @@ def test_a_finished_run_of_another_command_is_not_skipped(tmp_path):
     args.arm = ["a: optim.lr=2e-3"]
     with pytest.raises(ConfigError, match=r"b/a/seed0 was run as .*optim.lr=1e-3.*use another"):
         bench.run(args)
+
+
+def test_a_run_stopped_by_a_signal_only_it_saw_stops_the_bench(tmp_path, monkeypatch, capsys):
+    """The trainer checkpoints and exits 0 without summary.json when a signal reaches it alone;
+    the bench must report it as interrupted and start no other run, as when it is stopped."""
+    started = []
+
+    def stopped_child(argv, run_dir, env, nproc):
+        run_dir.mkdir(parents=True)
+        (run_dir / "checkpoints").mkdir()
+        (run_dir / "train.log").write_text("stopped by SIGTERM at step 3; checkpoint written\n")
+        started.append(run_dir.name)
+        return 0, False  # the bench itself saw no signal
+    monkeypatch.setattr(bench, "_train", stopped_child)
+    monkeypatch.setattr(bench, "environment", lambda: {"cpu_cores_visible": 1, "gpus": []})
+    out = tmp_path / "b"
+    args = bench_args(preset="fmnist", budget="6steps", arm=["a: optim.lr=1e-3"], seeds="2",
+                      out=str(out))
+    assert bench.run(args) == 130  # the bench's own exit code when it is interrupted
+    printed = capsys.readouterr().out
+    assert "[1/2] a seed 0: interrupted; rerun the same command to resume" in printed
+    assert "failed" not in printed and started == ["seed0"]
+    assert not (out / "results.md").exists()
 
 
 # ---------------------------------------------------------------- aggregation
@@ -184,6 +211,13 @@ def test_results_aggregate_hand_computed_values(tmp_path):
     md = (out / "results.md").read_text()
     assert "| vit | 3 | 82.00 ± 2.00 | 80.00–84.00 | 84.00 ± 3.61 | 2,000 | 2.00 | 1.02 min |" in md
     assert "| vit+local | 1 | 70.50 ± 0.00 | 70.50–70.50 | – | 500 | 0.25 | 0.98 min |" in md
+
+
+def test_results_without_a_finished_run_name_a_split(tmp_path):
+    fake_run(tmp_path / "vit" / "seed0", 0.0, finished=False)
+    bench.write_results(tmp_path, {"benchmark": "custom", "preset": "fmnist", "budget": "1m"})
+    assert "top-1 in % on the evaluation split at the final size" in \
+        (tmp_path / "results.md").read_text()
 
 
 def test_runs_over_the_benchmark_limits_are_reported(tmp_path):
