@@ -191,7 +191,7 @@ def test_cache_loader_has_folderdata_interface_and_order(trees, caches):
         assert torch.equal(yc, yf) and yc.dtype == torch.long
         assert xc.shape == xf.shape == (8, 3, c.size, c.size) and xc.dtype == torch.uint8
         assert xc.is_contiguous()
-    assert c.state_dict() == f.state_dict() == {"epoch": 1, "batch": 2}
+    assert c.state_dict() == f.state_dict() == {"epoch": 1, "batch": 2, "bad_images": 0}
     # Evaluation: every val image exactly once over two ranks, in FolderData's order.
     ranks = [list(c.eval_batches(48, 4, rank, 2)) for rank in range(2)]
     ys = [torch.cat([y for _, y in batches]) for batches in ranks]
@@ -407,7 +407,7 @@ def test_dali_stream_is_the_cache_stream(caches):
             diff = (xd.float() - xc.float()).abs().mean().item()
             assert diff < 6, f"step {step}: mean |DALI - PIL| = {diff:.1f} grey levels"
     assert sizes[:3] == [32] * 3 and sizes[5:] == [16] * 2 and sizes == sorted(sizes)[::-1]
-    assert d.state_dict() == c.state_dict() == {"epoch": 1, "batch": 2}
+    assert d.state_dict() == c.state_dict() == {"epoch": 1, "batch": 2, "bad_images": 0}
 
 
 def test_dali_resumes_exactly(caches):

@@ -187,9 +187,13 @@ class WorkerStream(DataStream):
         loader = DataLoader(ds, batch_sampler=batches, num_workers=min(self.workers, len(batches)),
                             collate_fn=self.collate, pin_memory=torch.cuda.is_available(),
                             generator=loader_generator(self.seed))
+        bad_met = 0
         for x, y, bad in loader:
-            self.bad_images += bad
+            bad_met += bad
             yield to_device(x, y, self.device)
+        if bad_met:  # not in bad_images (training's count), which every evaluation would add to
+            warnings.warn(f"{bad_met} unreadable evaluation images were replaced by the next "
+                          f"readable one (scored twice)", stacklevel=2)
 
     def eval_dataset(self) -> Dataset:
         raise NotImplementedError

@@ -39,7 +39,7 @@ class DataStream:
         self.rank, self.world = rank, world
         self.batches_per_epoch = num_images // batch_size  # the ragged last batch is dropped
         self.epoch, self.batch, self.size = 0, 0, size
-        self.bad_images = 0  # unreadable images met (and replaced) so far
+        self.bad_images = 0  # unreadable training images met (and replaced) so far
 
     def set_size(self, size: int) -> None:
         self.size = size
@@ -59,7 +59,9 @@ class DataStream:
             self.epoch, self.batch = self.epoch + 1, 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch": self.batch}
+        return {"epoch": self.epoch, "batch": self.batch, "bad_images": self.bad_images}
 
     def load_state_dict(self, state: dict) -> None:
+        # The count goes back with the position: the images met after it will be met again.
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        self.bad_images = int(state.get("bad_images", 0))  # older checkpoints lack it
