@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 from .checkpoint import CheckpointError
 from .config import COMPILE_MODES, COMPILE_SCOPES, ConfigError
@@ -122,11 +123,22 @@ def cmd_train(args) -> int:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
     command = "budgetvit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    out = Path(args.out or f"runs/{cfg.preset}").absolute()
+    created = [d for d in (out, *out.parents) if not d.exists()]  # deepest first
     try:
-        train(cfg, args.out or f"runs/{cfg.preset}", command)
+        train(cfg, out, command)
     except TrainingStopped as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except BaseException:
+        # A run refused before it wrote anything (a batch larger than the dataset, no GPU)
+        # leaves no empty folders behind; rmdir stops at the first that is not empty.
+        for d in created:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
     return 0
 
 

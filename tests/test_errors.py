@@ -65,6 +65,8 @@ CASES = [
     (["info", "--model", "resnet50"], "unknown model 'resnet50'"),
     (["speed", "--batch-size", "0"], "must be >= 1, got 0"),
     (["bogus"], "invalid choice: 'bogus'"),
+    (["train", "--budget", "2steps", "--set", "train.batch_size=100000"],  # refused after the
+     "exceeds the 60000 training images"),  # run directory was made: it must be gone again
 ]
 
 
