@@ -123,8 +123,8 @@ def cmd_train(args) -> int:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
     command = "budgetvit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    out = Path(args.out or f"runs/{cfg.preset}").absolute()
-    created = [d for d in (out, *out.parents) if not d.exists()]  # deepest first
+    out = Path(args.out or f"runs/{cfg.preset}")
+    created = [d for d in (out, *out.absolute().parents) if not d.exists()]  # deepest first
     try:
         train(cfg, out, command)
     except TrainingStopped as e:
