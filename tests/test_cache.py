@@ -251,11 +251,11 @@ def test_a_size_change_restarts_the_cache_workers_where_a_resume_would(caches):
         assert x.shape == (8, 3, 32, 32) and torch.equal(x, xb) and torch.equal(y, yb)
 
 
-def damaged_copy(src: Path, dst: Path, image: int) -> Path:
-    """A copy of the cache at src with every stored level of one training image zeroed."""
+def damaged_copy(src: Path, dst: Path, image: int, split: str = "train") -> Path:
+    """A copy of the cache at src with every stored level of one image of `split` zeroed."""
     shutil.copytree(src, dst)
-    row = np.load(dst / "train.idx.npy")[image]
-    shard = dst / cache.shard_name("train", int(row["shard"]))
+    row = np.load(dst / f"{split}.idx.npy")[image]
+    shard = dst / cache.shard_name(split, int(row["shard"]))
     data = bytearray(shard.read_bytes())
     start, end = int(row["offset"][0]), int(row["offset"][-1] + row["nbytes"][-1])
     data[start:end] = bytes(end - start)
@@ -270,6 +270,17 @@ def test_damaged_records_are_counted_not_fatal(caches, tmp_path):
         x, _ = d.next_batch()
         assert x.shape == (4, 3, 16, 16)
     assert d.bad_images == 1
+
+
+def test_damaged_eval_record_is_left_out_not_scored_twice(caches, tmp_path):
+    clean = CacheData(str(caches[0]), batch_size=4, seed=0, aug=AUG, device="cpu",
+                      num_workers=0, size=16)
+    dst = damaged_copy(caches[0], tmp_path / "cache", image=2, split="val")
+    d = CacheData(str(dst), batch_size=4, seed=0, aug=AUG, device="cpu", num_workers=0, size=16)
+    want = torch.cat([y for _, y in clean.eval_batches(16, 5)])
+    with pytest.warns(UserWarning, match="1 unreadable evaluation images left out"):
+        got = torch.cat([y for _, y in d.eval_batches(16, 5)])
+    assert torch.equal(got, torch.cat([want[:2], want[3:]])) and d.bad_images == 0
 
 
 def test_randaugment_follows_the_position_at_any_world_size(caches):

@@ -98,7 +98,7 @@ def test_a_dataset_smaller_than_a_batch_is_one_line_exit_2(tmp_path, capsys, hol
 @needs_fmnist
 def test_unreadable_images_counted_once_for_training_and_kept_on_resume(tmp_path):
     """A zero-byte training image is counted each epoch it is met, and the count resumes with
-    the position; a zero-byte evaluation image warns instead (every evaluation meets it)."""
+    the position; a zero-byte evaluation image is left out (not scored as its neighbour)."""
     root = write_image_tree(tmp_path / "tree")
     next(iter(sorted((root / "train" / "bag").iterdir()))).write_bytes(b"")
     next(iter(sorted((root / "val" / "coat").iterdir()))).write_bytes(b"")
@@ -106,8 +106,10 @@ def test_unreadable_images_counted_once_for_training_and_kept_on_resume(tmp_path
     for _ in range(d.batches_per_epoch):  # 36 images, 4 batches of 8: 4 images left out
         d.next_batch()
     state = d.state_dict()
-    with pytest.warns(UserWarning, match="1 unreadable evaluation images were replaced"):
-        assert sum(len(y) for _, y in d.eval_batches(16, 5)) == 12
+    with pytest.warns(UserWarning, match="1 unreadable evaluation images left out"):
+        labels = torch.cat([y for _, y in d.eval_batches(16, 5)])
+    assert d.bad_images == state["bad_images"]  # evaluations are not counted there
+    assert labels.bincount().tolist() == [4, 3, 4]  # bag, coat (one unreadable), sneaker
     resumed = folder(root, num_workers=0)
     resumed.load_state_dict(state)
     assert resumed.bad_images == d.bad_images == state["bad_images"]

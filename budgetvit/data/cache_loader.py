@@ -92,7 +92,7 @@ def crop_resize(img: Image.Image, box, size: int) -> Image.Image:
 
 class CacheDataset(Dataset):
     """Made a whole batch at a time: batch(keys [(index, size, epoch)]) -> (uint8 (B, 3, S, S),
-    labels (B,), number of unreadable records replaced)."""
+    labels (B,), failed reads per image: > 0 where the next readable record stands in)."""
 
     def __init__(self, split: CacheSplit, train: bool, scale_min: float, hflip: bool, seed: int):
         self.split, self.train, self.scale_min, self.hflip, self.seed = (
@@ -135,7 +135,8 @@ class CacheDataset(Dataset):
             # (a fresh page costs ~6 us to fault in on a VM, as much as a 64 px resize).
             x.share_memory_()
         y = torch.empty(len(keys), dtype=torch.long)
-        out, n, bad = x.numpy(), len(self.split), 0
+        bad = torch.zeros(len(keys), dtype=torch.long)  # failed reads per image (see _collate)
+        out, n = x.numpy(), len(self.split)
         for k, (idx, _, epoch) in enumerate(keys):
             rng = self.rng(idx, epoch)
             for attempt in range(n):
@@ -144,7 +145,7 @@ class CacheDataset(Dataset):
                     img = self.view(j, size, rng)
                     break
                 except Exception:  # a damaged record: count it, take the next, keep training
-                    bad += 1
+                    bad[k] += 1
             else:
                 raise RuntimeError("no readable image in the cache")
             out[k] = img.transpose(2, 0, 1)  # (S, S, 3) -> (3, S, S); numpy's copy beats torch's

@@ -129,11 +129,12 @@ class DaliData(CacheData):
                 keys = itertools.chain(list(queued), keys)
                 queued.clear()
                 x, y, bad = self.dataset.batch(failed)
-                if bad == 0:  # every image decodes: the fault is DALI's, not the data's
+                if not bad.any():  # every image decodes: the fault is DALI's, not the data's
                     raise RuntimeError(f"DALI failed on a batch of readable images ({e}); "
                                        f"resume with --set data.backend=pil (same stream)") from e
                 yield x, y, bad
                 pipe = start()
                 continue
             queued.popleft()
-            yield to_torch(images, self.device), to_torch(labels, self.device), 0
+            yield (to_torch(images, self.device), to_torch(labels, self.device),
+                   torch.zeros(self.local_batch, dtype=torch.long))

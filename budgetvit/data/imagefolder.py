@@ -5,7 +5,8 @@ The image size changes during training, so the batch sampler stamps every index 
 size; workers crop to that size. A size change restarts the workers at the current position,
 dropping the batches they prefetched at the old size. Each image's augmentation is seeded by
 (seed, epoch, index), so the stream is a function of the position and the size.
-Unreadable images are counted and replaced by the next readable one, never fatal.
+Unreadable images are never fatal: in training the next readable one stands in (counted), an
+evaluation leaves them out.
 """
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ class CurriculumBatchSampler:
 
 def _collate(items):
     images, labels, bad = zip(*items)
-    return torch.stack(images), torch.tensor(labels), sum(bad)
+    return torch.stack(images), torch.tensor(labels), torch.tensor(bad)
 
 
 def to_device(x: torch.Tensor, y: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,7 +133,9 @@ class WorkerStream(DataStream):
     sampler carries the position and the current size to them. A subclass sets self.dataset
     (training images, keyed by (index, size, epoch)), eval_dataset() and collate."""
     prefetch_factor = 2  # batches each worker prepares ahead (DataLoader's prefetch_factor)
-    collate = staticmethod(_collate)  # the workers' items -> (x, y, bad images)
+    # The workers' items -> (x, y, bad): bad[i] > 0 where image i was unreadable and another
+    # (the next readable one) stands in for it, after bad[i] failed reads.
+    collate = staticmethod(_collate)
 
     def __init__(self, num_images: int, *, batch_size: int, seed: int, device,
                  num_workers: int, rank: int, world: int, size: int):
@@ -162,7 +165,7 @@ class WorkerStream(DataStream):
         if self._it is None:
             self._it = iter(self.make_loader())
         x, y, bad = next(self._it)
-        self.bad_images += bad
+        self.bad_images += int(bad.sum())
         self.advance()
         return x, y
 
@@ -187,13 +190,16 @@ class WorkerStream(DataStream):
         loader = DataLoader(ds, batch_sampler=batches, num_workers=min(self.workers, len(batches)),
                             collate_fn=self.collate, pin_memory=torch.cuda.is_available(),
                             generator=loader_generator(self.seed))
-        bad_met = 0
+        left_out = 0
         for x, y, bad in loader:
-            bad_met += bad
-            yield to_device(x, y, self.device)
-        if bad_met:  # not in bad_images (training's count), which every evaluation would add to
-            warnings.warn(f"{bad_met} unreadable evaluation images were replaced by the next "
-                          f"readable one (scored twice)", stacklevel=2)
+            if bad.any():  # a stand-in would score its neighbour twice: score the rest only
+                keep = bad == 0
+                left_out += len(y) - int(keep.sum())
+                x, y = x[keep], y[keep]
+            if len(y):
+                yield to_device(x, y, self.device)
+        if left_out:  # not in bad_images (training's count), which every evaluation would add to
+            warnings.warn(f"{left_out} unreadable evaluation images left out", stacklevel=2)
 
     def eval_dataset(self) -> Dataset:
         raise NotImplementedError
