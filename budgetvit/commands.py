@@ -41,15 +41,15 @@ def cmd_eval(args) -> int:
 
 def eval_view(dataset: str, size: int):
     """One image (PIL) -> a (1, C, size, size) batch, seen as the run's evaluation saw its
-    images: the in-memory datasets resize the whole image (augment.resize), image trees resize
-    the shorter side to size / EVAL_CROP and centre-crop."""
+    images: the in-memory datasets resize the whole image (augment.resize), image trees take
+    the centre view (imagefolder.eval_transform)."""
     from torchvision.transforms import v2
 
     from .data import augment
-    from .data.imagefolder import EVAL_CROP
+    from .data.imagefolder import eval_transform
     if dataset in ("fashion_mnist", "synthetic"):
         return lambda img: augment.resize(v2.functional.pil_to_tensor(img)[None], size)
-    tf = v2.Compose([v2.Resize(round(size / EVAL_CROP)), v2.CenterCrop(size), v2.PILToTensor()])
+    tf = eval_transform(size)
     return lambda img: tf(img)[None]
 
 

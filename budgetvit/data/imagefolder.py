@@ -27,6 +27,11 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 EVAL_CROP = 0.875  # evaluation: resize the shorter side to size / 0.875, centre-crop size
 
 
+def eval_transform(size: int) -> v2.Compose:
+    """PIL image -> uint8 (C, size, size), the centre view evaluation (and predict) sees."""
+    return v2.Compose([v2.Resize(round(size / EVAL_CROP)), v2.CenterCrop(size), v2.PILToTensor()])
+
+
 def scan(root: str | Path, split: str, class_to_idx: dict | None = None):
     """[(path, label)] of root/split, and the class list (sorted folder names, from train)."""
     folder = Path(root) / split
@@ -68,8 +73,7 @@ class FolderDataset(Dataset):
 
     def transform(self, size: int):
         if not self.train:
-            return v2.Compose([v2.Resize(round(size / EVAL_CROP)), v2.CenterCrop(size),
-                               v2.PILToTensor()])
+            return eval_transform(size)
         a = self.aug
         steps = [v2.RandomResizedCrop(size, scale=(a.crop_scale_min, 1.0), antialias=True)]
         if a.hflip:
