@@ -70,7 +70,7 @@ step 220 "2/5 fmnist training, 2-minute budget" \
 cp "$RUN/fmnist/summary.json" "$LOG/fmnist_summary.json" 2>/dev/null
 cp "$RUN/fmnist/log.jsonl" "$LOG/fmnist_log.jsonl" 2>/dev/null
 step 150 "3/5 CUDA tests" \
-  $PY -m pytest -q -rs -m cuda tests/test_cuda.py tests/test_cache.py -p no:cacheprovider \
+  $PY -m pytest -q -rs -m cuda tests/test_cuda.py tests/test_dali.py -p no:cacheprovider \
   > "$LOG/cuda_tests.txt" 2>&1
 # The preset's warm-up as a first run meets it (fresh compile caches): every size of the
 # paper rule compiled and timed at batch 1024 on synthetic images, then 10 s of training.

@@ -1,5 +1,7 @@
-"""Shared helpers: tiny configs on real Fashion-MNIST, and real JPEG ImageFolder trees."""
+"""Shared helpers: tiny configs on real Fashion-MNIST, real JPEG ImageFolder trees, and the
+caches `budgetvit prepare` makes of them (for the cache and DALI tests)."""
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,33 @@ def write_image_tree(root: Path, per_class_train: int = 12, per_class_val: int =
                 img = Image.fromarray(images[i]).convert("RGB").resize((w, h))
                 img.save(folder / f"{name}_{j:03d}.jpg", quality=90)
     return root
+
+
+MAX_PX = 3_000_000  # --max-pixels for the dirty tree: above huge.jpg at 1/8 scale, below big.png
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory):
+    """(clean tree, dirty tree = clean + bad files, skipped {path: reason}, converted paths).
+    Clean: 36 + 8 train and 12 + 3 val images in 4 classes."""
+    from .imagetree import add_bad_files, add_photos
+    base = tmp_path_factory.mktemp("trees")
+    clean = write_image_tree(base / "clean")
+    add_photos(clean, "train", "photo", 8)
+    add_photos(clean, "val", "photo", 3)
+    dirty = base / "dirty"
+    shutil.copytree(clean, dirty)
+    skipped, converted = add_bad_files(dirty, MAX_PX)
+    return clean, dirty, skipped, converted
+
+
+@pytest.fixture(scope="module")
+def caches(trees, tmp_path_factory):
+    """(clean cache, dirty cache) of `trees`, JPEG, 64 px, 16 images a shard."""
+    from budgetvit.data.prepare import prepare
+    clean, dirty = trees[:2]
+    base = tmp_path_factory.mktemp("caches")
+    prepare(clean, base / "clean", max_size=64, shard_size=16, workers=2, progress=False)
+    prepare(dirty, base / "dirty", max_size=64, shard_size=16, workers=2, max_pixels=MAX_PX,
+            progress=False)
+    return base / "clean", base / "dirty"

@@ -1,9 +1,14 @@
 """Test trees beyond conftest's Fashion-MNIST ones: natural photos shipped with scikit-image,
-and every kind of bad file `budgetvit prepare` must survive."""
+every kind of bad file `budgetvit prepare` must survive, and a damaged cache record."""
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from budgetvit.data import cache
 
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "camera"]
 
@@ -60,3 +65,15 @@ def add_bad_files(root, max_pixels_png: int) -> tuple[dict[str, str], list[str]]
     converted = [f"train/coat/{n}" for n in ("cmyk.jpg", "gray.jpg", "gray16.png",
                                                "palette.png", "rgba.png", "huge.jpg")]
     return skipped, converted
+
+
+def damaged_copy(src: Path, dst: Path, image: int, split: str = "train") -> Path:
+    """A copy of the cache at src with every stored level of one image of `split` zeroed."""
+    shutil.copytree(src, dst)
+    row = np.load(dst / f"{split}.idx.npy")[image]
+    shard = dst / cache.shard_name(split, int(row["shard"]))
+    data = bytearray(shard.read_bytes())
+    start, end = int(row["offset"][0]), int(row["offset"][-1] + row["nbytes"][-1])
+    data[start:end] = bytes(end - start)
+    shard.write_bytes(bytes(data))
+    return dst

@@ -36,7 +36,7 @@ def test_summary_reads_every_log(tmp_path):
     (tmp_path / "check.txt").write_text("NVIDIA H200, 570.1, 143771 MiB\ntorch 2.11.0\n")
     (tmp_path / "speed.txt").write_text(SPEED)
     (tmp_path / "cuda_tests.txt").write_text(
-        "....s\nSKIPPED [1] tests/test_cache.py:460: needs a CUDA GPU and DALI\n"
+        "....s\nSKIPPED [1] tests/test_dali.py:122: needs a CUDA GPU and DALI\n"
         "4 passed, 1 skipped, 30 deselected in 80.1s\n")
     (tmp_path / "fmnist_summary.json").write_text(json.dumps({
         "top1": 88.1, "train_time_s": 120.02, "overrun_s": 0.02, "warmup_time_s": 14.0,
@@ -57,7 +57,7 @@ def test_summary_reads_every_log(tmp_path):
     assert row(lines, "  64 px, blocks, reduce-overhead") == (
         "60000.0 img/s, MFU 48.0%, warm-up 30.0 s (default: 50000.0 img/s)")
     assert row(lines, "CUDA tests") == "4 passed, 1 skipped, 30 deselected in 80.1s"
-    assert any("SKIPPED [1] tests/test_cache.py:460" in line for line in lines)
+    assert any("SKIPPED [1] tests/test_dali.py:122" in line for line in lines)
     assert row(lines, "fmnist 2m run").startswith("top-1 88.10%, trained 120.0s, overrun +0.02s")
     assert row(lines, "  MFU in its log.jsonl") == "median 20.0% of 3 records"
     assert row(lines, "imagenet preset warm-up") == (
