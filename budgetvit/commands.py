@@ -27,6 +27,12 @@ def cmd_eval(args) -> int:
             raise ConfigError(f"--img-size {s} is not a multiple of the patch size "
                               f"{ld.model.cfg.patch_size}")
     data = build_data(cfg, rt.device)
+    if list(data.classes) != list(ld.classes):  # labels would mean other classes: wrong scores
+        ours, theirs = set(ld.classes), set(data.classes)
+        differ = sorted(ours ^ theirs) or ["the same names in another order"]
+        raise ConfigError(f"{cfg.data.path or cfg.data.dataset} has other classes than the "
+                          f"checkpoint was trained on ({len(theirs)} vs {len(ours)}; differing: "
+                          f"{', '.join(differ[:10])}{' ...' if len(differ) > 10 else ''})")
     print(f"checkpoint {inference.resolve_checkpoint(args.checkpoint)} (step {ld.step}), "
           f"{cfg.data.dataset} {data.eval_split}")
     print(f"{'size':>6} {'top1':>8} {'top5':>8} {'top1_ema':>9} {'top5_ema':>9}")

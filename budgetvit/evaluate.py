@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .config import ConfigError
 from .distributed import Dist, all_sum
 
 
@@ -37,5 +38,7 @@ def evaluate(model, data, size: int, batch_size: int, runtime, d: Dist = Dist())
         totals[3] += len(y)
     model.train(was_training)
     correct1, correct5, loss_sum, n = all_sum(totals.tolist(), d, runtime.device)
+    if n == 0:  # every image unreadable (left out): no score to give
+        raise ConfigError(f"no readable image in the evaluation split ({data.eval_split})")
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n,
             "images": int(n)}

@@ -201,10 +201,12 @@ def run(args) -> int:
     for size in sizes:
         base, ours = [], []
         for _ in range(args.repeats):
+            # Made first (its workers start with its first batch): it refuses a batch larger
+            # than the tree, where the baseline's loader would yield nothing, forever.
+            data = make_loader(tree, cache_dir, args, device)
             if not args.skip_baseline:
                 base.append(timed(baseline_batches(tree, size, args, device), device,
                                   args.warmup, args.batches))
-            data = make_loader(tree, cache_dir, args, device)
             ours.append(timed(loader_batches(data, size), device, args.warmup, args.batches))
             del data  # shuts its workers down before the next pipeline starts
         # Best of the repeats, each measure on its own: the least disturbed run.

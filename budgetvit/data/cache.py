@@ -130,6 +130,22 @@ class CacheSplit:
         self.widths = self.index["width"].astype(np.int64)  # (N, levels)
         self.heights = self.index["height"].astype(np.int64)  # (N, levels)
         self._maps: dict[int, memoryview] = {}
+        self._check_shards()
+
+    def _check_shards(self) -> None:
+        """Every shard the index names holds its records: a missing or truncated one (a copy
+        cut short) is a broken cache, not a few damaged images to stand in for."""
+        if not len(self.index):
+            return
+        need = np.zeros(self.shards.max() + 1, dtype=np.int64)  # bytes each shard must hold
+        np.maximum.at(need, self.shards, (self.offsets + self.nbytes).max(axis=1))
+        for k in np.unique(self.shards):
+            path = self.root / shard_name(self.split, int(k))
+            size = path.stat().st_size if path.is_file() else None
+            if size is None or size < need[k]:
+                found = "is missing" if size is None else f"holds {size} of {need[k]} bytes"
+                raise ConfigError(f"the cache {self.root} is damaged: {path.name} {found}; "
+                                  f"delete it and run budgetvit prepare again")
 
     def __len__(self) -> int:
         return len(self.index)

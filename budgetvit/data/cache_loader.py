@@ -32,7 +32,8 @@ from torch.utils.data import Dataset, get_worker_info
 from . import augment
 from .cache import CacheSplit
 from .holdout import describe, holdout_rows
-from .imagefolder import EVAL_CROP, IMAGENET_MEAN, IMAGENET_STD, WorkerStream, to_device
+from .imagefolder import (EVAL_CROP, IMAGENET_MEAN, IMAGENET_STD, WorkerStream, read_or_stand_in,
+                          to_device)
 from .stream import mix_seed
 
 LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))  # random-resized-crop aspect-ratio range
@@ -92,7 +93,7 @@ def crop_resize(img: Image.Image, box, size: int) -> Image.Image:
 
 class CacheDataset(Dataset):
     """Made a whole batch at a time: batch(keys [(index, size, epoch)]) -> (uint8 (B, 3, S, S),
-    labels (B,), failed reads per image: > 0 where the next readable record stands in)."""
+    labels (B,), bad (B,): READ, STOOD_IN or NO_IMAGE, as imagefolder.read_or_stand_in)."""
 
     def __init__(self, split: CacheSplit, train: bool, scale_min: float, hflip: bool, seed: int):
         self.split, self.train, self.scale_min, self.hflip, self.seed = (
@@ -135,20 +136,15 @@ class CacheDataset(Dataset):
             # (a fresh page costs ~6 us to fault in on a VM, as much as a 64 px resize).
             x.share_memory_()
         y = torch.empty(len(keys), dtype=torch.long)
-        bad = torch.zeros(len(keys), dtype=torch.long)  # failed reads per image (see _collate)
+        bad = torch.zeros(len(keys), dtype=torch.long)  # READ, STOOD_IN, NO_IMAGE per image
         out, n = x.numpy(), len(self.split)
         for k, (idx, _, epoch) in enumerate(keys):
             rng = self.rng(idx, epoch)
-            for attempt in range(n):
-                j = (idx + attempt) % n
-                try:
-                    img = self.view(j, size, rng)
-                    break
-                except Exception:  # a damaged record: count it, take the next, keep training
-                    bad[k] += 1
-            else:
-                raise RuntimeError("no readable image in the cache")
-            out[k] = img.transpose(2, 0, 1)  # (S, S, 3) -> (3, S, S); numpy's copy beats torch's
+            img, j, bad[k] = read_or_stand_in(lambda j: self.view(j, size, rng), idx, n,
+                                              self.train)
+            # (S, S, 3) -> (3, S, S), numpy's copy being the faster; for no image, zeros, which
+            # evaluation leaves out and training refuses
+            out[k] = 0 if img is None else img.transpose(2, 0, 1)
             y[k] = int(self.split.labels[j])
         return x, y, bad
 

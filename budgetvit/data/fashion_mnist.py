@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import ConfigError
+
 DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
            "Bag", "Ankle boot"]
@@ -18,15 +20,22 @@ FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """IDX format: 2 zero bytes, dtype code 0x08 (uint8), ndim, big-endian dims, raw data."""
+    """IDX format: 2 zero bytes, dtype code 0x08 (uint8), ndim, big-endian dims, raw data.
+    A truncated or foreign file (an interrupted copy) is a ConfigError naming it."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if data[:3] != b"\x00\x00\x08":
-        raise ValueError(f"{path} is not an unsigned-byte IDX file")
-    ndim = data[3]
-    dims = np.frombuffer(data, ">u4", count=ndim, offset=4).astype(int)
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:  # gzip: BadGzipFile is an OSError, truncation EOFError
+        raise ConfigError(f"cannot read {path} ({e}); copy or install it again") from None
+    header = 4 + 4 * data[3] if len(data) > 3 else 0
+    if data[:3] != b"\x00\x00\x08" or len(data) < header:
+        raise ConfigError(f"{path} is not an unsigned-byte IDX file")
+    dims = np.frombuffer(data, ">u4", count=data[3], offset=4).astype(int)
+    if len(data) - header != int(np.prod(dims)):
+        raise ConfigError(f"{path} holds {len(data) - header} bytes of data, its header says "
+                          f"{'x'.join(map(str, dims))}: truncated? copy or install it again")
+    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
 
 
 def _find(root: Path, stem: str) -> Path | None:
@@ -49,7 +58,10 @@ def load(split: str, root: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = (_find(folder, stem) for stem in FILES[split])
     if images and labels:
         x = torch.from_numpy(_read_idx(images).copy()).unsqueeze(1)
-        return x, torch.from_numpy(_read_idx(labels).astype(np.int64))
+        y = torch.from_numpy(_read_idx(labels).astype(np.int64))
+        if len(x) != len(y):
+            raise ConfigError(f"{images} holds {len(x)} images but {labels} {len(y)} labels")
+        return x, y
     if root:
         raise FileNotFoundError(f"no Fashion-MNIST {split} files ({FILES[split][0]}[.gz]) in {root}")
     try:

@@ -5,8 +5,8 @@ The image size changes during training, so the batch sampler stamps every index 
 size; workers crop to that size. A size change restarts the workers at the current position,
 dropping the batches they prefetched at the old size. Each image's augmentation is seeded by
 (seed, epoch, index), so the stream is a function of the position and the size.
-Unreadable images are never fatal: in training the next readable one stands in (counted), an
-evaluation leaves them out.
+Unreadable images are not fatal: in training the next readable one stands in (counted; only
+a long run of them, broken data, stops training), an evaluation leaves them out.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
 
+from ..config import ConfigError
 from .holdout import describe, holdout_rows
 from .stream import DataStream, loader_generator, mix_seed
 
@@ -41,6 +42,13 @@ def scan(root: str | Path, split: str, class_to_idx: dict | None = None):
         classes, class_to_idx = find_classes(str(folder))
     else:
         classes = sorted(class_to_idx, key=class_to_idx.get)
+        # Images of a class train/ lacks would be dropped unseen (and the score would cover
+        # only some of the split): a renamed or extra folder is a mistake to say, not skip.
+        extra = sorted(e.name for e in os.scandir(folder)
+                       if e.is_dir() and e.name not in class_to_idx)
+        if extra:
+            raise ConfigError(f"{folder} has class folders that train/ lacks: "
+                              f"{', '.join(extra[:10])}{' ...' if len(extra) > 10 else ''}")
     samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS,
                            allow_empty=True)
     if not samples:
@@ -64,6 +72,14 @@ def open_rgb(path: str) -> Image.Image:
             return to_rgb(img)
 
 
+def readable(path: str) -> bool:
+    try:
+        open_rgb(path)
+        return True
+    except Exception:
+        return False
+
+
 class FolderDataset(Dataset):
     def __init__(self, samples, train: bool, aug, seed: int):
         self.samples, self.train, self.aug, self.seed = samples, train, aug, seed
@@ -84,21 +100,15 @@ class FolderDataset(Dataset):
 
     def __getitem__(self, key):
         idx, size, epoch = key
-        bad = 0
-        for attempt in range(len(self.samples)):
-            path, label = self.samples[(idx + attempt) % len(self.samples)]
-            try:
-                img = open_rgb(path)
-                break
-            except Exception:  # truncated, zero-byte, not an image: count it, take the next
-                bad += 1
-        else:
-            raise RuntimeError("no readable image in the dataset")
+        img, j, bad = read_or_stand_in(lambda j: open_rgb(self.samples[j][0]), idx,
+                                       len(self.samples), self.train)
+        if img is None:  # a placeholder, which evaluation leaves out and training refuses
+            return torch.zeros(3, size, size, dtype=torch.uint8), 0, bad
         # v2 transforms draw from the global CPU RNG. Seed it for this image, but on a fork:
         # with 0 workers this runs in the trainer, whose RNG mixup and drop path draw from.
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(mix_seed(self.seed, epoch, idx))
-            return self.transform(size)(img), label, bad
+            return self.transform(size)(img), self.samples[j][1], bad
 
 
 class CurriculumBatchSampler:
@@ -122,6 +132,27 @@ class CurriculumBatchSampler:
             epoch, batch = epoch + 1, 0
 
 
+# The third thing a worker returns per image, `bad`: its image was read (READ), or was
+# unreadable and the next readable one stands in for it (STOOD_IN, training only), or was
+# unreadable with no stand-in (NO_IMAGE: always in evaluation, which leaves it out; in training
+# after MAX_STAND_IN_TRIES unreadable images in a row, which stops the run).
+READ, STOOD_IN, NO_IMAGE = 0, 1, 2
+MAX_STAND_IN_TRIES = 1000  # bounds the search where (nearly) nothing is readable
+
+
+def read_or_stand_in(read, idx: int, n: int, train: bool):
+    """(read(j), j, bad) for the first j of idx, idx + 1, ... (mod n) that reads without an
+    error: training tries up to MAX_STAND_IN_TRIES images, evaluation only idx itself;
+    (None, idx, NO_IMAGE) when none of them reads."""
+    for attempt in range(min(MAX_STAND_IN_TRIES if train else 1, n)):
+        j = (idx + attempt) % n
+        try:
+            return read(j), j, (STOOD_IN if attempt else READ)
+        except Exception:  # truncated, zero-byte, not an image: take the next
+            continue
+    return None, idx, NO_IMAGE
+
+
 def _collate(items):
     images, labels, bad = zip(*items)
     return torch.stack(images), torch.tensor(labels), torch.tensor(bad)
@@ -137,9 +168,7 @@ class WorkerStream(DataStream):
     sampler carries the position and the current size to them. A subclass sets self.dataset
     (training images, keyed by (index, size, epoch)), eval_dataset() and collate."""
     prefetch_factor = 2  # batches each worker prepares ahead (DataLoader's prefetch_factor)
-    # The workers' items -> (x, y, bad): bad[i] > 0 where image i was unreadable and another
-    # (the next readable one) stands in for it, after bad[i] failed reads.
-    collate = staticmethod(_collate)
+    collate = staticmethod(_collate)  # the workers' items -> (x, y, bad: READ, STOOD_IN...)
 
     def __init__(self, num_images: int, *, batch_size: int, seed: int, device,
                  num_workers: int, rank: int, world: int, size: int):
@@ -169,7 +198,11 @@ class WorkerStream(DataStream):
         if self._it is None:
             self._it = iter(self.make_loader())
         x, y, bad = next(self._it)
-        self.bad_images += int(bad.sum())
+        if (bad == NO_IMAGE).any():
+            raise ConfigError(f"{min(MAX_STAND_IN_TRIES, self.num_images)} unreadable training "
+                              f"images in a row: is the data intact (an interrupted copy, "
+                              f"git-lfs pointers)?")
+        self.bad_images += int((bad == STOOD_IN).sum())
         self.advance()
         return x, y
 
@@ -196,8 +229,8 @@ class WorkerStream(DataStream):
                             generator=loader_generator(self.seed))
         left_out = 0
         for x, y, bad in loader:
-            if bad.any():  # a stand-in would score its neighbour twice: score the rest only
-                keep = bad == 0
+            if bad.any():  # unreadable images are left out (a stand-in would score another twice)
+                keep = bad == READ
                 left_out += len(y) - int(keep.sum())
                 x, y = x[keep], y[keep]
             if len(y):
@@ -226,6 +259,11 @@ class FolderData(WorkerStream):
         else:
             self.val_samples, _, _ = scan(root, "val", class_to_idx)
             self.eval_split = "val"
+        # Found now rather than at the first evaluation, maybe hours into the budget. Stops at
+        # the first image that opens: one decode where the split is sound.
+        if not any(readable(path) for path, _ in self.val_samples):
+            raise ConfigError(f"no readable image in the evaluation split of {root} "
+                              f"({self.eval_split}, {len(self.val_samples)} files)")
         self.num_classes, self.in_chans = len(self.classes), 3
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         super().__init__(len(train), batch_size=batch_size, seed=seed, device=device,

@@ -23,6 +23,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 import warnings
@@ -58,7 +59,14 @@ def add_arguments(p) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run(args) -> int:
+    # SIGTERM (kill, a job scheduler) stops like Ctrl-C: the shards being converted finish,
+    # the workers exit with the pool; by default the process would die and leave them behind.
+    old = signal.signal(signal.SIGTERM, _interrupt)
     try:
         meta = prepare(args.src, args.dst, max_size=args.max_size, encoding=args.format,
                        levels=args.levels, workers=args.workers, shard_size=args.shard_size,
@@ -66,6 +74,8 @@ def run(args) -> int:
     except WorkerDied as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, old)
     counts = "+".join(str(meta["splits"][s]["images"]) for s in cache.SPLITS)
     print(f"cache {args.dst}: {counts} (train+val) images of {meta['num_classes']} classes, "
           f"{meta['bad_files']} bad files skipped (see {cache.BAD_FILES}), "
@@ -177,6 +187,14 @@ def convert_shard(job: dict) -> dict:
 
 # ----------------------------------------------------------------------------- the command
 
+def _size(path: str) -> int:
+    """Bytes of a file; -1 where it cannot be read (a dangling link, which load_image skips)."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return -1
+
+
 def _plan(src: Path, settings: dict, shard_size: int) -> tuple[dict, list[dict]]:
     """What this cache will hold (written to parts/plan.json) and the shard jobs."""
     train, classes, class_to_idx = scan(src, "train")
@@ -186,7 +204,7 @@ def _plan(src: Path, settings: dict, shard_size: int) -> tuple[dict, list[dict]]
         items = [(os.path.relpath(p, src), label, i) for i, (p, label) in enumerate(listing[split])]
         h = hashlib.sha256()
         for rel, label, _ in items:
-            h.update(f"{rel}\t{label}\t{os.path.getsize(os.path.join(src, rel))}\n".encode())
+            h.update(f"{rel}\t{label}\t{_size(os.path.join(src, rel))}\n".encode())
         digest[split] = h.hexdigest()
         for k, start in enumerate(range(0, len(items), shard_size)):
             jobs.append({"split": split, "shard": k, "items": items[start:start + shard_size]})

@@ -1,0 +1,394 @@
+"""Broken data, found and named: unreadable training images counted once per meeting (tree and
+cache), a training or evaluation split with nothing readable, class folders that do not match
+(val/ vs train/, an eval tree vs the checkpoint), a cache with a missing or cut shard, a
+dangling symlink and SIGTERM in `budgetvit prepare`, damaged Fashion-MNIST files, and
+`budgetvit bench-data` with a batch larger than the tree."""
+import gzip
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from budgetvit.cli import main
+from budgetvit.config import AugSection, ConfigError
+from budgetvit.data import cache, fashion_mnist
+from budgetvit.data.cache_loader import CacheData
+from budgetvit.data.imagefolder import FolderData
+
+from .conftest import needs_fmnist, tiny_config, write_image_tree
+from .imagetree import damaged_copy
+
+AUG = AugSection(crop_scale_min=0.35)
+# conftest.tiny_config's overrides, for `budgetvit train` on the command line, on image trees.
+TINY = ["model.dim=32", "model.depth=2", "model.heads=2", "train.warmup_steps=1",
+        "train.log_every=5", "data.dataset=imagefolder", "data.num_workers=0",
+        "train.batch_size=12", "train.eval_batch_size=12", "curriculum.stages=16:0.5,32:0.5",
+        "curriculum.final_size_px=32"]
+
+
+def folder(root, **kw):
+    return FolderData(str(root), **{**dict(batch_size=12, seed=0, aug=AUG, device="cpu",
+                                         num_workers=0, size=16), **kw})
+
+
+def train_args(root, out, budget="3steps"):
+    return ["train", "--budget", budget, "--out", str(out), "--set", *TINY,
+            f"data.path={root}"]
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err
+
+
+def damage_shards(root: Path, split: str) -> None:
+    """Every record of `split` zeroed in place, the shard files keeping their sizes."""
+    for shard in sorted(root.glob(f"{split}-*.bin")):
+        shard.write_bytes(bytes(shard.stat().st_size))
+
+
+# ----------------------------------------------------------------------------- training
+
+@needs_fmnist
+def test_consecutive_unreadable_tree_images_are_each_counted_once(tmp_path):
+    """Three zero-byte images in a row (samples 0, 1, 2): each one met is one bad image, not
+    one per failed read on the way to its stand-in (that would be 3 + 2 + 1 = 6 an epoch).
+    36 images, batches of 12: an epoch meets every image once."""
+    root = write_image_tree(tmp_path / "tree")  # 12 train images a class
+    for path in sorted((root / "train" / "bag").iterdir())[:3]:
+        path.write_bytes(b"")
+    d = folder(root)
+    assert (d.num_images, d.batches_per_epoch) == (36, 3)
+    for epoch in (1, 2):
+        labels = torch.cat([d.next_batch()[1] for _ in range(d.batches_per_epoch)])
+        assert d.bad_images == 3 * epoch
+        # The stand-in is the next readable image, bag_003: still a bag.
+        assert labels.bincount().tolist() == [12, 12, 12]
+    assert d.state_dict() == {"epoch": 2, "batch": 0, "bad_images": 6}
+
+
+@needs_fmnist
+def test_consecutive_damaged_cache_records_are_each_counted_once(caches, tmp_path):
+    """Records 5, 6 and 7 of the cache damaged: 3 bad images an epoch (44 images, batches of
+    4, every image met once), not 3 + 2 + 1 failed reads."""
+    dst = damaged_copy(caches[0], tmp_path / "d5", image=5)
+    dst = damaged_copy(dst, tmp_path / "d6", image=6)
+    dst = damaged_copy(dst, tmp_path / "d7", image=7)
+    d = CacheData(str(dst), batch_size=4, seed=0, aug=AUG, device="cpu", num_workers=0, size=16)
+    assert (d.num_images, d.batches_per_epoch) == (44, 11)
+    for epoch in (1, 2):
+        for _ in range(d.batches_per_epoch):
+            x, _ = d.next_batch()
+            assert x.shape == (4, 3, 16, 16)
+        assert d.bad_images == 3 * epoch
+
+
+@needs_fmnist
+def test_no_readable_training_image_stops_train_with_one_line(tmp_path, capsys):
+    """Every training file junk (val/ sound): the search for a stand-in gives up after
+    min(MAX_STAND_IN_TRIES, 36) files and `budgetvit train` exits 2 with one line, leaving
+    no run folder."""
+    root = write_image_tree(tmp_path / "tree")
+    for path in (root / "train").rglob("*.jpg"):
+        path.write_bytes(b"not a picture\n")
+    start = time.perf_counter()
+    assert main(train_args(root, tmp_path / "run")) == 2
+    err = one_line_error(capsys)
+    assert "error: 36 unreadable training images in a row: is the data intact" in err
+    assert time.perf_counter() - start < 60
+    assert not (tmp_path / "run").exists()  # refused at the first batch: nothing written
+
+
+@needs_fmnist
+def test_no_readable_evaluation_image_is_refused_before_training(tmp_path, capsys):
+    """Every val/ file zero bytes: FolderData refuses the tree at once (not at the first
+    evaluation, maybe hours later), and `budgetvit train` exits 2 leaving no run folder."""
+    root = write_image_tree(tmp_path / "tree")
+    for path in (root / "val").rglob("*.jpg"):
+        path.write_bytes(b"")
+    message = f"no readable image in the evaluation split of {root} (val, 12 files)"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        folder(root)
+    out = tmp_path / "runs" / "run"
+    assert main(train_args(root, out)) == 2
+    assert one_line_error(capsys) == f"error: {message}"
+    assert not (tmp_path / "runs").exists()
+
+
+@needs_fmnist
+def test_a_val_class_that_train_lacks_is_refused(tmp_path, capsys):
+    """val/boot with train/ lacking boot: its images would be dropped unseen. Training and
+    prepare both refuse the tree naming the folder; prepare writes nothing."""
+    root = write_image_tree(tmp_path / "tree", per_class_train=4, per_class_val=2)
+    (root / "val" / "boot").mkdir()
+    shutil.copy(next((root / "val" / "bag").iterdir()), root / "val" / "boot" / "b.jpg")
+    with pytest.raises(ConfigError, match=re.escape(
+            f"{root / 'val'} has class folders that train/ lacks: boot")):
+        folder(root, batch_size=4)
+    dst = tmp_path / "cache"
+    assert main(["prepare", "--src", str(root), "--dst", str(dst), "--quiet"]) == 2
+    err = one_line_error(capsys)
+    assert err.endswith("/val has class folders that train/ lacks: boot"), err
+    assert not dst.exists()
+
+
+@needs_fmnist
+def test_eval_refuses_a_tree_with_other_classes_than_the_checkpoint(tmp_path, capsys):
+    """A run trained on bag/coat/sneaker, evaluated on a tree where coat is renamed jacket:
+    every label would mean another class, so exit 2 naming both; its own classes score."""
+    root = write_image_tree(tmp_path / "tree", per_class_train=4, per_class_val=2)
+    run = tmp_path / "run"
+    assert main(train_args(root, run)) == 0
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    for split in ("train", "val"):
+        (other / split / "coat").rename(other / split / "jacket")
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--data-path", str(other),
+                 "--device", "cpu"]) == 2
+    assert one_line_error(capsys) == (
+        f"error: {other} has other classes than the checkpoint was trained on "
+        f"(3 vs 3; differing: coat, jacket)")
+    same = tmp_path / "same"
+    shutil.copytree(root, same)
+    assert main(["eval", "--checkpoint", str(run), "--data-path", str(same),
+                 "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].endswith("imagefolder val") and lines[2].split()[0] == "32"
+
+
+# ----------------------------------------------------------------------------- the cache
+
+@needs_fmnist
+@pytest.mark.parametrize("shard, cut", [("train-00001.bin", None), ("train-00002.bin", 100),
+                                        ("val-00000.bin", None), ("val-00000.bin", 1)])
+def test_a_missing_or_cut_shard_is_a_damaged_cache(caches, tmp_path, shard, cut):
+    """A shard file gone, or shorter than its index says (a copy cut short): the cache is
+    refused when opened, naming the file, instead of every image in it standing in."""
+    dst = tmp_path / "cache"
+    shutil.copytree(caches[0], dst)
+    path = dst / shard
+    size = path.stat().st_size
+    if cut is None:
+        path.unlink()
+        found = "is missing"
+    else:
+        with open(path, "r+b") as f:
+            f.truncate(size - cut)
+        found = f"holds {size - cut} of {size} bytes"  # records fill a shard to its end
+    message = (f"the cache {dst} is damaged: {shard} {found}; delete it and run budgetvit "
+               f"prepare again")
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        CacheData(str(dst), batch_size=4, seed=0, aug=AUG, device="cpu", num_workers=0,
+                  size=16)
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        cache.CacheSplit(dst, shard.split("-")[0])
+    other = "val" if shard.startswith("train") else "train"
+    assert len(cache.CacheSplit(dst, other)) == {"train": 44, "val": 15}[other]
+
+
+@needs_fmnist
+def test_an_evaluation_with_every_image_left_out_has_no_score(caches, tmp_path):
+    """Every val record damaged (the shards keep their sizes): each is left out, and with
+    nothing left evaluate() says so instead of dividing by zero."""
+    from budgetvit.config import model_shape
+    from budgetvit.evaluate import evaluate
+    from budgetvit.models import VisionTransformer
+    from budgetvit.runtime import resolve
+    dst = tmp_path / "cache"
+    shutil.copytree(caches[0], dst)
+    damage_shards(dst, "val")
+    cfg = tiny_config("train.device=cpu")
+    d = CacheData(str(dst), batch_size=4, seed=0, aug=AUG, device="cpu", num_workers=0, size=16)
+    model = VisionTransformer(model_shape(cfg, d.num_classes, d.in_chans))
+    with pytest.raises(ConfigError, match=r"^no readable image in the evaluation split \(val\)$"):
+        with pytest.warns(UserWarning, match="15 unreadable evaluation images left out"):
+            evaluate(model, d, 16, 5, resolve(cfg.train))
+
+
+# ----------------------------------------------------------------------------- prepare
+
+@needs_fmnist
+def test_prepare_lists_a_dangling_symlink_and_finishes(tmp_path, capsys):
+    """train/bag/ghost.jpg points nowhere: prepare converts the rest and lists it as a bad
+    file (planning the cache must not stat it to death)."""
+    root = write_image_tree(tmp_path / "tree", per_class_train=4, per_class_val=2)
+    (root / "train" / "bag" / "ghost.jpg").symlink_to(tmp_path / "gone.jpg")
+    dst = tmp_path / "cache"
+    assert main(["prepare", "--src", str(root), "--dst", str(dst), "--quiet", "--workers",
+                 "1", "--max-size", "32"]) == 0
+    assert "12+6 (train+val) images of 3 classes, 1 bad files skipped" in capsys.readouterr().out
+    rows = (dst / cache.BAD_FILES).read_text().splitlines()
+    assert rows[0] == "path\treason" and len(rows) == 2
+    path, reason = rows[1].split("\t")
+    assert path == "train/bag/ghost.jpg" and reason.startswith("FileNotFoundError"), reason
+    assert cache.read_meta(dst)["bad_files"] == 1
+
+
+def _children(pid: int) -> set[int]:
+    kids = set()
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            kids.update(int(k) for k in task.read_text().split())
+        except OSError:
+            pass
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, already dead, is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _slow_tree(root: Path, count: int) -> Path:
+    """count training images of 1600 x 1600 px PNG (~0.1 s each to convert on one core), as
+    hard links to one file, in two classes; two val images."""
+    import skimage.data
+    src = root / "big.png"
+    root.mkdir(parents=True)
+    Image.fromarray(skimage.data.astronaut()).resize((1600, 1600)).save(src)
+    for split, n in (("train", count), ("val", 2)):
+        for i in range(n):
+            folder = root / split / ("a" if i % 2 else "b")
+            folder.mkdir(parents=True, exist_ok=True)
+            os.link(src, folder / f"{i:04d}.png")
+    src.unlink()
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc")
+def test_sigterm_stops_prepare_and_its_workers_and_a_rerun_finishes(tmp_path, capsys):
+    """SIGTERM mid-conversion (a scheduler's kill): prepare stops as on Ctrl-C (exit 130,
+    "interrupted"), its worker processes exit with it, and the same command again resumes
+    from the finished shards to a complete cache."""
+    pytest.importorskip("skimage")
+    root = _slow_tree(tmp_path / "tree", 48)
+    dst = tmp_path / "cache"
+    args = ["prepare", "--src", str(root), "--dst", str(dst), "--max-size", "64",
+            "--shard-size", "2", "--workers", "2", "--quiet"]
+    # Output to files, not pipes: workers left behind would hold a pipe open.
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "budgetvit", *args], stdout=out,
+                                stderr=err, start_new_session=True)
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        # Both workers forked (the handler is set before) and a shard finished: converting.
+        while proc.poll() is None and time.monotonic() < deadline:
+            workers |= _children(proc.pid)
+            if len(workers) >= 2 and list((dst / cache.PARTS).glob("train-*.json")):
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "prepare ended before it could be interrupted"
+        assert len(workers) >= 2 and not (dst / cache.META).exists()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        stderr = (tmp_path / "err").read_text()
+        assert code == 130, stderr
+        assert stderr.strip().splitlines()[-1] == "interrupted", stderr
+        deadline = time.monotonic() + 10  # workers the parent left behind would run on
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in workers if _alive(pid)]
+    finally:  # whatever happened: nothing of this test runs on (its own process group)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    assert not (dst / cache.META).exists()
+    done = len(list((dst / cache.PARTS).glob("*-*.json")))
+    assert 1 <= done < 25  # 24 train + 1 val shards
+    assert main(args) == 0
+    assert "48+2 (train+val) images of 2 classes, 0 bad files" in capsys.readouterr().out
+    assert cache.read_meta(dst)["resumed_shards"] == done
+    assert len(cache.CacheSplit(dst, "train")) == 48
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An unsigned-byte IDX file of `array`."""
+    return (b"\x00\x00\x08" + bytes([array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+            + array.astype(np.uint8).tobytes())
+
+
+def write_fmnist(root: Path, images: int = 5, labels: int = 5) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    x, y = (root / "train-images-idx3-ubyte.gz", root / "train-labels-idx1-ubyte.gz")
+    root.mkdir(parents=True, exist_ok=True)
+    x.write_bytes(gzip.compress(idx_bytes(rng.integers(0, 256, (images, 28, 28)))))
+    y.write_bytes(gzip.compress(idx_bytes(rng.integers(0, 10, labels))))
+    return x, y
+
+
+def test_sound_small_fashion_mnist_files_load(tmp_path):
+    """The hand-made files of the fault tests below are valid as written."""
+    write_fmnist(tmp_path)
+    x, y = fashion_mnist.load("train", root=str(tmp_path))
+    assert x.shape == (5, 1, 28, 28) and x.dtype == torch.uint8
+    assert y.shape == (5,) and y.dtype == torch.int64
+
+
+def test_a_truncated_gz_is_a_config_error_naming_it(tmp_path):
+    x, _ = write_fmnist(tmp_path)
+    data = x.read_bytes()
+    x.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConfigError, match=re.escape(f"cannot read {x} (Compressed file ended")
+                       + ".*copy or install it again$"):
+        fashion_mnist.load("train", root=str(tmp_path))
+
+
+def test_a_truncated_raw_idx_file_is_a_config_error_naming_it(tmp_path):
+    """Uncompressed and cut: the data is shorter than its header says."""
+    x, y = write_fmnist(tmp_path)
+    raw = gzip.decompress(x.read_bytes())
+    x.unlink()
+    plain = tmp_path / "train-images-idx3-ubyte"
+    plain.write_bytes(raw[:-100])
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(plain))} holds 3820 bytes of data, "
+                                          f"its header says 5x28x28: truncated"):
+        fashion_mnist.load("train", root=str(tmp_path))
+
+
+def test_a_file_with_a_wrong_header_is_a_config_error_naming_it(tmp_path):
+    _, y = write_fmnist(tmp_path)
+    y.write_bytes(gzip.compress(b"<html>404 Not Found</html>\n"))
+    with pytest.raises(ConfigError,
+                       match=f"^{re.escape(str(y))} is not an unsigned-byte IDX file$"):
+        fashion_mnist.load("train", root=str(tmp_path))
+
+
+def test_images_and_labels_of_different_counts_are_a_config_error(tmp_path):
+    x, y = write_fmnist(tmp_path, images=5, labels=4)
+    with pytest.raises(ConfigError, match=f"^{re.escape(f'{x} holds 5 images but {y} 4 labels')}$"):
+        fashion_mnist.load("train", root=str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- bench-data
+
+@needs_fmnist
+def test_bench_data_with_a_batch_larger_than_the_tree_exits_2_promptly(trees):
+    """44 training images, --batch-size 64: refused before the baseline's loader, which
+    would wait forever for a first full batch."""
+    cmd = [sys.executable, "-m", "budgetvit", "bench-data", "--src", str(trees[0]),
+           "--batch-size", "64", "--workers", "1", "--sizes", "16", "--repeats", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == "error: train.batch_size=64 exceeds the 44 training images"
