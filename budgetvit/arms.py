@@ -120,7 +120,10 @@ def adhoc_arm(spec: str, taken: set[str]) -> Arm:
     if name in taken:
         raise ConfigError(f"--arm {name}: that name is taken (a built-in arm or an earlier "
                           f"--arm); pick another")
-    sets = shlex.split(rest)
+    try:
+        sets = shlex.split(rest)
+    except ValueError as e:  # an unbalanced quote
+        raise ConfigError(f"--arm {name}: {e} in {spec!r}") from None
     return Arm(name, f"--set {' '.join(sets)}" if sets else "the base config", lambda c: sets)
 
 

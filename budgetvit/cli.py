@@ -5,6 +5,7 @@ Any user error (bad config, path, argument, checkpoint) is one line on stderr an
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -155,9 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     handlers.update({m.COMMAND: m.run for m in command_modules()})
     try:
         return handlers[args.command](args)
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError,
+            NotADirectoryError, IsADirectoryError, PermissionError) as e:  # a path to fix
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head`, which stopped reading: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (for the exit flush)
+        return 0

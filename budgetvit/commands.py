@@ -92,9 +92,12 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from . import inference
     from .export import save_weights
+    out = Path(args.out)
+    if out.suffix == ".json" or out.is_dir():  # the weights and their config need two files
+        raise ConfigError(f"--out {out}: give a file name for the weights, such as "
+                          f"model.safetensors (the model config goes beside it, as model.json)")
     ld = inference.load(args.checkpoint)
     model = ld.model if (args.no_ema or ld.ema is None) else ld.ema
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_weights(model, out)
     print(f"wrote {out} and {out.with_suffix('.json')}")

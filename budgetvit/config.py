@@ -7,6 +7,7 @@ No value is ever evaluated as code: strings are parsed by the field's declared t
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import typing
@@ -146,9 +147,12 @@ def _parse(text: str, kind, key: str):
         raise ConfigError(f"{key}: expected true/false, got {text!r}")
     if kind in (int, float):
         try:
-            return kind(text)
+            value = kind(text)
         except ValueError:
             raise ConfigError(f"{key}: expected {kind.__name__}, got {text!r}") from None
+        if not math.isfinite(value):  # nan passes every range check (all comparisons fail)
+            raise ConfigError(f"{key}: expected a finite number, got {text!r}")
+        return value
     return text
 
 
@@ -257,6 +261,9 @@ def validate(cfg: Config) -> None:
         _range("model.mlp_ratio", m.mlp_ratio, 0, lo_open=True)
     _range("model.drop_path", m.drop_path, 0.0, 0.99)
     shape = model_shape(cfg)
+    if int(shape.dim * shape.mlp_ratio) < 1:
+        raise ConfigError(f"model.mlp_ratio={shape.mlp_ratio} leaves the FFN of model.dim="
+                          f"{shape.dim} no hidden unit")
     if shape.dim % shape.heads:
         raise ConfigError(f"model.dim={shape.dim} is not divisible by model.heads={shape.heads}")
     P = shape.patch_size
@@ -301,6 +308,7 @@ def validate(cfg: Config) -> None:
         stages = parse_stages(c.stages)
         for size, share in stages:
             sizes[f"curriculum.stages size {size}"] = size
+            _range("curriculum.stages size", size, 1)
             _range(f"curriculum.stages share of size {size}", share, 0, lo_open=True)
         if abs(sum(s for _, s in stages) - 1.0) > 1e-6:
             raise ConfigError(f"curriculum.stages shares must sum to 1, got "

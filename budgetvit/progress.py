@@ -35,13 +35,11 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
 
 class Progress:
     def __init__(self, run_dir: Path, budget: float, unit: str, start: float = 0.0,
-                 resumed_step: int | None = None):
+                 last_step: int = -1):
+        """last_step: the step training goes on from; the logs' records of later steps are
+        dropped (a resumed run replays them; a fresh run, last_step -1, starts them anew)."""
         self.run_dir, self.budget, self.unit = run_dir, budget, unit
-        if resumed_step is not None:
-            for name in ("log.jsonl", "eval.jsonl"):
-                truncate_jsonl(run_dir / name, resumed_step)
-        self.log_file = open(run_dir / "log.jsonl", "a")
-        self.eval_file = open(run_dir / "eval.jsonl", "a")
+        self.rewind(last_step)
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
@@ -54,6 +52,16 @@ class Progress:
             self.tb = SummaryWriter(str(run_dir / "tb"))
         except Exception:  # tensorboard not installed: the JSON logs suffice
             pass
+
+    def rewind(self, last_step: int) -> None:
+        """Drop the log records of steps after last_step (a resume, a rollback)."""
+        for f in (getattr(self, "log_file", None), getattr(self, "eval_file", None)):
+            if f is not None:
+                f.close()
+        for name in ("log.jsonl", "eval.jsonl"):
+            truncate_jsonl(self.run_dir / name, last_step)
+        self.log_file = open(self.run_dir / "log.jsonl", "a")
+        self.eval_file = open(self.run_dir / "eval.jsonl", "a")
 
     def update(self, spent: float, rec: dict) -> None:
         """spent: budget units used so far; rec: the latest log record."""

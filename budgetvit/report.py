@@ -17,7 +17,6 @@ import json
 import re
 from pathlib import Path
 
-from matplotlib.figure import Figure
 
 COMMAND, HELP = "report", "plots (time-to-accuracy, schedules) and a Markdown table of runs"
 
@@ -116,6 +115,7 @@ def _legend(ax, n: int) -> None:
 
 
 def time_to_accuracy_figure(runs: list[dict], ema: bool = False, title: str = "") -> Figure:
+    from matplotlib.figure import Figure  # here: train and speed must run without matplotlib
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
     scale, unit = _time_axis(runs)
@@ -141,6 +141,7 @@ def time_to_accuracy_figure(runs: list[dict], ema: bool = False, title: str = ""
 
 
 def schedule_figure(runs: list[dict], title: str = "") -> Figure:
+    from matplotlib.figure import Figure
     fig = Figure(figsize=(8, 6), layout="constrained")
     ax_size, ax_lr = fig.subplots(2, 1, sharex=True)
     scale, unit = _time_axis(runs)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, curriculum, distributed
+from . import checkpoint, curriculum, distributed, resume
 from .budget import BudgetClock
 from .config import Config, ConfigError, model_shape, parse_budget, validate
 from .data import augment, build_data
@@ -26,7 +26,7 @@ from .models import VisionTransformer, count_params, param_groups
 from .progress import Progress, fmt_duration
 from .runtime import mfu, peak_flops, resolve
 from .schedules import lr_at
-from .summary import code_version, write_summary
+from .summary import code_version, print_summary, write_summary
 
 
 class TrainingStopped(RuntimeError):
@@ -48,6 +48,7 @@ def prepare_out_dir(out: str | Path) -> Path:
 
 class Trainer:
     def __init__(self, cfg: Config, out: str | Path, command: str = ""):
+        self.wall0 = time.perf_counter()  # wall_time_s counts setup (data scan, model) too
         validate(cfg)
         self.cfg, self.command = cfg, command
         # Read now: edits made to the checkout while this process trains are not its code.
@@ -71,6 +72,8 @@ class Trainer:
         self.opt = torch.optim.AdamW(param_groups(self.model, cfg.optim.weight_decay),
                                      lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                                      fused=True)
+        self.group_settings = [{"betas": g["betas"], "weight_decay": g["weight_decay"]}
+                               for g in self.opt.param_groups]  # the config's, per group
         self.scaler = torch.amp.GradScaler(self.rt.device.type,
                                            enabled=self.rt.amp_dtype == torch.float16)
         self.ema = EMA(self.model, t.ema_decay) if t.ema else None
@@ -86,7 +89,6 @@ class Trainer:
         # CPU, so every step there; on CUDA every few, so the GPU queue never drains.
         self.sync_every = t.sync_every or (8 if self.rt.cuda else 1)
         self.stop_signal: str | None = None
-        self.last_step_s = 0.0  # the final sync interval (bounds the overrun past the budget)
         self.bad_run = 0  # consecutive non-finite steps
 
         # Everything below is the run's state and goes into every checkpoint.
@@ -97,6 +99,10 @@ class Trainer:
         self.lr_scale = 1.0  # lowered by each rollback after non-finite steps
         self.faults = {"nonfinite_steps": 0, "rollbacks": 0, "checkpoint_failures": 0}
         self.seconds_per_epoch: dict[int, float] = {}
+        self.last_step_s = 0.0  # the last sync interval (bounds the overrun past the budget)
+        # The steps since the last log line: a resumed run's first line is then the same mean
+        # (over the same steps) as the uninterrupted run's.
+        self.window = {"loss": 0.0, "n": 0, "images": 0, "t": 0.0, "step": 0}
 
     # ------------------------------------------------------------------ one step
 
@@ -150,6 +156,7 @@ class Trainer:
             "seconds_per_epoch": {str(k): v for k, v in self.seconds_per_epoch.items()},
             "images": self.images, "stages": copy.deepcopy(self.stages),
             "evals": copy.deepcopy(self.evals), "lr_scale": self.lr_scale,
+            "last_step_s": self.last_step_s, "log_window": dict(self.window),
             "faults": dict(self.faults), "config": self.cfg.to_dict(),
             "world_size": self.dist.world,
             # What inference needs without the training data:
@@ -160,8 +167,13 @@ class Trainer:
     def load_state_dict(self, s: dict, restore_clock: bool = True) -> None:
         self.model.load_state_dict(s["model"])
         self.opt.load_state_dict(s["optimizer"])
-        self.scaler.load_state_dict(s["scaler"])
-        if self.ema is not None and s["ema"] is not None:
+        for group, settings in zip(self.opt.param_groups, self.group_settings):
+            group.update(settings)  # the saved groups hold the checkpoint's config's values
+        if self.scaler.is_enabled() and s["scaler"]:  # empty where the run was not fp16
+            self.scaler.load_state_dict(s["scaler"])
+        if self.ema is not None and s["ema"] is None:  # EMA turned on at a resume
+            self.ema = EMA(self.model, self.cfg.train.ema_decay)  # from the weights loaded
+        elif self.ema is not None:
             self.ema.load_state_dict(s["ema"])
         every_rank = s.get("rng_ranks")  # under torchrun: each rank's own, in rank order
         if every_rank and len(every_rank) == self.dist.world:
@@ -173,6 +185,10 @@ class Trainer:
         self.seconds_per_epoch = {int(k): v for k, v in s["seconds_per_epoch"].items()}
         self.images, self.stages = s["images"], copy.deepcopy(s["stages"])
         self.evals, self.lr_scale = copy.deepcopy(s["evals"]), s["lr_scale"]
+        self.last_step_s = s.get("last_step_s", 0.0)  # (older checkpoints lack these two)
+        self.window = dict(s.get("log_window") or {"loss": 0.0, "n": 0, "images": 0,
+                                                   "t": s["clock"]["train_s"],
+                                                   "step": s["clock"]["steps"]})
         if restore_clock:
             self.clock.load_state_dict(s["clock"])
             self.faults = dict(s["faults"])
@@ -188,8 +204,10 @@ class Trainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
         random.setstate(rng["python"])
 
-    def save_checkpoint(self) -> None:
-        """Write a checkpoint (rank 0); on a disk error keep the old one, warn, retry later."""
+    def save_checkpoint(self) -> bool:
+        """Write a checkpoint (rank 0); on a disk error keep the old one, warn, retry later.
+        Whether it was written (on rank 0; True elsewhere)."""
+        written = True
         with self.clock.paused("checkpoint"):
             # Every rank's random state (dropout masks, mixup, erasing draw from it), so a
             # resume at the same world size continues every rank's stream exactly.
@@ -201,11 +219,13 @@ class Trainer:
                 try:
                     checkpoint.save(state, self.out, self.clock.steps, self.cfg.checkpoint.keep)
                 except OSError as e:
+                    written = False
                     self.faults["checkpoint_failures"] += 1
                     self.say(f"warning: checkpoint at step {self.clock.steps} not written "
                              f"({e.strerror or e}); keeping the previous one, retrying later")
             distributed.barrier(self.dist)
         self._last_ckpt = (self.clock.read(), self.clock.steps)
+        return written
 
     # ------------------------------------------------------------------ before the clock
 
@@ -317,6 +337,8 @@ class Trainer:
         self.lr_scale = scale * self.cfg.train.rollback_lr_factor
         # The clock keeps running: time lost to the fault is charged, as it would be anyway.
         self.clock.steps = state["clock"]["steps"]
+        if self.dist.main:  # the steps after the checkpoint will be logged again
+            self.progress.rewind(self.clock.steps)
         self.say(f"warning: {self.bad_run} non-finite steps in a row ({first_bad}-{last_bad});"
                  f" rolled back to step {self.clock.steps} with lr x{self.lr_scale:g}")
 
@@ -324,16 +346,25 @@ class Trainer:
 
     def run(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
-        wall0 = time.perf_counter()
         state = checkpoint.load_latest(self.out) if self.dist.main else None
         resumed = distributed.broadcast_floats([float(state is not None)], self.dist,
                                                self.rt.device)[0] > 0
         if resumed:
             if not self.dist.main:  # rank 0 read it; the others read the same file
                 state = checkpoint.load_latest(self.out)
-            self.check_resumable(state)
+            resume.check_resumable(self.model, self.data.classes, state, cfg.to_dict(),
+                                   self.out)
             self.load_state_dict(state)
-            self.warn_config_change(state["config"])
+            if self.clock.progress(self.clock.train_s) >= 1.0:
+                done = resume.finished_summary(self.out, self.clock.steps)
+                if done is not None:
+                    if self.dist.main:
+                        print(f"{self.out} holds a finished run (step {self.clock.steps}); "
+                              f"give a larger --budget to go on, another --out for a new run")
+                        print_summary(done, self.out)
+                    return done
+            for warning in resume.config_warnings(cfg.to_dict(), state["config"]):
+                self.say(warning)
             if self.rt.compile:  # compile what is still to come before the clock runs again
                 self.warm_up(self.sizes_ahead(), measure=False)
         else:
@@ -342,7 +373,7 @@ class Trainer:
         if self.dist.main:
             self.progress = Progress(self.out, self.budget, self.unit,
                                      self.clock.spent_units(self.clock.train_s),
-                                     resumed_step=self.clock.steps if resumed else None)
+                                     last_step=self.clock.steps if resumed else -1)
             self.print_header(resumed)
         if not resumed:
             self.save_checkpoint()  # step 0: there is always a state to roll back to
@@ -350,8 +381,6 @@ class Trainer:
         last_eval = self.evals[-1]["train_time_s"] if self.evals else 0.0
         old_handlers = {s: signal.signal(s, self._on_signal)
                         for s in (signal.SIGTERM, signal.SIGINT)}
-        window = {"loss": 0.0, "n": 0, "images": 0, "t": self.clock.train_s,
-                  "step": self.clock.steps}
         pending: list[tuple] = []  # (loss, ok, stage) of steps not yet read from the device
         train_s = prev_s = self.clock.train_s
         lr = 0.0
@@ -360,21 +389,29 @@ class Trainer:
             while True:
                 # Sync point: read the clock (the device is synchronised first), fetch the
                 # pending losses and fault flags, log, checkpoint, evaluate. Between sync points
-                # the device runs ahead of the host undisturbed.
-                if self.clock.steps % self.sync_every == 0:
-                    stop = float(self.stop_signal is not None)
-                    train_s, stop = distributed.broadcast_floats(
-                        [self.clock.read(), stop], self.dist, self.rt.device)
+                # the device runs ahead of the host undisturbed. A step budget's last step is
+                # one too (a time budget ends only at a clock reading).
+                if (self.clock.steps % self.sync_every == 0 or
+                        self.clock.progress(train_s) >= 1.0):
+                    # The clock is rank 0's (the others add 0); a signal to any rank stops all.
+                    now = self.clock.read()
+                    train_s, stops = distributed.all_sum(
+                        [now if self.dist.main else 0.0, float(self.stop_signal is not None)],
+                        self.dist, self.rt.device)
+                    if stops and not self.stop_signal:
+                        self.stop_signal = "a signal to another rank"
                     self.last_step_s, prev_s = train_s - prev_s, train_s
-                    self.drain(pending, window)
+                    self.drain(pending)
                     if self.stages:
                         self.stages[-1]["end_s"] = train_s
                     # At the first sync past each multiple of log_every: a resumed run logs
                     # the same steps as an uninterrupted one.
-                    if self.clock.steps // t.log_every > window["step"] // t.log_every:
-                        self.log_window(window, train_s, lr)
-                    if stop or self.clock.progress(train_s) >= 1.0:
-                        break  # the final checkpoint and evaluation follow
+                    if self.clock.steps // t.log_every > self.window["step"] // t.log_every:
+                        self.log_window(train_s, lr)
+                    if stops or self.clock.progress(train_s) >= 1.0:
+                        # The overrun past the budget is at most the last sync interval; the
+                        # final checkpoint and evaluation follow.
+                        break
                     # Evaluate first, so that the checkpoint holds this evaluation and a run
                     # resumed from it does not repeat it (nor evaluate its step twice).
                     evaluated = self.evals and self.evals[-1]["step"] == self.clock.steps
@@ -388,8 +425,6 @@ class Trainer:
                     if due and not self.bad_run:  # not inside a run of skipped steps
                         self.save_checkpoint()
                 p = self.clock.progress(train_s)
-                if p >= 1.0:
-                    break  # the overrun past the budget is at most the last sync interval
                 size = curriculum.size_at(self.plan, p)
                 if size != self.data.size:  # after a resume the loader starts at its default size
                     self.data.set_size(size)
@@ -403,24 +438,31 @@ class Trainer:
                 self.clock.steps += 1
                 pending.append((loss, ok, self.stages[-1]))
             self.clock.stop()
-            self.drain(pending, window)
+            self.drain(pending)
         finally:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
         train_s = self.clock.read()
-        self.save_checkpoint()
+        written = self.save_checkpoint()
         if self.stop_signal:
+            saved = ("checkpoint written" if written else
+                     "its checkpoint could NOT be written (see the warning above); resuming "
+                     "goes back to the previous one")
             self.say(f"stopped by {self.stop_signal} at step {self.clock.steps} "
-                     f"({fmt_duration(train_s)} of training); checkpoint written. "
+                     f"({fmt_duration(train_s)} of training); {saved}. "
                      f"Resume with: {self.command or 'the same command'}")
             self.progress_close()
             return {"interrupted": True, "step": self.clock.steps}
         final = self.run_eval(train_s, final=True)
-        summary = write_summary(self, final, time.perf_counter() - wall0) if self.dist.main else {}
+        # Again, now holding the final evaluation: a larger --budget goes on from here without
+        # evaluating this step twice. (Written before it too, so a kill during it loses nothing.)
+        self.save_checkpoint()
+        summary = (write_summary(self, final, time.perf_counter() - self.wall0)
+                   if self.dist.main else {})
         self.progress_close()
         return summary
 
-    def drain(self, pending: list[tuple], window: dict) -> None:
+    def drain(self, pending: list[tuple]) -> None:
         """Read the losses and fault flags of the pending steps from the device (one sync),
         count good steps' images, and handle runs of non-finite steps: each is reported, and
         max_bad_steps in a row roll the run back to its last checkpoint with a lower lr."""
@@ -437,19 +479,19 @@ class Trainer:
                 self.bad_run = 0
                 self.images += B
                 stage["images"] += B
-                window.update(loss=window["loss"] + loss, n=window["n"] + 1,
-                              images=window["images"] + B)
+                w = self.window
+                w.update(loss=w["loss"] + loss, n=w["n"] + 1, images=w["images"] + B)
                 continue
             self.faults["nonfinite_steps"] += 1
             self.bad_run += 1
             self.say(f"warning: non-finite loss or gradient at step {step}; update skipped")
             if self.bad_run >= self.cfg.train.max_bad_steps:
-                self._rollback(step - self.bad_run + 1, step)
+                self._rollback(step - self.bad_run + 1, step)  # (the log window's too)
                 self.bad_run = 0
-                window.update(loss=0.0, n=0, images=0, step=self.clock.steps)
                 return  # the steps after this one were undone by the rollback
 
-    def log_window(self, window: dict, now: float, lr: float) -> None:
+    def log_window(self, now: float, lr: float) -> None:
+        window = self.window
         img_per_s = window["images"] / max(now - window["t"], 1e-9)
         # The logged loss is the mean over all ranks, i.e. over the global batch.
         loss_sum, count = distributed.all_sum([window["loss"], window["n"]], self.dist,
@@ -465,31 +507,6 @@ class Trainer:
             self.progress.log(rec)
             self.progress.update(self.clock.spent_units(now), rec)
         window.update(loss=0.0, n=0, images=0, t=now, step=self.clock.steps)
-
-    def config_changes(self, saved: dict) -> list[str]:
-        """The keys whose values differ from those of a checkpoint's config."""
-        now = self.cfg.to_dict()
-        return [f"{sec}.{k}" for sec in now if isinstance(now[sec], dict)
-                for k in now[sec] if saved.get(sec, {}).get(k) != now[sec][k]]
-
-    def check_resumable(self, state: dict) -> None:
-        """A checkpoint of another model shape or class list cannot be resumed: say which
-        keys differ rather than fail inside load_state_dict."""
-        shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
-        saved = {k: tuple(v.shape) for k, v in state["model"].items()}
-        if shapes != saved or state["classes"] != list(self.data.classes):
-            was = state["config"]
-            raise ConfigError(
-                f"--out {self.out} holds a run of {was['model']['name']} on "
-                f"{was['data']['dataset']} that this config cannot resume (the model's shape or "
-                f"the classes differ; changed: {', '.join(self.config_changes(was))}); use "
-                f"another --out, or that run's config")
-
-    def warn_config_change(self, saved: dict) -> None:
-        changed = self.config_changes(saved)
-        if changed:
-            self.say(f"warning: resuming with a config that differs from the checkpoint's in "
-                     f"{', '.join(changed)}; the new values apply from here on")
 
     def print_header(self, resumed: bool) -> None:
         sizes = " -> ".join(f"{s.size}px@{s.start:.0%}" for s in self.plan)

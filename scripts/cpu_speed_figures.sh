@@ -11,5 +11,5 @@ for m in vit_s16 vit_s16_local; do
   "$BV" speed --model $m --img-size 64 --batch-size 64 --repeats 5
   "$BV" speed --model $m --img-size 224 --batch-size 16 --steps 3 --repeats 3
 done
-echo "## trainer overhead: the fmnist model shape (4x FFN) at 28 px, batch 128"
+echo "## trainer overhead: vit_micro4_local (4x FFN; the fmnist preset narrows it to 1x) at 28 px, batch 128"
 "$BV" speed --model vit_micro4_local --img-size 28 --batch-size 128 --trainer

@@ -10,6 +10,9 @@ mkdir -p "$OUT"
 for seed in 0 1 2; do  # a finished run is kept; an interrupted one resumes
   [ -f "$OUT/seed$seed/summary.json" ] ||
     "$BV" train --out "$OUT/seed$seed" --set train.seed=$seed > "$OUT/seed$seed.log" 2>&1
+  # Ctrl-C checkpoints and exits 0: stop here rather than start the next seed.
+  [ -f "$OUT/seed$seed/summary.json" ] ||
+    { echo "seed $seed interrupted; rerun the same command to resume" >&2; exit 130; }
 done
 .venv/bin/python - "$OUT" <<'PY'
 import json, platform, statistics, sys, pathlib

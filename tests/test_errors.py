@@ -64,6 +64,10 @@ CASES = [
     (["info", "--model", "vit_s16", "--sizes", "100"], "100 is not a multiple of the patch size 16"),
     (["info", "--model", "resnet50"], "unknown model 'resnet50'"),
     (["speed", "--batch-size", "0"], "must be >= 1, got 0"),
+    (["export", "--checkpoint", "x", "--out", "w.json"], "--out w.json: give a file name for the weights"),
+    (["export", "--checkpoint", "x", "--out", "EMPTYDIR"], "give a file name for the weights"),
+    (["bench", "--seeds", "1", "--out", "AFILE"], "File exists"),
+    (["bench", "--arm", "x: 'optim.lr=1"], "--arm x: No closing quotation"),
     (["bogus"], "invalid choice: 'bogus'"),
     (["train", "--budget", "2steps", "--set", "train.batch_size=100000"],  # refused after the
      "exceeds the 60000 training images"),  # run directory was made: it must be gone again
@@ -84,7 +88,10 @@ def bad_files(tmp_path):
     crafted.write_bytes(pickle.dumps({"model": Boom()}))
     empty = tmp_path / "emptyrun"
     empty.mkdir()
-    return {"CORRUPT": str(corrupt), "CRAFTED": str(crafted), "EMPTYDIR": str(empty)}
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    return {"CORRUPT": str(corrupt), "CRAFTED": str(crafted), "EMPTYDIR": str(empty),
+            "AFILE": str(afile)}
 
 
 def test_at_least_25_cases():

@@ -100,3 +100,18 @@ def test_check_stops_at_once_without_a_gpu(tmp_path):
     assert "no CUDA GPU visible to PyTorch: stopping before any work" in done.stdout
     assert not (tmp_path / "speed.txt").exists()
     assert "== budgetvit GPU check:" in done.stdout  # the table is printed all the same
+
+
+def test_training_commands_need_no_plotting_library():
+    """The GPU machine may lack matplotlib (only report and bench draw): with it hidden,
+    `train --print-config` and `speed --help` still run, and `report` imports."""
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "from budgetvit.cli import main\n"
+            "assert main(['train', '--print-config']) == 0\n"
+            "import budgetvit.report\n"
+            "try:\n    main(['speed', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            "assert 'matplotlib.figure' not in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=Path(__file__).parent.parent)
+    assert r.returncode == 0, r.stderr
+    assert '"model"' in r.stdout and "--compare-timm" in r.stdout

@@ -1,0 +1,55 @@
+"""What rerunning the command of a run directory checks against the checkpoint it finds:
+whether this config can go on from it at all, which changed settings apply from here on (and
+which the run keeps), and whether the run has already finished."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import ConfigError
+
+
+def config_changes(now: dict, saved: dict) -> list[str]:
+    """The `section.key`s whose values differ between two Config.to_dict()s."""
+    return [f"{sec}.{k}" for sec in now if isinstance(now[sec], dict)
+            for k in now[sec] if saved.get(sec, {}).get(k) != now[sec][k]]
+
+
+def check_resumable(model, classes: list[str], state: dict, now: dict, out: Path) -> None:
+    """A checkpoint of another model shape or class list cannot be resumed: say which keys
+    differ rather than fail inside load_state_dict."""
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in state["model"].items()}
+    if shapes != saved or state["classes"] != list(classes):
+        was = state["config"]
+        raise ConfigError(
+            f"--out {out} holds a run of {was['model']['name']} on {was['data']['dataset']} "
+            f"that this config cannot resume (the model's shape or the classes differ; "
+            f"changed: {', '.join(config_changes(now, was))}); use another --out, or that "
+            f"run's config")
+
+
+def config_warnings(now: dict, saved: dict) -> list[str]:
+    """Warnings for a resume with a changed config."""
+    changed = config_changes(now, saved)
+    # The size plan is made once, at the start (the paper rule from measured rates).
+    kept = [k for k in changed if k.startswith("curriculum.")]
+    applied = [k for k in changed if k not in kept]
+    out = []
+    if applied:
+        out.append(f"warning: resuming with a config that differs from the checkpoint's in "
+                   f"{', '.join(applied)}; the new values apply from here on")
+    if kept:
+        out.append(f"warning: {', '.join(kept)} changed, but a run keeps the curriculum it "
+                   f"started with; to train another, use another --out")
+    return out
+
+
+def finished_summary(out: Path, steps: int) -> dict | None:
+    """The summary.json of a run that finished at `steps` (the checkpoint's); None if there is
+    none, or it is an earlier run's."""
+    path = out / "summary.json"
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("steps") == steps else None

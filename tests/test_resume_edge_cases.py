@@ -1,0 +1,327 @@
+"""Edge cases of resuming, stopping and rerunning a run: config changes at a resume (optimizer
+settings, curriculum, precision), config values that are not numbers, the logs across rollbacks
+and fresh runs, a step budget off the sync grid, a finished run rerun, a stop whose
+final checkpoint fails, a stop on one rank of two, and the wall time counting setup."""
+import errno
+import json
+import math
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from budgetvit import checkpoint
+from budgetvit.cli import main
+from budgetvit.train import Trainer, train
+
+from .conftest import crash_at_step, needs_fmnist, tiny_config
+
+pytestmark = needs_fmnist
+
+# Evaluations on 300 held-out training images instead of the 10000 test images: the tests
+# here are about the run's bookkeeping, not its accuracy.
+SMALL_EVAL = ("data.holdout=0.005", "train.ema=false")
+
+
+def quick(*overrides: str):
+    return tiny_config(*SMALL_EVAL, *overrides)
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_resume_applies_the_new_weight_decay_and_betas(tmp_path, capsys):
+    """The optimizer state loaded from a checkpoint carries that run's weight decay and betas in
+    its param groups; a resume with other values must train with the new ones (the exempt group
+    keeps weight decay 0), also in the checkpoints it writes from then on."""
+    out = tmp_path / "run"
+    train(quick("train.budget=3steps"), out)
+    saved = checkpoint.load_latest(out)["optimizer"]["param_groups"]
+    assert [(g["weight_decay"], tuple(g["betas"])) for g in saved] == [(0.05, (0.9, 0.999)),
+                                                                        (0.0, (0.9, 0.999))]
+    capsys.readouterr()
+
+    trainer = Trainer(quick("train.budget=5steps", "optim.weight_decay=0.2", "optim.beta1=0.8"),
+                      out)
+    summary = trainer.run()
+    assert summary["steps"] == 5
+    said = capsys.readouterr().out
+    assert ("warning: resuming with a config that differs from the checkpoint's in "
+            "optim.weight_decay, optim.beta1, train.budget; the new values apply from here on"
+            in said)
+    decay, exempt = trainer.opt.param_groups
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    assert "blocks.0.attn.qkv.weight" in {names[id(p)] for p in decay["params"]}
+    assert {"pos_embed", "blocks.0.norm1.weight"} <= {names[id(p)] for p in exempt["params"]}
+    assert decay["weight_decay"] == 0.2 and exempt["weight_decay"] == 0.0
+    assert decay["betas"] == exempt["betas"] == (0.8, 0.999)
+    written = checkpoint.load_latest(out)
+    assert written["clock"]["steps"] == 5
+    assert [(g["weight_decay"], tuple(g["betas"])) for g in written["optimizer"]["param_groups"]] \
+        == [(0.2, (0.8, 0.999)), (0.0, (0.8, 0.999))]
+
+
+def test_resume_with_another_curriculum_keeps_the_plan_and_says_so(tmp_path, capsys):
+    """The size plan is made once: a resume with other curriculum.stages warns that the run
+    keeps the curriculum it started with, and trains by the checkpoint's plan (16 px to half the
+    budget, then 28 px), not the new one (20 px for three quarters)."""
+    args = ("train.budget=12steps", "checkpoint.every_steps=4")
+    crash_at_step(quick(*args), tmp_path, 6)
+    state = checkpoint.load_latest(tmp_path)
+    assert state["clock"]["steps"] == 4  # resumed inside the 16 px stage
+    plan = state["plan"]
+    assert plan == [{"size": 16, "start": 0.0, "end": 0.5}, {"size": 28, "start": 0.5, "end": 1.0}]
+    capsys.readouterr()
+
+    summary = train(quick(*args, "curriculum.stages=20:0.75,28:0.25"), tmp_path)
+    said = capsys.readouterr().out
+    assert ("warning: curriculum.stages changed, but a run keeps the curriculum it started "
+            "with; to train another, use another --out") in said
+    assert "resuming with a config that differs" not in said  # nothing else changed
+    assert "curriculum: 16px@0% -> 28px@50%;" in said
+    assert summary["steps"] == 12 and summary["plan"] == plan
+    assert [(st["img_size"], st["images"]) for st in summary["stages"]] == [(16, 6 * 64),
+                                                                           (28, 6 * 64)]
+    assert {r["img_size"] for r in records(tmp_path / "log.jsonl") if r["step"] <= 6} == {16}
+
+
+def test_fp32_run_resumes_in_fp16_on_cpu(tmp_path, capsys):
+    """An fp32 run's checkpoint holds an empty loss-scaler state; resuming it with
+    train.precision=fp16 (GradScaler enabled; CPU autocast runs float16 in this torch) must
+    start a fresh scaler instead of failing to load the empty one, then train and save it."""
+    out = tmp_path / "run"
+    train(quick("train.budget=2steps", "curriculum.stages=16:1", "curriculum.final_size_px=16"),
+          out)
+    assert checkpoint.load_latest(out)["scaler"] == {}
+    trainer = Trainer(quick("train.budget=3steps", "curriculum.stages=16:1",
+                            "curriculum.final_size_px=16", "train.precision=fp16"), out)
+    assert trainer.scaler.is_enabled() and trainer.rt.amp_dtype == torch.float16
+    summary = trainer.run()
+    assert summary["steps"] == 3 and math.isfinite(summary["top1"])
+    assert "resuming" in capsys.readouterr().out
+    scaler = checkpoint.load_latest(out)["scaler"]
+    assert scaler["scale"] > 0 and "_growth_tracker" in scaler
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("optim.warmup=nan", "optim.warmup: expected a finite number, got 'nan'"),
+    ("optim.lr=inf", "optim.lr: expected a finite number, got 'inf'"),
+    ("optim.weight_decay=-inf", "optim.weight_decay: expected a finite number, got '-inf'"),
+    ("curriculum.stages=0:0.5,28:0.5", "curriculum.stages size=0 must be >= 1"),
+    ("model.mlp_ratio=0.01",  # the fmnist preset's model is 96 wide: int(0.96) = 0 units
+     "model.mlp_ratio=0.01 leaves the FFN of model.dim=96 no hidden unit"),
+])
+def test_values_that_are_no_usable_number_give_one_line(setting, message, capsys):
+    """nan passes every range check (each comparison is False), inf overflows the schedules, a
+    0 px stage is a multiple of every patch size, and a tiny mlp_ratio leaves a 0-wide FFN: each
+    is refused by validation, in one line on stderr with exit code 2, before anything runs."""
+    assert main(["train", "--print-config", "--set", setting]) == 2
+    said = capsys.readouterr()
+    assert said.err == f"error: {message}\n"
+    assert said.out == ""  # the config was not printed
+
+
+def test_step_budget_off_the_sync_grid_ends_and_logs_at_the_budget(tmp_path, monkeypatch):
+    """40 steps with a sync every 7 (0, 7, ..., 35): the last step is a sync point too, so the
+    run stops at exactly 40 steps, logs step 40, and the last stage ends at the final clock
+    reading. Each step is slowed by 50 ms so that the last sync interval (steps 36-40) is at
+    least 250 ms: a stage end read at step 35 would miss it by that much."""
+    cfg = quick("train.budget=40steps", "train.sync_every=7", "train.log_every=5")
+    trainer = Trainer(cfg, tmp_path)
+    real_step = trainer.step
+
+    def slow_step(*a, **kw):
+        time.sleep(0.05)
+        return real_step(*a, **kw)
+    trainer.step = slow_step
+    s = trainer.run()
+    assert s["steps"] == 40 and s["images_seen"] == 40 * 64
+    logs = records(tmp_path / "log.jsonl")
+    # Logged at the first sync past each multiple of 5, and at the budget's last step.
+    assert [r["step"] for r in logs] == [7, 14, 21, 28, 35, 40]
+    assert logs[-1]["images"] == 40 * 64
+    assert s["last_step_s"] >= 5 * 0.05
+    # end_s is the last sync's reading; train_time_s is read when the clock stops right after
+    # (the last log line is written in between): the same moment but for that write.
+    gap = s["train_time_s"] - s["stages"][-1]["end_s"]
+    assert 0 <= gap < 0.05, gap
+    assert sum(st["images"] for st in s["stages"]) == 40 * 64
+
+
+def test_rerunning_a_finished_run_returns_its_summary_without_training(tmp_path, capsys):
+    """The exact command of a finished run again: the same summary, printed again, and no
+    evaluation, log line or checkpoint added; a larger budget then trains on from there."""
+    args = ("train.budget=4steps", "train.log_every=1")
+    first = train(quick(*args), tmp_path)
+    files = {name: (tmp_path / name).read_bytes()
+             for name in ("summary.json", "eval.jsonl", "log.jsonl")}
+    ckpts = [(p.name, p.stat().st_mtime_ns) for p in checkpoint.list_checkpoints(tmp_path)]
+    capsys.readouterr()
+
+    again = train(quick(*args), tmp_path)
+    said = capsys.readouterr().out
+    first_line = said.splitlines()[0]
+    assert first_line.startswith(f"{tmp_path} holds a finished run (step 4); ")
+    assert "--budget" in first_line
+    assert "resuming" not in said and f"top-1 {first['top1']:.2f}%" in said
+    assert again == json.loads(files["summary.json"])
+    assert (again["top1"], again["steps"], len(again["evals"])) == \
+        (first["top1"], 4, len(first["evals"])) == (first["top1"], 4, 1)
+    assert {name: (tmp_path / name).read_bytes() for name in files} == files
+    assert [(p.name, p.stat().st_mtime_ns) for p in checkpoint.list_checkpoints(tmp_path)] == ckpts
+
+    more = train(quick("train.budget=6steps", "train.log_every=1"), tmp_path)
+    said = capsys.readouterr().out
+    assert "holds a finished run" not in said and "\nresuming vit_micro4_local" in said
+    assert more["steps"] == 6
+    assert [r["step"] for r in records(tmp_path / "log.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert [e["step"] for e in records(tmp_path / "eval.jsonl")] == [4, 6]
+    assert [e["step"] for e in more["evals"]] == [4, 6]  # the final checkpoint holds step 4's
+
+
+def test_raising_a_finished_runs_budget_evaluates_each_step_once(tmp_path):
+    """An evaluation every step, 4 steps, then the budget raised to 6: the run goes on from the
+    finished run's checkpoint, whose step 4 was evaluated at the end. eval.jsonl and the
+    summary's evals must both read 0, 1, ..., 6, each step once."""
+    args = ("train.eval_every_s=1e-9", "train.log_every=1")
+    train(quick("train.budget=4steps", *args), tmp_path)
+    summary = train(quick("train.budget=6steps", *args), tmp_path)
+    assert [e["step"] for e in records(tmp_path / "eval.jsonl")] == list(range(0, 7))
+    assert [e["step"] for e in summary["evals"]] == list(range(0, 7))
+
+
+def test_logs_after_a_rollback_hold_each_step_once(tmp_path, capsys):
+    """Three non-finite steps (12-14) roll the run back to its step-10 checkpoint, and steps
+    11-14 are trained again: log.jsonl and eval.jsonl (a line and an evaluation every step)
+    must read 1, 2, ..., 18 (evaluations from step 0) with no record of the undone steps left
+    in them."""
+    cfg = quick("train.budget=18steps", "checkpoint.every_steps=5", "train.max_bad_steps=3",
+                "train.max_rollbacks=1", "train.log_every=1", "train.eval_every_s=1e-9")
+    trainer = Trainer(cfg, tmp_path)
+    real_loss, bad = trainer.loss_fn, {12, 13, 14}
+
+    def loss_fn(logits, y):
+        step = trainer.clock.steps + 1
+        if step in bad:
+            bad.discard(step)  # clean when replayed after the rollback
+            return real_loss(logits, y) * math.nan
+        return real_loss(logits, y)
+    trainer.loss_fn = loss_fn
+    summary = trainer.run()
+    assert summary["faults"]["rollbacks"] == 1 and summary["faults"]["nonfinite_steps"] == 3
+    assert "rolled back to step 10 with lr x0.5" in capsys.readouterr().out
+    assert [r["step"] for r in records(tmp_path / "log.jsonl")] == list(range(1, 19))
+    assert [e["step"] for e in records(tmp_path / "eval.jsonl")] == list(range(0, 19))
+    assert [e["step"] for e in summary["evals"]] == list(range(0, 19))
+    # No line of the undone steps survives: theirs had a loss of 0 (no good step to average).
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0
+               for r in records(tmp_path / "log.jsonl"))
+
+
+def test_fresh_run_replaces_the_logs_of_an_older_run(tmp_path):
+    """A run directory with log.jsonl and eval.jsonl but no checkpoint (a run whose checkpoints
+    were deleted): the new run starts new logs, with none of the old records, whatever their
+    steps (earlier than, equal to or past the new run's)."""
+    old = [{"step": s, "loss": 9.0, "old": True} for s in (1, 3, 50)]
+    for name in ("log.jsonl", "eval.jsonl"):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in old))
+    train(quick("train.budget=3steps", "train.log_every=1"), tmp_path)
+    logs, evals = records(tmp_path / "log.jsonl"), records(tmp_path / "eval.jsonl")
+    assert [r["step"] for r in logs] == [1, 2, 3] and [e["step"] for e in evals] == [3]
+    assert not any("old" in r for r in logs + evals)
+
+
+def test_stop_whose_checkpoint_fails_says_it_was_not_written(tmp_path, monkeypatch, capsys):
+    """SIGTERM during step 6, and the disk is full when the stop's checkpoint is written: the
+    message must say the checkpoint could NOT be written (a resume goes back to step 4), never
+    that it was."""
+    cfg = quick("train.budget=40steps", "checkpoint.every_steps=4")
+    trainer = Trainer(cfg, tmp_path, command="budgetvit train --out RUN")
+    real_step, real_save, disk_full = trainer.step, torch.save, []
+
+    def step(*a, **kw):
+        if trainer.clock.steps == 5:
+            disk_full.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)  # the trainer's handler records it
+        return real_step(*a, **kw)
+
+    def save(obj, f, *a, **kw):
+        if disk_full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **kw)
+    trainer.step = step
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    assert trainer.run() == {"interrupted": True, "step": 6}
+    said = capsys.readouterr().out
+    assert ("warning: checkpoint at step 6 not written (No space left on device); keeping the "
+            "previous one, retrying later") in said
+    stop = re.search(r"^stopped by SIGTERM at step 6 .*$", said, re.M)
+    assert stop, said
+    assert ("; its checkpoint could NOT be written (see the warning above); resuming goes back "
+            "to the previous one. Resume with: budgetvit train --out RUN") in stop.group(0)
+    assert "checkpoint written" not in said
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == \
+        ["step_00000000.pt", "step_00000004.pt"]
+    assert not (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_both_at_the_same_step(tmp_path):
+    """torchrun, 2 CPU ranks: SIGTERM to rank 1 only. Every rank sees the stop at the same
+    sync point, so both finish at the same step with exit 0 and one checkpoint of that step;
+    rank 0 says that another rank was signalled."""
+    from .test_distributed import _worker_pid, torchrun
+    out = tmp_path / "ddp"
+    # In a session of its own, so that a failing test can end the launcher and both ranks.
+    proc = torchrun(2, out, "2000steps", "data.holdout=0.005", start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        log = out / "log.jsonl"
+        while time.time() < deadline and proc.poll() is None:
+            if log.exists() and len(log.read_text().splitlines()) >= 3:
+                break  # training, with the signal handlers installed
+            time.sleep(0.1)
+        victim = _worker_pid(proc.pid, 1)
+        assert victim is not None and proc.poll() is None
+        os.kill(victim, signal.SIGTERM)
+        output, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, output[-3000:]
+    finished = dict(re.findall(r"rank (\d)/2: finished at step (\d+),", output))
+    assert set(finished) == {"0", "1"} and finished["0"] == finished["1"], output[-3000:]
+    step = int(finished["0"])
+    assert 3 <= step < 2000
+    assert re.search(rf"^stopped by a signal to another rank at step {step} .*checkpoint "
+                     rf"written\. Resume with: ", output, re.M), output[-3000:]
+    state = checkpoint.load(checkpoint.list_checkpoints(out)[-1])
+    assert state["clock"]["steps"] == step and state["world_size"] == 2
+    assert not (out / "summary.json").exists()
+
+
+def test_wall_time_counts_the_setup(tmp_path, monkeypatch):
+    """summary.json's wall_time_s runs from the Trainer's construction, so slow setup (here a
+    data scan made 2 s slower) is counted: it is the whole time from Trainer() to the summary,
+    up to the end-of-run printing."""
+    from budgetvit import train as train_module
+    real_build = train_module.build_data
+
+    def slow_build(*a, **kw):
+        time.sleep(2.0)
+        return real_build(*a, **kw)
+    monkeypatch.setattr(train_module, "build_data", slow_build)
+    t0 = time.perf_counter()
+    trainer = Trainer(quick("train.budget=2steps"), tmp_path)
+    setup = time.perf_counter() - t0
+    summary = trainer.run()
+    total = time.perf_counter() - t0
+    assert setup >= 2.0
+    assert total - 0.5 <= summary["wall_time_s"] <= total
+    assert summary["wall_time_s"] >= setup + summary["train_time_s"] + summary["eval_time_s"]
