@@ -443,19 +443,22 @@ class Trainer:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
         train_s = self.clock.read()
-        written = self.save_checkpoint()
         if self.stop_signal:
+            # Not amid non-finite steps: a resume would start inside them, past its rollback
+            # point.
+            written = not self.bad_run and self.save_checkpoint()
             saved = ("checkpoint written" if written else
-                     "its checkpoint could NOT be written (see the warning above); resuming "
+                     "NO checkpoint written at this step (see the warnings above); resuming "
                      "goes back to the previous one")
             self.say(f"stopped by {self.stop_signal} at step {self.clock.steps} "
                      f"({fmt_duration(train_s)} of training); {saved}. "
                      f"Resume with: {self.command or 'the same command'}")
             self.progress_close()
             return {"interrupted": True, "step": self.clock.steps}
+        self.save_checkpoint()  # before the final evaluation: a kill during it loses nothing
         final = self.run_eval(train_s, final=True)
         # Again, now holding the final evaluation: a larger --budget goes on from here without
-        # evaluating this step twice. (Written before it too, so a kill during it loses nothing.)
+        # evaluating this step twice.
         self.save_checkpoint()
         summary = (write_summary(self, final, time.perf_counter() - self.wall0)
                    if self.dist.main else {})
