@@ -16,6 +16,10 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where a figure is drawn: train and speed run without matplotlib
+    from matplotlib.figure import Figure
 
 
 COMMAND, HELP = "report", "plots (time-to-accuracy, schedules) and a Markdown table of runs"
@@ -115,7 +119,7 @@ def _legend(ax, n: int) -> None:
 
 
 def time_to_accuracy_figure(runs: list[dict], ema: bool = False, title: str = "") -> Figure:
-    from matplotlib.figure import Figure  # here: train and speed must run without matplotlib
+    from matplotlib.figure import Figure
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
     scale, unit = _time_axis(runs)
