@@ -333,9 +333,12 @@ def _run_one(head: str, argv: list[str], run_dir: Path, env: dict, nproc: int) -
 
 def run(args) -> int:
     name, bench, base, arms, seeds, common = plan(args)
-    if args.list:
-        for a in all_arms(base).values():
-            print(f"{a.name:30s} {a.about}\n{'':30s} --set {' '.join(a.overrides(base))}")
+    if args.list:  # the built-in arms, then those of --arm
+        known = all_arms(base)
+        for a in [*known.values(), *(a for a in arms if a.name not in known)]:
+            sets = " ".join(a.overrides(base))
+            line = f"--set {sets}" if sets else "(no --set)"
+            print(f"{a.name:30s} {a.about}" + (f"\n{'':30s} {line}" if line != a.about else ""))
         return 0
     out = Path(args.out or f"runs/bench-{name}{'-sweep' if args.sweep else ''}")
     # Seed by seed, every arm in each: if the machine's speed drifts over the hours, the arms

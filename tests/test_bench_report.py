@@ -135,6 +135,12 @@ def test_adhoc_arms_run_after_named_ones_with_exactly_their_overrides(tmp_path, 
         ["vit", "lr-3e-3", "stages", "base"]
     assert lines[1].endswith("optim.lr=3e-3 train.seed=0")
     assert lines[3].endswith("train.device=cpu train.seed=0")
+    # --list names them after the built-in arms, each with its overrides once.
+    assert main(shlex.split(command)[1:] + ["--list"]) == 0
+    assert capsys.readouterr().out.splitlines()[-4:] == [
+        f"{'lr-3e-3':30s} --set optim.lr=3e-3",
+        f"{'stages':30s} --set curriculum.mode=stages curriculum.stages=16:0.5,28:0.5",
+        f"{'base':30s} the base config", f"{'':30s} (no --set)"]
 
 
 @pytest.mark.parametrize("finished", [True, False])
