@@ -33,7 +33,7 @@ def cmd_eval(args) -> int:
         raise ConfigError(f"{cfg.data.path or cfg.data.dataset} has other classes than the "
                           f"checkpoint was trained on ({len(theirs)} vs {len(ours)}; differing: "
                           f"{', '.join(differ[:10])}{' ...' if len(differ) > 10 else ''})")
-    print(f"checkpoint {inference.resolve_checkpoint(args.checkpoint)} (step {ld.step}), "
+    print(f"checkpoint {ld.path} (step {ld.step}), "
           f"{cfg.data.dataset} {data.eval_split}")
     print(f"{'size':>6} {'top1':>8} {'top5':>8} {'top1_ema':>9} {'top5_ema':>9}")
     for s in sizes:

@@ -210,6 +210,18 @@ def test_eval_predict_and_export_on_a_checkpoint(timed_run, tmp_path, capsys):
     model = load_weights(tmp_path / "w.safetensors")
     assert model.cfg.in_chans == 1 and model.cfg.num_classes == 10
 
+    # A damaged newest checkpoint (in a copy of the run): named on stderr, the one before used.
+    import shutil
+    shutil.copytree(out, tmp_path / "copy")
+    older, newest = checkpoint.list_checkpoints(tmp_path / "copy")[-2:]
+    newest.write_bytes(newest.read_bytes()[:1000])  # cut short
+    capsys.readouterr()
+    ld = inference.load(tmp_path / "copy")
+    assert ld.path == older and ld.step == checkpoint.load(older)["clock"]["steps"]
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: cannot read checkpoint {newest}: ")
+    assert err.endswith("; trying an older checkpoint\n") and err.count("\n") == 1
+
 
 def test_imagefolder_tree_of_real_jpegs(tmp_path):
     root = write_image_tree(tmp_path / "tree")
