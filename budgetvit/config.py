@@ -94,7 +94,7 @@ class TrainSection:
     ema: bool = True  # keep an exponential moving average of the weights, evaluated at the end
     ema_decay: float = 0.99  # its decay per step
     seed: int = 0  # seeds the model, data order and augmentation
-    deterministic: bool = False  # deterministic kernels (for exact-resume tests)
+    deterministic: bool = False  # deterministic kernels (exact-resume tests; CPU only)
     log_every: int = 20  # steps between log.jsonl lines
     eval_every_s: float = 0.0  # training seconds between evaluations (0 = only at the end)
     warmup_steps: int = 3  # untimed steps per image size before the clock starts

@@ -62,6 +62,9 @@ class Trainer:
         self.out = prepare_out_dir(out) if self.dist.main else Path(out)
         t = cfg.train
         if t.deterministic:
+            if self.rt.cuda:  # (cuBLAS would also need CUBLAS_WORKSPACE_CONFIG set in advance)
+                raise ConfigError("train.deterministic=true is for CPU runs: on CUDA the "
+                                  "position embedding's resampling has no deterministic backward")
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(t.seed + self.dist.rank)
         random.seed(t.seed + self.dist.rank)

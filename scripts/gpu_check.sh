@@ -49,6 +49,10 @@ done
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   $PY -c "import torch, torchvision, timm; print('torch', torch.__version__, 'cuda',
 torch.version.cuda, 'torchvision', torchvision.__version__, 'timm', timm.__version__)"
+  # torch.compile's Triton builds its launcher with a C compiler and Python's headers.
+  echo "C compiler: $( (${CC:-cc} --version || gcc --version) 2>/dev/null | head -1)"
+  $PY -c "import os, sysconfig; h = os.path.join(sysconfig.get_paths()['include'], 'Python.h')
+print('Python.h:', h if os.path.exists(h) else 'MISSING (torch.compile will fail)')"
   date -u
   echo "fashion-mnist: ${BUDGETVIT_FMNIST_DIR:-MISSING: the training fails, CUDA tests skip}"
 } > "$LOG/check.txt" 2>&1

@@ -16,9 +16,10 @@ needs_fmnist = pytest.mark.skipif(not (FMNIST / "train-images-idx3-ubyte.gz").ex
 
 
 def tiny_config(*overrides: str):
-    """A model small enough that a test trains it in seconds on 2 cores."""
+    """A model small enough that a test trains it in seconds on 2 cores (on the CPU, also on
+    a machine with a GPU: the CUDA tests ask for it)."""
     cfg = fmnist()
-    apply_overrides(cfg, ["model.dim=32", "model.depth=2", "model.heads=2",
+    apply_overrides(cfg, ["train.device=cpu", "model.dim=32", "model.depth=2", "model.heads=2",
                           "train.batch_size=64", "train.eval_batch_size=1000",
                           "train.warmup_steps=1", "train.log_every=5",
                           "curriculum.stages=16:0.5,28:0.5", *overrides])

@@ -290,7 +290,8 @@ def test_report_without_runs_is_a_one_line_error(tmp_path, capsys):
 
 # ---------------------------------------------------------------- a real tiny bench
 
-TINY = ["model.dim=32", "model.depth=2", "model.heads=2", "train.batch_size=64",
+TINY = ["train.device=cpu",  # also where there is a GPU: the CUDA tests ask for it
+        "model.dim=32", "model.depth=2", "model.heads=2", "train.batch_size=64",
         "train.warmup_steps=1", "train.eval_batch_size=1000", "data.num_workers=0"]
 
 

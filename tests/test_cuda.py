@@ -68,3 +68,11 @@ def test_training_step_never_waits_for_the_gpu(tmp_path, compile_):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(loss).item() and ok.item()
+
+
+def test_deterministic_kernels_are_refused_on_cuda(tmp_path):
+    """The antialiased bicubic resampling of the position embedding has no deterministic CUDA
+    backward: the option is refused in one line rather than failing at the first step."""
+    from budgetvit.config import ConfigError
+    with pytest.raises(ConfigError, match="train.deterministic=true is for CPU runs"):
+        Trainer(tiny_config("train.device=cuda", "train.deterministic=true"), tmp_path)

@@ -30,7 +30,8 @@ from .imagetree import damaged_copy
 
 AUG = AugSection(crop_scale_min=0.35)
 # conftest.tiny_config's overrides, for `budgetvit train` on the command line, on image trees.
-TINY = ["model.dim=32", "model.depth=2", "model.heads=2", "train.warmup_steps=1",
+TINY = ["train.device=cpu",  # also where there is a GPU: the CUDA tests ask for it
+        "model.dim=32", "model.depth=2", "model.heads=2", "train.warmup_steps=1",
         "train.log_every=5", "data.dataset=imagefolder", "data.num_workers=0",
         "train.batch_size=12", "train.eval_batch_size=12", "curriculum.stages=16:0.5,32:0.5",
         "curriculum.final_size_px=32"]

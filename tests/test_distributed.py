@@ -17,7 +17,8 @@ from .conftest import needs_fmnist
 
 pytestmark = [needs_fmnist, pytest.mark.slow]
 
-TINY = ["model.dim=32", "model.depth=2", "model.heads=2", "train.batch_size=64",
+TINY = ["train.device=cpu",  # also where there is a GPU: the CUDA tests ask for it
+        "model.dim=32", "model.depth=2", "model.heads=2", "train.batch_size=64",
         "train.eval_batch_size=1000", "train.warmup_steps=1", "train.log_every=1",
         "curriculum.stages=16:0.5,28:0.5", "aug.crop_scale_min=0.5"]
 

@@ -74,6 +74,13 @@ def test_summary_says_what_is_missing(tmp_path):
     assert row(lines, "CUDA tests") == "NO RESULT LINE; last line: Timeout"
     assert row(lines, "fmnist 2m run").startswith("top-1 50.00%, trained 3.0s, warm-up 1.0s")
     assert row(lines, "imagenet preset warm-up") == "MISSING; see warmup.txt"
+    # The warm-up cut by the deadline after two of its sizes: what those took.
+    (tmp_path / "warmup.txt").write_text(
+        "warm-up 32px: compiled and ran 4 steps in 20.1s (not charged)\n"
+        "warm-up 64px: compiled and ran 4 steps in 19.0s (not charged)\nTraceback\n")
+    assert row(summary_of(tmp_path), "imagenet preset warm-up") == (
+        "CUT SHORT after 32px, 64px: 39.1s for those (cold caches; target <= 180s for all 7); "
+        "see warmup.txt")
 
 
 def run_check(log: Path, **env) -> subprocess.CompletedProcess:
@@ -89,6 +96,7 @@ def test_check_skips_the_steps_past_its_deadline_and_still_prints_the_table(tmp_
                  "4/5 imagenet-1gpu-24h warm-up", "5/5 CUDA graphs", "5/5 whole-model compile"):
         assert f"step {name}" in check and "skipped, " in check.split(f"step {name}")[1]
     assert "torch " in check and "fashion-mnist: " in check
+    assert "C compiler: " in check and "Python.h: " in check
     assert "== budgetvit GPU check:" in done.stdout
     assert "speed table                      MISSING" in done.stdout
 

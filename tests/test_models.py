@@ -147,6 +147,12 @@ def test_init_follows_deit():
     assert abs(w.std().item() - 0.02) < 0.001 and abs(w.mean().item()) < 0.001
     assert torch.equal(model.blocks[0].attn.qkv.bias, torch.zeros_like(model.blocks[0].attn.qkv.bias))
     assert torch.equal(model.norm.weight, torch.ones_like(model.norm.weight))
+    # Convolutions at PyTorch's default, U(+-1/sqrt(fan_in)) (timm and the authors' code leave
+    # them so): the locality FFN's depthwise 3x3 (fan-in 9) at std 1/sqrt(27), not 0.02.
+    conv = create_model("vit_s16_local").blocks[0].mlp.conv.weight
+    assert abs(conv.std().item() - 27 ** -0.5) < 0.01 and conv.abs().max() <= 1 / 3
+    patch = model.patch_embed.proj.weight  # fan-in 3 x 16 x 16
+    assert abs(patch.std().item() - 2304 ** -0.5) < 0.001 and patch.abs().max() <= 768 ** -0.5
 
 
 def test_any_field_can_be_overridden():

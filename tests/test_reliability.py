@@ -18,7 +18,8 @@ from .conftest import needs_fmnist, tiny_config
 
 pytestmark = needs_fmnist
 
-TINY = ["model.dim=32", "model.depth=2", "model.heads=2", "train.batch_size=32",
+TINY = ["train.device=cpu",  # also where there is a GPU: the CUDA tests ask for it
+        "model.dim=32", "model.depth=2", "model.heads=2", "train.batch_size=32",
         "train.eval_batch_size=2000", "train.warmup_steps=1", "train.log_every=1",
         "curriculum.stages=16:0.5,28:0.5", "train.deterministic=true", "model.drop_path=0.1",
         "aug.random_erasing=0.25", "aug.mixup=0.2"]

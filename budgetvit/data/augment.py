@@ -57,24 +57,31 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
                          align_corners=False).clamp_(0, 1)
 
 
-def random_erasing(x: torch.Tensor, prob: float) -> torch.Tensor:
-    """Per-image random erasing (area 2%-33%, aspect 0.3-3.3) with N(0, 1) noise, as DeiT/timm
-    apply it to normalised images. x: (B, C, H, W) float, normalised."""
+def random_erasing(x: torch.Tensor, prob: float, tries: int = 10) -> torch.Tensor:
+    """Per-image random erasing with N(0, 1) noise, as DeiT/timm apply it to normalised images,
+    with timm's draw made for the whole batch at once: area 2%-33% of the image, log-uniform
+    aspect 0.3-3.3, height and width rounded to whole pixels, the first of `tries` draws that
+    fits inside the image (none fits: nothing erased), the corner uniform over every place it
+    fits. x: (B, C, H, W) float, normalised."""
     if prob <= 0:
         return x
     B, _, H, W = x.shape
-    u = torch.rand(B, 5, device=x.device)
-    area = (0.02 + (1 / 3 - 0.02) * u[:, 0]) * H * W
-    ratio = (math.log(0.3) + (math.log(1 / 0.3) - math.log(0.3)) * u[:, 1]).exp()
-    h = (area * ratio).sqrt().clamp(1, H)
-    w = (area / ratio).sqrt().clamp(1, W)
-    top = ((H - h) * u[:, 2]).floor()
-    left = ((W - w) * u[:, 3]).floor()
+    u = torch.rand(B, 2 * tries + 3, device=x.device)
+    area = (0.02 + (1 / 3 - 0.02) * u[:, :tries]) * H * W  # (B, tries)
+    log_ratio = math.log(0.3) + (math.log(1 / 0.3) - math.log(0.3)) * u[:, tries:2 * tries]
+    h = (area * log_ratio.exp()).sqrt().round()
+    w = (area / log_ratio.exp()).sqrt().round()
+    fits = (h < H) & (w < W)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # the first draw that fits
+    h, w = h.gather(1, first).squeeze(1), w.gather(1, first).squeeze(1)  # (B,)
+    top = ((H - h + 1) * u[:, -3]).floor()  # uniform over 0..H-h
+    left = ((W - w + 1) * u[:, -2]).floor()
+    erase = fits.any(dim=1) & (u[:, -1] < prob)
     rows = torch.arange(H, device=x.device).view(1, H, 1)
     cols = torch.arange(W, device=x.device).view(1, 1, W)
     mask = ((rows >= top.view(B, 1, 1)) & (rows < (top + h).view(B, 1, 1))
             & (cols >= left.view(B, 1, 1)) & (cols < (left + w).view(B, 1, 1))
-            & (u[:, 4] < prob).view(B, 1, 1))  # (B, H, W)
+            & erase.view(B, 1, 1))  # (B, H, W)
     return torch.where(mask.unsqueeze(1), torch.randn_like(x), x)
 
 
