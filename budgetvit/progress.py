@@ -39,6 +39,7 @@ class Progress:
         """last_step: the step training goes on from; the logs' records of later steps are
         dropped (a resumed run replays them; a fresh run, last_step -1, starts them anew)."""
         self.run_dir, self.budget, self.unit = run_dir, budget, unit
+        self.log_file = self.eval_file = None
         self.rewind(last_step)
         self.bar = None
         if sys.stderr.isatty():
@@ -55,7 +56,7 @@ class Progress:
 
     def rewind(self, last_step: int) -> None:
         """Drop the log records of steps after last_step (a resume, a rollback)."""
-        for f in (getattr(self, "log_file", None), getattr(self, "eval_file", None)):
+        for f in (self.log_file, self.eval_file):
             if f is not None:
                 f.close()
         for name in ("log.jsonl", "eval.jsonl"):

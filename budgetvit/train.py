@@ -492,7 +492,7 @@ class Trainer:
             self.bad_run += 1
             self.say(f"warning: non-finite loss or gradient at step {step}; update skipped")
             if self.bad_run >= self.cfg.train.max_bad_steps:
-                self._rollback(step - self.bad_run + 1, step)  # (the log window's too)
+                self._rollback(step - self.bad_run + 1, step)  # restores the log window too
                 self.bad_run = 0
                 return  # the steps after this one were undone by the rollback
 
