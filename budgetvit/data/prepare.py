@@ -59,14 +59,28 @@ def add_arguments(p) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+_sigterm = False
+
+
+def _on_sigterm(signum, frame):
+    # Only noted here, and acted on between waits for the workers: an exception raised at
+    # any instruction could leave a lock held (the shared progress counter's), which the
+    # workers and the pool's shutdown would then wait on forever.
+    global _sigterm
+    _sigterm = True
+
+
+def _stop_if_asked() -> None:
+    if _sigterm:
+        raise KeyboardInterrupt
 
 
 def run(args) -> int:
     # SIGTERM (kill, a job scheduler) stops like Ctrl-C: the shards being converted finish,
     # the workers exit with the pool; by default the process would die and leave them behind.
-    old = signal.signal(signal.SIGTERM, _interrupt)
+    global _sigterm
+    _sigterm = False
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         meta = prepare(args.src, args.dst, max_size=args.max_size, encoding=args.format,
                        levels=args.levels, workers=args.workers, shard_size=args.shard_size,
@@ -287,6 +301,7 @@ def _run_jobs(todo: list[dict], common: dict, workers: int, total: int, reused: 
                    disable=not progress, smoothing=0.1)
         try:
             while pending:
+                _stop_if_asked()
                 finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     fut.result()  # re-raises a worker's unexpected error
