@@ -129,14 +129,14 @@ def test_values_that_are_no_usable_number_give_one_line(setting, message, capsys
 def test_step_budget_off_the_sync_grid_ends_and_logs_at_the_budget(tmp_path, monkeypatch):
     """40 steps with a sync every 7 (0, 7, ..., 35): the last step is a sync point too, so the
     run stops at exactly 40 steps, logs step 40, and the last stage ends at the final clock
-    reading. Each step is slowed by 50 ms so that the last sync interval (steps 36-40) is at
-    least 250 ms: a stage end read at step 35 would miss it by that much."""
+    reading. Each step is slowed by 100 ms so that the last sync interval (steps 36-40) is at
+    least 500 ms: a stage end read at step 35 would miss it by that much."""
     cfg = quick("train.budget=40steps", "train.sync_every=7", "train.log_every=5")
     trainer = Trainer(cfg, tmp_path)
     real_step = trainer.step
 
     def slow_step(*a, **kw):
-        time.sleep(0.05)
+        time.sleep(0.1)
         return real_step(*a, **kw)
     trainer.step = slow_step
     s = trainer.run()
@@ -145,11 +145,11 @@ def test_step_budget_off_the_sync_grid_ends_and_logs_at_the_budget(tmp_path, mon
     # Logged at the first sync past each multiple of 5, and at the budget's last step.
     assert [r["step"] for r in logs] == [7, 14, 21, 28, 35, 40]
     assert logs[-1]["images"] == 40 * 64
-    assert s["last_step_s"] >= 5 * 0.05
+    assert s["last_step_s"] >= 5 * 0.1
     # end_s is the last sync's reading; train_time_s is read when the clock stops right after
     # (the last log line is written in between): the same moment but for that write.
     gap = s["train_time_s"] - s["stages"][-1]["end_s"]
-    assert 0 <= gap < 0.05, gap
+    assert 0 <= gap < 0.25, gap  # (slack for a loaded machine; a missed interval is >= 0.5)
     assert sum(st["images"] for st in s["stages"]) == 40 * 64
 
 
@@ -347,5 +347,5 @@ def test_wall_time_counts_the_setup(tmp_path, monkeypatch):
     summary = trainer.run()
     total = time.perf_counter() - t0
     assert setup >= 2.0
-    assert total - 0.5 <= summary["wall_time_s"] <= total
+    assert total - 1.5 <= summary["wall_time_s"] <= total  # (slack for a loaded machine)
     assert summary["wall_time_s"] >= setup + summary["train_time_s"] + summary["eval_time_s"]
