@@ -77,11 +77,18 @@ def load(path: str | Path, map_location="cpu") -> dict:
         raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
 
 
-def load_latest(run_dir: str | Path, warn=print) -> dict | None:
-    """The newest checkpoint of a run that loads; damaged newer ones are reported and skipped."""
+def newest_loadable(run_dir: str | Path, warn=print) -> tuple[Path, dict] | None:
+    """(path, state) of the newest checkpoint of a run that loads; damaged newer ones are
+    reported and skipped."""
     for path in reversed(list_checkpoints(run_dir)):
         try:
-            return load(path)
+            return path, load(path)
         except CheckpointError as e:
             warn(f"warning: {e}; trying an older checkpoint")
     return None
+
+
+def load_latest(run_dir: str | Path, warn=print) -> dict | None:
+    """The state of newest_loadable(run_dir), or None."""
+    found = newest_loadable(run_dir, warn)
+    return found[1] if found else None

@@ -22,31 +22,19 @@ class Loaded:
     path: Path  # the checkpoint file read
 
 
-def checkpoint_files(path: str | Path) -> list[Path]:
-    """A checkpoint file, or a run directory's checkpoints, newest first."""
-    path = Path(path)
-    if path.is_dir():
-        found = checkpoint.list_checkpoints(path)
-        if not found:
-            raise checkpoint.CheckpointError(f"no checkpoints in {path}/checkpoints")
-        return found[::-1]
-    if not path.exists():
-        raise checkpoint.CheckpointError(f"checkpoint {path} does not exist")
-    return [path]
-
-
 def load(path: str | Path, device="cpu") -> Loaded:
     """The model (and EMA) of a checkpoint file, or of a run directory's newest checkpoint
     that reads (a damaged newer one is named on stderr and skipped, as a resume does)."""
-    files = checkpoint_files(path)
-    for i, file in enumerate(files):
-        try:
-            state = checkpoint.load(file)
-            break
-        except checkpoint.CheckpointError as e:
-            if i == len(files) - 1:
-                raise
-            print(f"warning: {e}; trying an older checkpoint", file=sys.stderr)
+    path = Path(path)
+    if path.is_dir():
+        if not checkpoint.list_checkpoints(path):
+            raise checkpoint.CheckpointError(f"no checkpoints in {path}/checkpoints")
+        found = checkpoint.newest_loadable(path, warn=lambda m: print(m, file=sys.stderr))
+        if found is None:
+            raise checkpoint.CheckpointError(f"no readable checkpoint in {path}/checkpoints")
+        file, state = found
+    else:
+        file, state = path, checkpoint.load(path)  # (a missing file: CheckpointError)
     try:
         mcfg = ViTConfig(**state["model_config"])
         model = VisionTransformer(mcfg)

@@ -29,6 +29,11 @@ from .schedules import lr_at
 from .summary import code_version, print_summary, write_summary
 
 
+def empty_window(train_s: float, step: int) -> dict:
+    """An empty log window (the good steps since the last log line) opened at this point."""
+    return {"loss": 0.0, "n": 0, "images": 0, "t": train_s, "step": step}
+
+
 class TrainingStopped(RuntimeError):
     """Training cannot go on (repeated non-finite steps); the message says why."""
 
@@ -105,7 +110,7 @@ class Trainer:
         self.last_step_s = 0.0  # the last sync interval (bounds the overrun past the budget)
         # The steps since the last log line: a resumed run's first line is then the same mean
         # (over the same steps) as the uninterrupted run's.
-        self.window = {"loss": 0.0, "n": 0, "images": 0, "t": 0.0, "step": 0}
+        self.window = empty_window(0.0, 0)
 
     # ------------------------------------------------------------------ one step
 
@@ -189,9 +194,8 @@ class Trainer:
         self.images, self.stages = s["images"], copy.deepcopy(s["stages"])
         self.evals, self.lr_scale = copy.deepcopy(s["evals"]), s["lr_scale"]
         self.last_step_s = s.get("last_step_s", 0.0)  # (older checkpoints lack these two)
-        self.window = dict(s.get("log_window") or {"loss": 0.0, "n": 0, "images": 0,
-                                                   "t": s["clock"]["train_s"],
-                                                   "step": s["clock"]["steps"]})
+        self.window = dict(s.get("log_window") or
+                           empty_window(s["clock"]["train_s"], s["clock"]["steps"]))
         if restore_clock:
             self.clock.load_state_dict(s["clock"])
             self.faults = dict(s["faults"])
@@ -512,7 +516,7 @@ class Trainer:
         if self.dist.main:
             self.progress.log(rec)
             self.progress.update(self.clock.spent_units(now), rec)
-        window.update(loss=0.0, n=0, images=0, t=now, step=self.clock.steps)
+        self.window = empty_window(now, self.clock.steps)
 
     def print_header(self, resumed: bool) -> None:
         sizes = " -> ".join(f"{s.size}px@{s.start:.0%}" for s in self.plan)

@@ -68,9 +68,9 @@ def random_erasing(x: torch.Tensor, prob: float, tries: int = 10) -> torch.Tenso
     B, _, H, W = x.shape
     u = torch.rand(B, 2 * tries + 3, device=x.device)
     area = (0.02 + (1 / 3 - 0.02) * u[:, :tries]) * H * W  # (B, tries)
-    log_ratio = math.log(0.3) + (math.log(1 / 0.3) - math.log(0.3)) * u[:, tries:2 * tries]
-    h = (area * log_ratio.exp()).sqrt().round()
-    w = (area / log_ratio.exp()).sqrt().round()
+    ratio = (math.log(0.3) + (math.log(1 / 0.3) - math.log(0.3)) * u[:, tries:2 * tries]).exp()
+    h = (area * ratio).sqrt().round()
+    w = (area / ratio).sqrt().round()
     fits = (h < H) & (w < W)
     first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # the first draw that fits
     h, w = h.gather(1, first).squeeze(1), w.gather(1, first).squeeze(1)  # (B,)
