@@ -1,0 +1,78 @@
+"""Before the budget clock starts: every curriculum size compiled (on CUDA) and timed by a few
+steps at learning rate 0, then the initial state restored, so that the warm-up trains nothing;
+and the size plan made, from those timings where the paper's rule in a time budget needs them.
+
+A part of Trainer (train.py), kept in its own file because it is its own phase of a run: it
+drives the trainer's data, step, clock and state, and sets its plan and seconds_per_epoch.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+from . import curriculum, distributed
+
+
+class WarmUp:
+    def warm_up(self, sizes: list[int], measure: bool) -> None:
+        """Run a few untimed steps at each of `sizes`: on CUDA this compiles each shape before
+        the clock starts. With `measure`, also time them (seconds per epoch at each size, which
+        the paper's curriculum rule needs). Then restore the state, so the warm-up steps have
+        not trained the model."""
+        n = self.cfg.train.warmup_steps
+        if n == 0:
+            return
+        # Loader workers fill their prefetch queues while the first step compiles; steps
+        # served from those queues would hide a data-bound size. Where the plan depends on
+        # the measured rate, drain them first (untimed) so the timed steps wait on the data.
+        drain = self.data.prefetch_batches if measure and self.plan_needs_rates else 0
+        initial, rng = copy.deepcopy(self.state_dict()), self.rng_state()
+        measured = {}
+        with self.clock.paused("warmup"):
+            for size in sizes:
+                self.data.set_size(size)
+                # Restart loader workers at this position: batches they prefetched at the
+                # previous size must not be the ones timed (and compiled) for this size.
+                self.data.load_state_dict(self.data.state_dict())
+                t0 = time.perf_counter()
+                self._zero_lr_steps(1 + drain)  # the first one compiles
+                t1 = time.perf_counter()
+                # Timed back to back, as training runs them: a sync around every step would
+                # add the host's launch time to the GPU's instead of overlapping the two.
+                self._zero_lr_steps(n)
+                t2 = time.perf_counter()
+                measured[size] = (t2 - t1) / n * self.data.batches_per_epoch
+                if self.rt.compile:  # compiling takes a while: say where it is
+                    self.say(f"warm-up {size}px: compiled and ran {1 + drain + n} steps in "
+                             f"{t2 - t0:.1f}s (not charged)")
+        self.load_state_dict(initial, restore_clock=False)
+        self.set_rng_state(rng)  # every rank's own (load_state_dict restores rank 0's)
+        if measure:  # rank 0's figures on every rank, so that all ranks make the same plan
+            rates = distributed.broadcast_floats(list(measured.values()), self.dist,
+                                                 self.rt.device)
+            self.seconds_per_epoch = dict(zip(measured, rates))
+
+    def _zero_lr_steps(self, count: int) -> None:
+        """`count` steps at learning rate 0, then wait for the device."""
+        for _ in range(count):
+            x, y = self.data.next_batch()
+            self.step(x, y, lr=0.0)
+        self.rt.sync()
+
+    @property
+    def plan_needs_rates(self) -> bool:
+        """The paper's rule in a time budget converts epochs to seconds at measured rates."""
+        return self.cfg.curriculum.mode == "paper" and self.unit == "seconds"
+
+    def sizes_ahead(self) -> list[int]:
+        """The sizes of the plan's stages not yet finished (what a resumed run still trains)."""
+        p = self.clock.progress(self.clock.train_s)
+        return list(dict.fromkeys(s.size for s in self.plan if s.end > p)) or [self.plan[-1].size]
+
+    def make_plan(self) -> None:
+        if self.unit == "steps":  # epochs convert to steps exactly
+            per_epoch = {s: float(self.data.batches_per_epoch)
+                         for s in curriculum.planned_sizes(self.cfg)}
+        else:  # measured by the warm-up (validate() makes sure there is one if mode=paper)
+            per_epoch = self.seconds_per_epoch
+        self.plan = curriculum.make_plan(self.cfg, per_epoch, self.budget)
