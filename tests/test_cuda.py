@@ -70,6 +70,26 @@ def test_training_step_never_waits_for_the_gpu(tmp_path, compile_):
     assert torch.isfinite(loss).item() and ok.item()
 
 
+def test_randaugment_never_waits_for_the_gpu():
+    """RandAugment on the device (the cache loader's, every image its own 2 ops): no
+    synchronising CUDA call, and the result agrees with the same draws on the CPU (not bit
+    for bit: cuDNN's TF32 convolution may round sharpness differently)."""
+    from budgetvit.data.augment import randaugment
+    x = torch.randint(0, 256, (256, 3, 64, 64), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(0))
+    u = torch.rand(256, 4, generator=torch.Generator().manual_seed(1))
+    randaugment(x.cuda(), 2, 9, u)  # lazy initialisation (cuDNN) may sync
+    on_gpu = x.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = randaugment(on_gpu, 2, 9, u)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    differs = (out.cpu() != randaugment(x, 2, 9, u)).float().mean().item()
+    assert differs < 0.01, differs
+
+
 def test_deterministic_kernels_are_refused_on_cuda(tmp_path):
     """The antialiased bicubic resampling of the position embedding has no deterministic CUDA
     backward: the option is refused in one line rather than failing at the first step."""

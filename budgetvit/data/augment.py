@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
+from torchvision.transforms.v2.functional._geometry import _get_inverse_affine_matrix
 
 
 def resized_crop_flip(x: torch.Tensor, size: int, scale_min: float, hflip: bool,
@@ -87,22 +88,25 @@ def random_erasing(x: torch.Tensor, prob: float, tries: int = 10) -> torch.Tenso
 
 def randaugment(x: torch.Tensor, ops: int, magnitude: int, u: torch.Tensor) -> torch.Tensor:
     """torchvision's RandAugment with every image's own ops, in one call per (op, sign) drawn
-    (at most 24 per round) instead of one per image or per small chunk: on a GPU, far fewer
-    kernel launches and host-device syncs (torchvision's affine ops build their matrix with
-    torch.tensor(..., device=...), a sync per call). Uses torchvision's own op table and op
-    implementations (private names of v2.RandAugment, stable since torchvision 0.15).
+    (at most 24 per round) instead of one per image, and never waiting for a GPU: torchvision
+    builds its affine matrices and its sharpness kernel with torch.tensor(..., device=...), a
+    host-device sync each (44 in a step of 1024 at 2 ops), so the geometric ops and sharpness
+    are computed here, with the matrices made on the CPU and copied without waiting. The rest
+    are torchvision's ops, and its op table and matrix formula (private names of v2.RandAugment
+    and its functional module, stable since torchvision 0.16).
 
     x: (B, C, H, W) uint8 on any device. u: (B, 2 * ops) uniform draws in [0, 1) on the CPU,
     drawn by the caller like resized_crop_flip's: for round r, u[:, 2r] picks the op and
     u[:, 2r + 1] < 0.5 negates a signed magnitude. Every op acts on each image alone, so an
-    image's result is what RandAugment gives it when it draws the same ops.
+    image's result is exactly what RandAugment gives it when it draws the same ops.
     """
     if ops <= 0:
         return x
+    H, W = x.shape[-2:]
     ra = v2.RandAugment(num_ops=ops, magnitude=magnitude)
     table = []  # (name, magnitude, signed) of torchvision's ops, in its order
     for name, (magnitudes, signed) in ra._AUGMENTATION_SPACE.items():
-        bins = magnitudes(ra.num_magnitude_bins, x.shape[-2], x.shape[-1])
+        bins = magnitudes(ra.num_magnitude_bins, H, W)
         table.append((name, 0.0 if bins is None else float(bins[magnitude]), signed))
     x = x.clone()
     for r in range(ops):
@@ -112,14 +116,74 @@ def randaugment(x: torch.Tensor, ops: int, magnitude: int, u: torch.Tensor) -> t
             for sign in ((1.0, -1.0) if signed else (1.0,)):
                 picked = (choice == k) & (negative == (sign < 0)) if signed else choice == k
                 rows = picked.nonzero().flatten()  # on the CPU: no sync
-                if name == "Identity" or len(rows) == 0:
+                matrix = inverse_affine(name, sign * m, H, W) if name in GEOMETRIC else None
+                if name == "Identity" or len(rows) == 0 or matrix == IDENTITY:
                     continue
                 rows = rows.to(x.device, non_blocking=True)
-                out = ra._apply_image_or_video_transform(x[rows], name, sign * m,
-                                                         interpolation=ra.interpolation,
-                                                         fill=ra._fill)
+                if matrix is not None:
+                    out = affine_nearest(x[rows], matrix)
+                elif name == "Sharpness":
+                    out = sharpen(x[rows], 1.0 + sign * m)
+                else:
+                    out = ra._apply_image_or_video_transform(x[rows], name, sign * m,
+                                                             interpolation=ra.interpolation,
+                                                             fill=ra._fill)
                 x.index_copy_(0, rows, out)
     return x
+
+
+GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+
+IDENTITY = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+
+
+def inverse_affine(name: str, m: float, H: int, W: int) -> list[float]:
+    """The inverse matrix (output pixel -> input pixel, origin at the image centre) torchvision's
+    RandAugment uses for geometric op `name` at signed magnitude m, from torchvision's own
+    formula and arguments, so that the result is bit-identical to its per-image call. A rotation
+    by 0 degrees is IDENTITY (torchvision returns a copy for it)."""
+    if name == "Rotate":
+        angle = m % 360  # as torchvision's rotate normalises it; 30 degrees at most here
+        return IDENTITY if angle == 0 else _get_inverse_affine_matrix(
+            [0.0, 0.0], -angle, [0.0, 0.0], 1.0, [0.0, 0.0])
+    if name in ("ShearX", "ShearY"):
+        shear = math.degrees(math.atan(m))
+        return _get_inverse_affine_matrix([-0.5 * W, -0.5 * H], 0.0, [0.0, 0.0], 1.0,
+                                          [shear, 0.0] if name == "ShearX" else [0.0, shear])
+    translate = [float(int(m)), 0.0] if name == "TranslateX" else [0.0, float(int(m))]
+    return _get_inverse_affine_matrix([0.0, 0.0], 0.0, translate, 1.0, [0.0, 0.0])
+
+
+def affine_nearest(x: torch.Tensor, matrix: list[float]) -> torch.Tensor:
+    """Resample the images x (uint8 (n, C, H, W)) through one inverse affine matrix, nearest
+    pixel, zeros outside, with torchvision's grid convention (pixel centres at integer offsets
+    from the image centre, then scaled to [-1, 1]), so that each image matches torchvision's
+    affine / rotate of it. The matrix goes to the device without the host waiting."""
+    n, C, H, W = x.shape
+    dev = x.device
+    to_unit = torch.tensor(matrix).view(2, 3).T / torch.tensor([0.5 * W, 0.5 * H])  # (3, 2)
+    cols = torch.linspace((1.0 - W) * 0.5, (W - 1.0) * 0.5, W, device=dev)
+    rows = torch.linspace((1.0 - H) * 0.5, (H - 1.0) * 0.5, H, device=dev)
+    pixels = torch.stack([cols.expand(H, W), rows[:, None].expand(H, W),
+                          torch.ones(H, W, device=dev)], dim=-1)  # (H, W, 3)
+    grid = (pixels @ to_unit.to(dev, non_blocking=True)).expand(n, H, W, 2)
+    out = F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros",
+                        align_corners=False)
+    return out.round_().to(torch.uint8)
+
+
+def sharpen(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """RandAugment's Sharpness on uint8 (n, C, H, W), as torchvision defines it after PIL: blend
+    each image with its 3x3 smoothing (weight 5 at the centre, 1 around, over 13; rounded) at
+    `factor` (>1 sharpens), the one-pixel border kept. The kernel is filled on the device."""
+    C = x.shape[1]
+    kernel = torch.full((C, 1, 3, 3), 1.0 / 13.0, device=x.device)
+    kernel[:, :, 1, 1] = 5.0 / 13.0
+    out = x.float()
+    smooth = F.conv2d(out, kernel, groups=C).round_()
+    inner = out[..., 1:-1, 1:-1]
+    inner.add_(smooth.sub_(inner), alpha=1.0 - factor)  # = factor * inner + (1 - factor) * smooth
+    return out.clamp_(0, 255).to(torch.uint8)
 
 
 def mixup_cutmix(mixup: float, cutmix: float, num_classes: int):
