@@ -55,14 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--print-config", action="store_true", help="print the resolved config, exit")
 
     e = sub.add_parser("eval", help="top-1/top-5 of a checkpoint at one or several sizes")
-    e.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    e.add_argument("--checkpoint", required=True,
+                   help="checkpoint file, run directory or exported .safetensors")
     e.add_argument("--img-size", type=_sizes, nargs="+", action="extend", metavar="S",
                    help="evaluation sizes (default: the run's final size)")
     e.add_argument("--data-path", help="dataset root, if not where the run found it")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     pr = sub.add_parser("predict", help="top-5 classes of image files")
-    pr.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    pr.add_argument("--checkpoint", required=True,
+                    help="checkpoint file, run directory or exported .safetensors")
     pr.add_argument("--img-size", type=_positive_int, help="input size (default: final size)")
     pr.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     pr.add_argument("images", nargs="+", help="image files")

@@ -33,8 +33,9 @@ def cmd_eval(args) -> int:
         raise ConfigError(f"{cfg.data.path or cfg.data.dataset} has other classes than the "
                           f"checkpoint was trained on ({len(theirs)} vs {len(ours)}; differing: "
                           f"{', '.join(differ[:10])}{' ...' if len(differ) > 10 else ''})")
-    print(f"checkpoint {ld.path} (step {ld.step}), "
-          f"{cfg.data.dataset} {data.eval_split}")
+    what = (f"exported weights {ld.path} ({ld.weights} weights of step {ld.step})"
+            if ld.weights else f"checkpoint {ld.path} (step {ld.step})")
+    print(f"{what}, {cfg.data.dataset} {data.eval_split}")
     print(f"{'size':>6} {'top1':>8} {'top5':>8} {'top1_ema':>9} {'top5_ema':>9}")
     for s in sizes:
         r = evaluate(ld.model.to(rt.device), data, s, cfg.train.eval_batch_size, rt)
@@ -97,10 +98,14 @@ def cmd_export(args) -> int:
         raise ConfigError(f"--out {out}: give a file name for the weights, such as "
                           f"model.safetensors (the model config goes beside it, as model.json)")
     ld = inference.load(args.checkpoint)
-    model = ld.model if (args.no_ema or ld.ema is None) else ld.ema
+    ema = not args.no_ema and ld.ema is not None
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(model, out)
-    print(f"wrote {out} and {out.with_suffix('.json')}")
+    # What predict / eval need to use the weights as the run's own evaluation did.
+    meta = {"weights": "ema" if ema else "model", "step": ld.step, "classes": ld.classes,
+            "mean": list(ld.mean), "std": list(ld.std), "config": ld.cfg.to_dict()}
+    save_weights(ld.ema if ema else ld.model, out, meta)
+    print(f"wrote {out} and {out.with_suffix('.json')} ({meta['weights']} weights of step "
+          f"{ld.step})")
     return 0
 
 

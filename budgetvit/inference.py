@@ -1,4 +1,4 @@
-"""Models rebuilt from checkpoints for evaluation, prediction and export."""
+"""Models rebuilt from checkpoints (or exported weights) for evaluation, prediction and export."""
 from __future__ import annotations
 
 import sys
@@ -19,13 +19,17 @@ class Loaded:
     mean: tuple
     std: tuple
     step: int
-    path: Path  # the checkpoint file read
+    path: Path  # the checkpoint (or exported weights) file read
+    weights: str = ""  # exported weights: which ("ema" or "model"); "" for a checkpoint
 
 
 def load(path: str | Path, device="cpu") -> Loaded:
     """The model (and EMA) of a checkpoint file, or of a run directory's newest checkpoint
-    that reads (a damaged newer one is named on stderr and skipped, as a resume does)."""
+    that reads (a damaged newer one is named on stderr and skipped, as a resume does), or the
+    one model of weights written by `export` (PATH.safetensors beside PATH.json)."""
     path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_exported(path, device)
     if path.is_dir():
         if not checkpoint.list_checkpoints(path):
             raise checkpoint.CheckpointError(f"no checkpoints in {path}/checkpoints")
@@ -50,3 +54,18 @@ def load(path: str | Path, device="cpu") -> Loaded:
             m.to(device).eval()
     return Loaded(model, ema, from_dict(state["config"]), state["classes"],
                   tuple(state["mean"]), tuple(state["std"]), state["clock"]["steps"], file)
+
+
+def load_exported(path: Path, device="cpu") -> Loaded:
+    from .export import load_weights, read_json
+    meta = read_json(path)  # (a missing file: FileNotFoundError)
+    if "classes" not in meta:
+        raise checkpoint.CheckpointError(
+            f"{path.with_suffix('.json')} holds the model config alone (an export older than "
+            f"2026-11-30, without classes and normalisation): export its checkpoint again")
+    try:
+        model = load_weights(path).to(device).eval()
+    except Exception as e:  # a cut or foreign file: safetensors' own errors are not one type
+        raise checkpoint.CheckpointError(f"cannot load exported weights {path}: {e}") from None
+    return Loaded(model, None, from_dict(meta["config"]), meta["classes"], tuple(meta["mean"]),
+                  tuple(meta["std"]), meta["step"], path, meta["weights"])

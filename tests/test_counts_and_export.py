@@ -1,4 +1,6 @@
 """FLOP counts against torch's FlopCounterMode, the info command, and safetensors export."""
+import json
+
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -47,3 +49,7 @@ def test_safetensors_roundtrip(tmp_path):
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
+    # An older export's JSON, the model config alone, still rebuilds the model.
+    (tmp_path / "w.json").write_text(json.dumps(model.cfg.to_dict()))
+    with torch.no_grad():
+        assert torch.equal(model(x), load_weights(tmp_path / "w.safetensors").eval()(x))

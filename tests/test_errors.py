@@ -1,5 +1,6 @@
 """Malformed input of every kind: one line on stderr naming the problem, exit code 2, and no
 work started. Also: a crafted pickle checkpoint is refused instead of run."""
+import json
 import os
 import pickle
 
@@ -7,6 +8,8 @@ import pytest
 
 from budgetvit.cli import main
 from budgetvit.config import Config, ConfigError, apply_overrides, from_dict, validate
+from budgetvit.export import save_weights
+from budgetvit.models import create_model
 
 # (arguments after `budgetvit`, a fragment the one-line error must contain)
 CASES = [
@@ -66,6 +69,10 @@ CASES = [
     (["speed", "--batch-size", "0"], "must be >= 1, got 0"),
     (["export", "--checkpoint", "x", "--out", "w.json"], "--out w.json: give a file name for the weights"),
     (["export", "--checkpoint", "x", "--out", "EMPTYDIR"], "give a file name for the weights"),
+    (["predict", "--checkpoint", "OLDEXPORT", "x.png"], "holds the model config alone"),
+    (["eval", "--checkpoint", "CUTEXPORT"], "cannot load exported weights"),
+    (["predict", "--checkpoint", "/nonexistent/w.safetensors", "x.png"],
+     "No such file or directory: '/nonexistent/w.json'"),
     (["bench", "--seeds", "1", "--out", "AFILE"], "File exists"),
     (["bench", "--arm", "x: 'optim.lr=1"], "--arm x: No closing quotation"),
     (["bogus"], "invalid choice: 'bogus'"),
@@ -90,8 +97,15 @@ def bad_files(tmp_path):
     empty.mkdir()
     afile = tmp_path / "afile"
     afile.write_text("not a folder")
+    model = create_model("vit_micro4_local", num_classes=10, in_chans=1)
+    old = tmp_path / "old.safetensors"  # as exported before the JSON held classes
+    save_weights(model, old)
+    old.with_suffix(".json").write_text(json.dumps(model.cfg.to_dict()))
+    cut = tmp_path / "cut.safetensors"
+    save_weights(model, cut, {"classes": [str(i) for i in range(10)]})
+    cut.write_bytes(cut.read_bytes()[:5000])
     return {"CORRUPT": str(corrupt), "CRAFTED": str(crafted), "EMPTYDIR": str(empty),
-            "AFILE": str(afile)}
+            "AFILE": str(afile), "OLDEXPORT": str(old), "CUTEXPORT": str(cut)}
 
 
 def test_at_least_25_cases():

@@ -205,10 +205,20 @@ def test_eval_predict_and_export_on_a_checkpoint(timed_run, tmp_path, capsys):
         assert ranked == [f"{ld.classes[i]} {100 * q:.1f}%"
                           for q, i in zip(top.values.tolist(), top.indices.tolist())]
 
-    assert main(["export", "--checkpoint", str(out), "--out", str(tmp_path / "w.safetensors")]) == 0
+    predicted = lines
+    weights = tmp_path / "w.safetensors"
+    assert main(["export", "--checkpoint", str(out), "--out", str(weights)]) == 0
+    assert capsys.readouterr().out.endswith(f"(ema weights of step {s['steps']})\n")
     from budgetvit.export import load_weights
-    model = load_weights(tmp_path / "w.safetensors")
+    model = load_weights(weights)
     assert model.cfg.in_chans == 1 and model.cfg.num_classes == 10
+    # The export alone is enough to predict and evaluate as the run did, with its EMA weights.
+    assert main(["predict", "--checkpoint", str(weights), *map(str, paths)]) == 0
+    assert capsys.readouterr().out.strip().splitlines() == predicted
+    assert main(["eval", "--checkpoint", str(weights), "--img-size", "28"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith(f"exported weights {weights} (ema weights of step {s['steps']})")
+    assert lines[2].split() == ["28", rows[28][2], rows[28][3], "-", "-"]
 
     # A damaged newest checkpoint (in a copy of the run): named on stderr, the one before used.
     import shutil
