@@ -65,7 +65,7 @@ def cmd_predict(args) -> int:
     from .data.imagefolder import open_rgb
     from .evaluate import normalize
     ld = inference.load(args.checkpoint)
-    model = ld.model if (args.no_ema or ld.ema is None) else ld.ema
+    model, _ = ld.chosen(args.no_ema)
     size = args.img_size or ld.cfg.curriculum.final_size_px
     if size % model.cfg.patch_size:
         raise ConfigError(f"--img-size {size} is not a multiple of the patch size "
@@ -94,18 +94,18 @@ def cmd_export(args) -> int:
     from . import inference
     from .export import save_weights
     out = Path(args.out)
-    if out.suffix == ".json" or out.is_dir():  # the weights and their config need two files
-        raise ConfigError(f"--out {out}: give a file name for the weights, such as "
-                          f"model.safetensors (the model config goes beside it, as model.json)")
+    if out.suffix != ".safetensors" or out.is_dir():  # eval / predict know it by the suffix
+        raise ConfigError(f"--out {out}: give a file name for the weights ending in "
+                          f".safetensors, such as model.safetensors (the model config goes "
+                          f"beside it, as model.json)")
     ld = inference.load(args.checkpoint)
-    ema = not args.no_ema and ld.ema is not None
+    model, weights = ld.chosen(args.no_ema)
     out.parent.mkdir(parents=True, exist_ok=True)
     # What predict / eval need to use the weights as the run's own evaluation did.
-    meta = {"weights": "ema" if ema else "model", "step": ld.step, "classes": ld.classes,
-            "mean": list(ld.mean), "std": list(ld.std), "config": ld.cfg.to_dict()}
-    save_weights(ld.ema if ema else ld.model, out, meta)
-    print(f"wrote {out} and {out.with_suffix('.json')} ({meta['weights']} weights of step "
-          f"{ld.step})")
+    meta = {"weights": weights, "step": ld.step, "classes": ld.classes, "mean": list(ld.mean),
+            "std": list(ld.std), "config": ld.cfg.to_dict()}
+    save_weights(model, out, meta)
+    print(f"wrote {out} and {out.with_suffix('.json')} ({weights} weights of step {ld.step})")
     return 0
 
 

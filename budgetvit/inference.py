@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import checkpoint
-from .config import Config, from_dict
+from .config import Config, ConfigError, from_dict
 from .models import ViTConfig, VisionTransformer
 
 
@@ -21,6 +21,18 @@ class Loaded:
     step: int
     path: Path  # the checkpoint (or exported weights) file read
     weights: str = ""  # exported weights: which ("ema" or "model"); "" for a checkpoint
+
+    def chosen(self, no_ema: bool = False) -> tuple[VisionTransformer, str]:
+        """(the EMA model where the run kept one, unless no_ema; "ema" or "model"). Exported
+        weights are one of the two: the one they are."""
+        if self.weights:
+            if no_ema and self.weights == "ema":
+                raise ConfigError(f"--no-ema: {self.path} holds the EMA weights alone; export "
+                                  f"the checkpoint again with --no-ema for the raw ones")
+            return self.model, self.weights
+        if no_ema or self.ema is None:
+            return self.model, "model"
+        return self.ema, "ema"
 
 
 def load(path: str | Path, device="cpu") -> Loaded:
@@ -57,15 +69,26 @@ def load(path: str | Path, device="cpu") -> Loaded:
 
 
 def load_exported(path: Path, device="cpu") -> Loaded:
+    """Weights written by `export`: PATH (safetensors) and the JSON beside it."""
     from .export import load_weights, read_json
-    meta = read_json(path)  # (a missing file: FileNotFoundError)
+    json_path = path.with_suffix(".json")
+    try:
+        meta = read_json(path)  # (a missing file: FileNotFoundError, one line in the CLI)
+    except ValueError as e:  # cut or garbled (json's error, UnicodeDecodeError)
+        raise checkpoint.CheckpointError(f"cannot read {json_path}: {e}") from None
     if "classes" not in meta:
         raise checkpoint.CheckpointError(
-            f"{path.with_suffix('.json')} holds the model config alone (an export older than "
-            f"2026-11-30, without classes and normalisation): export its checkpoint again")
+            f"{json_path} holds the model config alone (an export older than 2026-11-30, "
+            f"without classes and normalisation): export its checkpoint again")
     try:
-        model = load_weights(path).to(device).eval()
+        cfg, classes = from_dict(meta["config"]), list(meta["classes"])
+        mean, std, step, weights = (tuple(meta["mean"]), tuple(meta["std"]), int(meta["step"]),
+                                    str(meta["weights"]))
+    except (KeyError, TypeError, ValueError, ConfigError) as e:
+        raise checkpoint.CheckpointError(f"{json_path} is not the JSON of a budgetvit export "
+                                         f"({type(e).__name__}: {e})") from None
+    try:
+        model = load_weights(path)
     except Exception as e:  # a cut or foreign file: safetensors' own errors are not one type
         raise checkpoint.CheckpointError(f"cannot load exported weights {path}: {e}") from None
-    return Loaded(model, None, from_dict(meta["config"]), meta["classes"], tuple(meta["mean"]),
-                  tuple(meta["std"]), meta["step"], path, meta["weights"])
+    return Loaded(model.to(device).eval(), None, cfg, classes, mean, std, step, path, weights)

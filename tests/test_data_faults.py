@@ -392,4 +392,4 @@ def test_bench_data_with_a_batch_larger_than_the_tree_exits_2_promptly(trees):
            "--batch-size", "64", "--workers", "1", "--sizes", "16", "--repeats", "1"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
-    assert done.stderr.strip() == "error: train.batch_size=64 exceeds the 44 training images"
+    assert done.stderr.strip() == "error: --batch-size 64 exceeds the 44 training images"

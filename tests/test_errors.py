@@ -71,6 +71,9 @@ CASES = [
     (["export", "--checkpoint", "x", "--out", "EMPTYDIR"], "give a file name for the weights"),
     (["predict", "--checkpoint", "OLDEXPORT", "x.png"], "holds the model config alone"),
     (["eval", "--checkpoint", "CUTEXPORT"], "cannot load exported weights"),
+    (["eval", "--checkpoint", "GARBLEDEXPORT"], "cannot read"),
+    (["predict", "--checkpoint", "EMAEXPORT", "--no-ema", "x.png"], "holds the EMA weights alone"),
+    (["export", "--checkpoint", "EMAEXPORT", "--out", "w.pt"], "ending in .safetensors"),
     (["predict", "--checkpoint", "/nonexistent/w.safetensors", "x.png"],
      "No such file or directory: '/nonexistent/w.json'"),
     (["bench", "--seeds", "1", "--out", "AFILE"], "File exists"),
@@ -101,11 +104,18 @@ def bad_files(tmp_path):
     old = tmp_path / "old.safetensors"  # as exported before the JSON held classes
     save_weights(model, old)
     old.with_suffix(".json").write_text(json.dumps(model.cfg.to_dict()))
-    cut = tmp_path / "cut.safetensors"
-    save_weights(model, cut, {"classes": [str(i) for i in range(10)]})
+    meta = {"weights": "ema", "step": 3, "classes": [str(i) for i in range(10)], "mean": [0.5],
+            "std": [0.25], "config": Config().to_dict()}
+    exports = {}
+    for name in ("EMAEXPORT", "CUTEXPORT", "GARBLEDEXPORT"):
+        exports[name] = tmp_path / f"{name.lower()}.safetensors"
+        save_weights(model, exports[name], meta)
+    cut = exports["CUTEXPORT"]
     cut.write_bytes(cut.read_bytes()[:5000])
+    exports["GARBLEDEXPORT"].with_suffix(".json").write_bytes(b"\xff{ not json")
     return {"CORRUPT": str(corrupt), "CRAFTED": str(crafted), "EMPTYDIR": str(empty),
-            "AFILE": str(afile), "OLDEXPORT": str(old), "CUTEXPORT": str(cut)}
+            "AFILE": str(afile), "OLDEXPORT": str(old),
+            **{name: str(p) for name, p in exports.items()}}
 
 
 def test_at_least_25_cases():

@@ -165,8 +165,11 @@ def affine_nearest(x: torch.Tensor, matrix: list[float]) -> torch.Tensor:
     cols = torch.linspace((1.0 - W) * 0.5, (W - 1.0) * 0.5, W, device=dev)
     rows = torch.linspace((1.0 - H) * 0.5, (H - 1.0) * 0.5, H, device=dev)
     pixels = torch.stack([cols.expand(H, W), rows[:, None].expand(H, W),
-                          torch.ones(H, W, device=dev)], dim=-1)  # (H, W, 3)
-    grid = (pixels @ to_unit.to(dev, non_blocking=True)).expand(n, H, W, 2)
+                          torch.ones(H, W, device=dev)], dim=-1).view(1, H * W, 3)
+    # bmm with a batch of one, as torchvision: another product kernel could round the last
+    # bit differently and move a pixel lying on a half-pixel boundary.
+    grid = pixels.bmm(to_unit.to(dev, non_blocking=True)[None]).view(1, H, W, 2)
+    grid = grid.expand(n, H, W, 2)
     out = F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros",
                         align_corners=False)
     return out.round_().to(torch.uint8)

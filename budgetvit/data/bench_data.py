@@ -140,8 +140,11 @@ def make_loader(tree: Path | None, cache_dir: Path | None, args, device):
     if args.backend == "dali":
         from .dali import DaliData
         kind = DaliData
-    return kind(str(cache_dir or tree), batch_size=args.batch_size, seed=0, aug=aug,
-                device=device, num_workers=args.workers)
+    try:
+        return kind(str(cache_dir or tree), batch_size=args.batch_size, seed=0, aug=aug,
+                    device=device, num_workers=args.workers)
+    except ConfigError as e:  # the loaders name the config key; here it is an option
+        raise ConfigError(str(e).replace("train.batch_size=", "--batch-size ")) from None
 
 
 def resolve(args) -> tuple[Path | None, Path | None, dict | None]:
