@@ -79,6 +79,13 @@ class LocalityFFN(nn.Module):
         self.fc1 = nn.Linear(dim, hidden, bias=bias)
         self.act1 = make_activation(act)
         self.conv = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden, bias=bias)
+        # The conv sees a channels-last image (below), so its weight's gradient comes with
+        # channels-last strides, (9, 1, 3, 1); stored alike, the weight lets DDP's gradient
+        # buckets match them (else: "Grad strides do not match bucket view strides", and a copy
+        # every step). .contiguous(memory_format=channels_last) keeps (9, 9, 3, 1): with one
+        # input channel per group both strides count as channels-last.
+        w = self.conv.weight.data
+        self.conv.weight.data = w.new_empty(hidden, 3, 3, 1).permute(0, 3, 1, 2).copy_(w)
         self.act2 = make_activation(act)
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
 
