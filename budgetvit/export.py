@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .models import ViTConfig, VisionTransformer
 
@@ -13,8 +13,9 @@ from .models import ViTConfig, VisionTransformer
 def save_weights(model: VisionTransformer, path: str | Path, meta: dict | None = None) -> None:
     """Write PATH (safetensors) and PATH with .json suffix: {"model": the model config, **meta}."""
     path = Path(path)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-              str(path))
+    # Written by Python, not save_file: that creates the file readable by its owner alone.
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    path.write_bytes(save(tensors))
     text = json.dumps({"model": model.cfg.to_dict(), **(meta or {})}, indent=2)
     path.with_suffix(".json").write_text(text + "\n")
 

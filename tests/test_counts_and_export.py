@@ -43,7 +43,8 @@ def test_info_prints_counts_at_every_size(capsys):
 def test_safetensors_roundtrip(tmp_path):
     model = create_model("vit_micro4_local", num_classes=10, in_chans=1).eval()
     save_weights(model, tmp_path / "w.safetensors")
-    assert (tmp_path / "w.json").exists()
+    modes = {(tmp_path / name).stat().st_mode & 0o777 for name in ("w.safetensors", "w.json")}
+    assert len(modes) == 1  # both as the umask says (safetensors' save_file makes 0600)
     loaded = load_weights(tmp_path / "w.safetensors").eval()
     assert loaded.cfg == model.cfg
     x = torch.randn(2, 1, 28, 28)
