@@ -11,6 +11,7 @@ from .config import ConfigError
 def cmd_eval(args) -> int:
     from . import inference
     from .data import build_data
+    from .data.imagefolder import first_names
     from .evaluate import evaluate
     from .runtime import resolve
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -32,7 +33,7 @@ def cmd_eval(args) -> int:
         differ = sorted(ours ^ theirs) or ["the same names in another order"]
         raise ConfigError(f"{cfg.data.path or cfg.data.dataset} has other classes than the "
                           f"checkpoint was trained on ({len(theirs)} vs {len(ours)}; differing: "
-                          f"{', '.join(differ[:10])}{' ...' if len(differ) > 10 else ''})")
+                          f"{first_names(differ)})")
     what = (f"exported weights {ld.path} ({ld.weights} weights of step {ld.step})"
             if ld.weights else f"checkpoint {ld.path} (step {ld.step})")
     print(f"{what}, {cfg.data.dataset} {data.eval_split}")

@@ -33,6 +33,11 @@ def eval_transform(size: int) -> v2.Compose:
     return v2.Compose([v2.Resize(round(size / EVAL_CROP)), v2.CenterCrop(size), v2.PILToTensor()])
 
 
+def first_names(names: list[str], limit: int = 10) -> str:
+    """The first `limit` names, comma-separated, and " ..." if there are more (for errors)."""
+    return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
+
+
 def scan(root: str | Path, split: str, class_to_idx: dict | None = None):
     """[(path, label)] of root/split, and the class list (sorted folder names, from train)."""
     folder = Path(root) / split
@@ -48,7 +53,7 @@ def scan(root: str | Path, split: str, class_to_idx: dict | None = None):
                        if e.is_dir() and e.name not in class_to_idx)
         if extra:
             raise ConfigError(f"{folder} has class folders that train/ lacks: "
-                              f"{', '.join(extra[:10])}{' ...' if len(extra) > 10 else ''}")
+                              f"{first_names(extra)}")
     samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS,
                            allow_empty=True)
     if not samples:
