@@ -83,7 +83,7 @@ def test_cache_has_imagefolder_labels_and_class_order(trees, caches):
     from torchvision.datasets import ImageFolder
     for tree, root in zip(trees[:2], caches):
         meta = cache.read_meta(root)
-        for split in cache.SPLITS:
+        for split in ("train", "val"):
             reference = ImageFolder(str(tree / split), loader=lambda p: p)
             assert meta["classes"] == reference.classes == CLASSES
             index = np.load(root / f"{split}.idx.npy")
@@ -289,6 +289,28 @@ def test_training_on_the_cache(caches, tmp_path):
     assert summary["evals"][-1]["eval_images"] == 15
     state = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "run")[-1])
     assert state["classes"] == CLASSES
+
+
+def test_a_tree_without_val_gives_a_train_only_cache_trained_with_holdout(trees, tmp_path,
+                                                                          capsys):
+    src, dst = tmp_path / "tree", tmp_path / "cache"
+    shutil.copytree(trees[0] / "train", src / "train")
+    assert main(["prepare", "--src", str(src), "--dst", str(dst), "--max-size", "64",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "44 train images of 4 classes" in out and "--set data.holdout=0.1" in out
+    assert list(cache.read_meta(dst)["splits"]) == ["train"] and not (dst / "val.idx.npy").exists()
+    common = ("data.dataset=cache", f"data.path={dst}", "data.num_workers=0",
+              "train.batch_size=8", "train.budget=2steps", "train.eval_batch_size=5",
+              "curriculum.mode=off", "curriculum.final_size_px=32")
+    summary = train(tiny_config(*common, "data.holdout=0.25"), tmp_path / "run")
+    assert summary["eval_split"] == "holdout (0.25 of train, 11 images)"
+    assert summary["evals"][-1]["eval_images"] == 11
+    cfg = tiny_config(*common)  # no holdout: there is nothing to evaluate on
+    with pytest.raises(ConfigError, match=r"has no val split \(its source tree had no val/\): "
+                                          r"evaluate on a part of train instead with --set "
+                                          r"data.holdout=0.1"):
+        train(cfg, tmp_path / "run2")
 
 
 def test_resume_on_the_cache_gives_identical_weights(caches, tmp_path):

@@ -190,7 +190,7 @@ def run(args) -> int:
           f"{args.repeats}, crop scale ({args.crop_scale_min:g}, 1)"
           + (f", RandAugment {args.randaugment} ops" if args.randaugment else ""))
     if meta is not None:
-        counts = "+".join(str(meta["splits"][s]["images"]) for s in cache.SPLITS)
+        counts = " + ".join(f"{n['images']} {s}" for s, n in meta["splits"].items())
         print(f"cache {cache_dir}: {meta['encoding']}, shorter side <= {meta['max_size']} px, "
               f"{counts} images, {meta['cache_bytes'] / 2**20:.1f} MiB, prepared in "
               f"{meta['prepare_time_s']:.1f} s with {meta['workers']} workers")

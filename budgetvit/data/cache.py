@@ -3,7 +3,7 @@
     CACHE/meta.json              classes, counts, encoding, max_size, prepare_time_s, cache_bytes
     CACHE/train-00000.bin ...    shards: encoded images back to back, memory-mapped to read
     CACHE/train.idx.npy          one index_dtype() row per image, in ImageFolder order
-    CACHE/val-00000.bin, val.idx.npy
+    CACHE/val-00000.bin, val.idx.npy   (when the source tree has val/)
     CACHE/bad_files.tsv          source files left out: relative path <TAB> reason
     CACHE/parts/                 one index part + receipt per finished shard (makes it resumable),
                                  elapsed.json: seconds spent by all runs so far
@@ -51,7 +51,6 @@ from ..config import ConfigError
 FORMAT_VERSION = 1
 ENCODINGS = ("jpeg", "raw")
 JPEG_QUALITY = 90
-SPLITS = ("train", "val")
 META, BAD_FILES, PARTS = "meta.json", "bad_files.tsv", "parts"
 ELAPSED = "elapsed.json"  # in parts/: wall seconds of every prepare run so far
 
@@ -120,6 +119,10 @@ class CacheSplit:
     def __init__(self, root: str | Path, split: str):
         self.root, self.split = Path(root), split
         self.meta = read_meta(root)
+        if split not in self.meta["splits"]:  # prepared from a tree without that folder
+            raise ConfigError(f"the cache {root} has no {split} split (its source tree had no "
+                              f"{split}/): evaluate on a part of train instead with --set "
+                              f"data.holdout=0.1, or prepare it again from a tree with {split}/")
         self.encoding, self.levels = self.meta["encoding"], self.meta["levels"]
         self.index = np.load(self.root / f"{split}.idx.npy")  # (N,) index_dtype(levels)
         # Plain columns: reading a field of one structured row costs microseconds each.

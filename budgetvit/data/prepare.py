@@ -1,5 +1,7 @@
 """`budgetvit prepare --src TREE --dst CACHE --max-size S`: convert an ImageFolder tree
-(train/<class>/*, val/<class>/*) into the cache of cache.py, once, on all cores, resumably.
+(train/<class>/*, and val/<class>/* if there is one) into the cache of cache.py, once, on all
+cores, resumably. A tree without val/ gives a train-only cache, to be trained on with
+data.holdout (a part of train evaluated instead).
 
 Each split's sorted file listing (the order torchvision's ImageFolder uses) is cut into shards of
 --shard-size consecutive images. A worker process converts one shard: decode (JPEGs at reduced
@@ -44,7 +46,8 @@ MAX_PIXELS = 150_000_000  # ~450 MB as RGB: larger images are skipped (after DCT
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--src", required=True, help="ImageFolder root holding train/ and val/")
+    p.add_argument("--src", required=True,
+                   help="ImageFolder root holding train/ and (optional) val/")
     p.add_argument("--dst", required=True, help="cache directory to create (or resume)")
     p.add_argument("--max-size", type=int, default=256,
                    help="store images with the shorter side at most this many px (default 256)")
@@ -90,10 +93,13 @@ def run(args) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, old)
-    counts = "+".join(str(meta["splits"][s]["images"]) for s in cache.SPLITS)
-    print(f"cache {args.dst}: {counts} (train+val) images of {meta['num_classes']} classes, "
+    counts = " + ".join(f"{n['images']} {s}" for s, n in meta["splits"].items())
+    print(f"cache {args.dst}: {counts} images of {meta['num_classes']} classes, "
           f"{meta['bad_files']} bad files skipped (see {cache.BAD_FILES}), "
           f"{meta['cache_bytes'] / 2**20:.1f} MiB, prepared in {meta['prepare_time_s']:.1f} s")
+    if "val" not in meta["splits"]:
+        print(f"no val/ in {args.src}: train on this cache with --set data.holdout=0.1 (a tenth "
+              f"of train, never trained on, evaluated instead)")
     return 0
 
 
@@ -212,9 +218,11 @@ def _size(path: str) -> int:
 def _plan(src: Path, settings: dict, shard_size: int) -> tuple[dict, list[dict]]:
     """What this cache will hold (written to parts/plan.json) and the shard jobs."""
     train, classes, class_to_idx = scan(src, "train")
-    listing = {"train": train, "val": scan(src, "val", class_to_idx)[0]}
-    digest, jobs = {}, []
-    for split in cache.SPLITS:
+    listing = {"train": train}
+    if (src / "val").is_dir():
+        listing["val"] = scan(src, "val", class_to_idx)[0]
+    digest, jobs = {}, []  # digest: the splits this cache holds, and a hash of their files
+    for split in listing:
         items = [(os.path.relpath(p, src), label, i) for i, (p, label) in enumerate(listing[split])]
         h = hashlib.sha256()
         for rel, label, _ in items:
@@ -322,7 +330,7 @@ def _run_jobs(todo: list[dict], common: dict, workers: int, total: int, reused: 
 def _finish(dst: Path, plan: dict, jobs: list[dict], receipt_path) -> dict:
     """Merge the shard index parts into one index per split, write the bad-file report."""
     splits, bad = {}, []
-    for split in cache.SPLITS:
+    for split in plan["files"]:
         mine = [j for j in jobs if j["split"] == split]
         receipts = [json.loads(receipt_path(j).read_text()) for j in mine]
         index = np.concatenate([np.load(dst / cache.PARTS / f"{split}-{j['shard']:05d}.idx.npy")
