@@ -119,16 +119,21 @@ class Trainer(WarmUp):  # (warm_up, make_plan: warmup.py)
     def loss_fn(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.aug.label_smoothing)
 
+    def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch-level augmentation: normalise, erase, then mix. Erasing comes before mixing,
+        as in DeiT (erasing is part of each image's transform there, mixup acts on the batch):
+        an erased patch keeps its mixing partner's share instead of being pure noise."""
+        x = augment.random_erasing(normalize(x, self.data.mean, self.data.std),
+                                   self.cfg.aug.random_erasing)
+        return self.mix(x, y) if self.mix is not None else (x, y)
+
     def step(self, x: torch.Tensor, y: torch.Tensor, lr: float):
         """One optimizer step with no host-device sync. Returns (loss, ok) as device tensors;
         a non-finite loss or gradient (ok False) skips the update on the device, so weights,
         optimizer state and EMA stay as they were."""
         for group in self.opt.param_groups:
             group["lr"] = lr
-        x = normalize(x, self.data.mean, self.data.std)
-        if self.mix is not None:
-            x, y = self.mix(x, y)
-        x = augment.random_erasing(x, self.cfg.aug.random_erasing)
+        x, y = self.augment(x, y)
         with self.rt.autocast():
             loss = self.loss_fn(self.forward(x), y)
         self.scaler.scale(loss).backward()

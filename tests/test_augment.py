@@ -128,3 +128,26 @@ def test_randaugment_builds_nothing_on_the_device_from_host_lists(monkeypatch):
     monkeypatch.setattr(torch, "tensor", watched)
     randaugment(x, 2, 9, u)
     assert made_on_device == []
+
+
+def test_the_trainer_erases_each_image_before_mixing_the_batch(tmp_path):
+    """DeiT's order: random erasing is part of each image's transform, mixup then acts on the
+    batch. The trainer's batch augmentation is that composition, draw for draw, and not the
+    reverse (which would leave pure noise where an image was erased)."""
+    from budgetvit.evaluate import normalize
+    from budgetvit.train import Trainer
+    from .conftest import tiny_config
+    trainer = Trainer(tiny_config("data.dataset=synthetic", "data.synthetic_images=256",
+                                  "aug.mixup=0.8", "aug.cutmix=0", "aug.random_erasing=1"),
+                      tmp_path)
+    raw, y = trainer.data.next_batch()
+    x = normalize(raw, trainer.data.mean, trainer.data.std)
+
+    def seeded(fn):
+        torch.manual_seed(0)
+        return fn()
+    got_x, got_y = seeded(lambda: trainer.augment(raw, y))
+    want_x, want_y = seeded(lambda: trainer.mix(augment.random_erasing(x, 1.0), y))
+    assert torch.equal(got_x, want_x) and torch.equal(got_y, want_y)
+    reverse = seeded(lambda: augment.random_erasing(trainer.mix(x, y)[0], 1.0))
+    assert not torch.allclose(got_x, reverse)
