@@ -27,10 +27,7 @@ def resized_crop_flip(x: torch.Tensor, size: int, scale_min: float, hflip: bool,
     the image to it. Unlike torchvision (which redraws, then falls back to the whole image), the
     kept area then falls below a, to 86.6% of it at worst, and the crop is not of ratio r. So
     scale_min=1 is not "no crop": every image with r != 1 loses up to 13.4% of one side
-    (the fmnist preset was tuned with this). One affine grid_sample does crop, flip and resize;
-    when shrinking it samples k x k points per output pixel and averages them (k = the largest
-    possible shrink factor, rounded up), so that a small curriculum size sees the image as the
-    antialiased evaluation resize does, not one bilinear sample per output pixel (aliasing).
+    (the fmnist preset was tuned with this). One affine grid_sample does crop, flip and resize.
     """
     B = x.shape[0]
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
@@ -47,10 +44,9 @@ def resized_crop_flip(x: torch.Tensor, size: int, scale_min: float, hflip: bool,
     theta = torch.zeros(B, 2, 3, device=dev)
     theta[:, 0, 0], theta[:, 0, 2] = w * flip, cx
     theta[:, 1, 1], theta[:, 1, 2] = h, cy
-    k = math.ceil(max(x.shape[-2:]) / size)  # from shapes only: no wait for the device
-    grid = F.affine_grid(theta, [B, x.shape[1], size * k, size * k], align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    return F.avg_pool2d(x, k) if k > 1 else x
+    grid = F.affine_grid(theta, [B, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
+                         align_corners=False)
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
