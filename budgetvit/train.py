@@ -119,8 +119,8 @@ class Trainer(WarmUp):  # (warm_up, make_plan: warmup.py)
     def loss_fn(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.aug.label_smoothing)
 
-    def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch-level augmentation: normalise, erase, then mix. Erasing comes before mixing,
+    def augment_batch(self, x: torch.Tensor, y: torch.Tensor):
+        """(x, y) -> (normalised, erased and mixed x, y or soft targets). Erasing comes first,
         as in DeiT (erasing is part of each image's transform there, mixup acts on the batch):
         an erased patch keeps its mixing partner's share instead of being pure noise."""
         x = augment.random_erasing(normalize(x, self.data.mean, self.data.std),
@@ -133,7 +133,7 @@ class Trainer(WarmUp):  # (warm_up, make_plan: warmup.py)
         optimizer state and EMA stay as they were."""
         for group in self.opt.param_groups:
             group["lr"] = lr
-        x, y = self.augment(x, y)
+        x, y = self.augment_batch(x, y)
         with self.rt.autocast():
             loss = self.loss_fn(self.forward(x), y)
         self.scaler.scale(loss).backward()

@@ -146,7 +146,7 @@ def test_the_trainer_erases_each_image_before_mixing_the_batch(tmp_path):
     def seeded(fn):
         torch.manual_seed(0)
         return fn()
-    got_x, got_y = seeded(lambda: trainer.augment(raw, y))
+    got_x, got_y = seeded(lambda: trainer.augment_batch(raw, y))
     want_x, want_y = seeded(lambda: trainer.mix(augment.random_erasing(x, 1.0), y))
     assert torch.equal(got_x, want_x) and torch.equal(got_y, want_y)
     reverse = seeded(lambda: augment.random_erasing(trainer.mix(x, y)[0], 1.0))

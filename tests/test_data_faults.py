@@ -229,7 +229,7 @@ def test_prepare_lists_a_dangling_symlink_and_finishes(tmp_path, capsys):
     dst = tmp_path / "cache"
     assert main(["prepare", "--src", str(root), "--dst", str(dst), "--quiet", "--workers",
                  "1", "--max-size", "32"]) == 0
-    assert "12+6 (train+val) images of 3 classes, 1 bad files skipped" in capsys.readouterr().out
+    assert "12 train + 6 val images of 3 classes, 1 bad files skipped" in capsys.readouterr().out
     rows = (dst / cache.BAD_FILES).read_text().splitlines()
     assert rows[0] == "path\treason" and len(rows) == 2
     path, reason = rows[1].split("\t")
@@ -317,7 +317,7 @@ def test_sigterm_stops_prepare_and_its_workers_and_a_rerun_finishes(tmp_path, ca
     done = len(list((dst / cache.PARTS).glob("*-*.json")))
     assert 1 <= done < 25  # 24 train + 1 val shards
     assert main(args) == 0
-    assert "48+2 (train+val) images of 2 classes, 0 bad files" in capsys.readouterr().out
+    assert "48 train + 2 val images of 2 classes, 0 bad files" in capsys.readouterr().out
     assert cache.read_meta(dst)["resumed_shards"] == done
     assert len(cache.CacheSplit(dst, "train")) == 48
 
