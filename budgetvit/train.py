@@ -142,17 +142,20 @@ class Trainer(WarmUp):  # (warm_up, make_plan: warmup.py)
                                               self.cfg.optim.grad_clip or math.inf)
         loss = loss.detach().float()
         if self.scaler.is_enabled():  # fp16: the scaler skips overflowing steps by itself
+            # An overflow with a finite loss is the scaler calibrating its scale, not a fault;
+            # but the weights did not move, so neither may the EMA.
             ok = torch.isfinite(loss)
+            stepped = ok & torch.isfinite(norm)
             self.scaler.step(self.opt)
             self.scaler.update()
         else:
-            ok = torch.isfinite(loss) & torch.isfinite(norm)
+            ok = stepped = torch.isfinite(loss) & torch.isfinite(norm)
             # Fused AdamW skips its update where found_inf is 1, on the device (the protocol
             # GradScaler uses), so guarding the step costs no sync.
             self.opt.found_inf = (~ok).float()
             self.opt.step()
         if self.ema is not None:
-            self.ema.update(self.model, ok)
+            self.ema.update(self.model, stepped)
         self.opt.zero_grad(set_to_none=True)
         return loss, ok
 

@@ -40,3 +40,26 @@ def test_ema_copy_is_frozen_and_separate():
     with torch.no_grad():
         model.weight.zero_()
     assert ema.module.weight.abs().sum() > 0
+
+
+def test_fp16_step_the_scaler_skips_moves_neither_weights_nor_ema(tmp_path):
+    """fp16 (CPU autocast here, as on a GPU without bf16): a step whose gradients overflow has a
+    finite loss, so it is not a fault (ok True), but GradScaler skips it; the EMA, its update
+    count included, must stay put like the weights."""
+    import copy
+
+    from budgetvit.train import Trainer
+
+    from .conftest import tiny_config
+    trainer = Trainer(tiny_config("train.precision=fp16", "data.dataset=synthetic",
+                                  "data.synthetic_images=256", "train.ema_decay=0.99"), tmp_path)
+    assert trainer.scaler.is_enabled()
+    _, ok = trainer.step(*trainer.data.next_batch(), 1e-3)
+    assert ok and trainer.ema.updates == 1
+    trainer.scaler.update(2.0 ** 60)  # far past float16's range: every gradient overflows
+    weights, ema = (copy.deepcopy(m.state_dict()) for m in (trainer.model, trainer.ema.module))
+    _, ok = trainer.step(*trainer.data.next_batch(), 1e-3)
+    assert ok and trainer.scaler.get_scale() == 2.0 ** 59  # skipped and backed off
+    assert trainer.ema.updates == 1
+    for before, module in ((weights, trainer.model), (ema, trainer.ema.module)):
+        assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
