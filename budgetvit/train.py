@@ -130,7 +130,8 @@ class Trainer(WarmUp):  # (warm_up, make_plan: warmup.py)
     def step(self, x: torch.Tensor, y: torch.Tensor, lr: float):
         """One optimizer step with no host-device sync. Returns (loss, ok) as device tensors;
         a non-finite loss or gradient (ok False) skips the update on the device, so weights,
-        optimizer state and EMA stay as they were."""
+        optimizer state and EMA stay as they were. (In fp16 the loss scaler skips overflowing
+        gradients under a finite loss the same way, with ok True: not a fault.)"""
         for group in self.opt.param_groups:
             group["lr"] = lr
         x, y = self.augment_batch(x, y)
