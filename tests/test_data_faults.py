@@ -1,7 +1,7 @@
 """Broken data, found and named: unreadable training images counted once per meeting (tree and
 cache), a training or evaluation split with nothing readable, class folders that do not match
-(val/ vs train/, an eval tree vs the checkpoint), a cache with a missing or cut shard, a
-dangling symlink and SIGTERM in `budgetvit prepare`, damaged Fashion-MNIST files, and
+(val/ vs train/, an eval tree vs the checkpoint), a cache with a missing or cut shard, float
+images, a dangling symlink and SIGTERM in `budgetvit prepare`, damaged Fashion-MNIST files, and
 `budgetvit bench-data` with a batch larger than the tree."""
 import gzip
 import os
@@ -221,6 +221,21 @@ def test_an_evaluation_with_every_image_left_out_has_no_score(caches, tmp_path):
 # ----------------------------------------------------------------------------- prepare
 
 @needs_fmnist
+def test_float_images_keep_their_grey_levels(tmp_path):
+    """32-bit float images (mode F, e.g. scientific TIFFs): values in 0-1 are scaled to 0-255
+    (PIL's own conversion clips them, all black); values beyond 1 are read as 0-255. The tree
+    loader and prepare share the conversion (to_rgb)."""
+    from budgetvit.data.imagefolder import to_rgb
+    ramp = np.linspace(0, 1, 48 * 64, dtype=np.float32).reshape(48, 64)
+    for name, values in (("unit", ramp), ("bytes", ramp * 255)):
+        Image.fromarray(values, mode="F").save(tmp_path / f"{name}.tiff")
+        with Image.open(tmp_path / f"{name}.tiff") as img:
+            assert img.mode == "F"
+            rgb = np.asarray(to_rgb(img)).astype(np.float32)
+        assert rgb.shape == (48, 64, 3) and (rgb == rgb[..., :1]).all()
+        assert np.abs(rgb[..., 0] - ramp * 255).max() <= 1.0, name
+
+
 def test_prepare_lists_a_dangling_symlink_and_finishes(tmp_path, capsys):
     """train/bag/ghost.jpg points nowhere: prepare converts the rest and lists it as a bad
     file (planning the cache must not stat it to death)."""

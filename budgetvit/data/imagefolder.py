@@ -65,6 +65,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """8-bit RGB from any PIL mode (grayscale, CMYK, 16-bit, palette, alpha); loads the pixels."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale
         img = img.point(lambda v: v / 256).convert("L")
+    elif img.mode == "F":  # 32-bit float: 0-1 when no value exceeds 1 (else taken as 0-255);
+        if img.getextrema()[1] <= 1.0:  # converted as it is, 0-1 would be clipped to black
+            img = img.point(lambda v: v * 255)
+        img = img.convert("L")
     return img.convert("RGB")
 
 

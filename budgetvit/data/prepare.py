@@ -12,7 +12,7 @@ an interrupted run, rerun with the same arguments, converts only the missing sha
 result is byte-identical to an uninterrupted run (conversion is deterministic, and the layout
 does not depend on --workers). The last step merges the index parts and writes meta.json.
 
-Bad source files never stop the run: CMYK, grayscale, palette, alpha and 16-bit images are
+Bad source files never stop the run: CMYK, grayscale, palette, alpha, 16-bit and float images are
 converted to RGB; huge images are decoded at reduced scale and downscaled (PIL's decompression
 bomb limit is replaced by --max-pixels, checked after DCT scaling); truncated, empty and
 non-image files, and images above --max-pixels, are skipped and listed in bad_files.tsv.
