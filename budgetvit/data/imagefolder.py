@@ -62,7 +62,7 @@ def scan(root: str | Path, split: str, class_to_idx: dict | None = None):
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """8-bit RGB from any PIL mode (grayscale, CMYK, 16-bit, float, palette, alpha); loads pixels."""
+    """8-bit RGB from any PIL mode (grayscale, CMYK, 16-bit, float, palette, alpha); loads it."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale
         img = img.point(lambda v: v / 256).convert("L")
     elif img.mode == "F":  # 32-bit float: 0-1 when no value exceeds 1 (else taken as 0-255);
