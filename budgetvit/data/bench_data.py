@@ -190,10 +190,9 @@ def run(args) -> int:
           f"{args.repeats}, crop scale ({args.crop_scale_min:g}, 1)"
           + (f", RandAugment {args.randaugment} ops" if args.randaugment else ""))
     if meta is not None:
-        counts = " + ".join(f"{n['images']} {s}" for s, n in meta["splits"].items())
         print(f"cache {cache_dir}: {meta['encoding']}, shorter side <= {meta['max_size']} px, "
-              f"{counts} images, {meta['cache_bytes'] / 2**20:.1f} MiB, prepared in "
-              f"{meta['prepare_time_s']:.1f} s with {meta['workers']} workers")
+              f"{cache.split_counts(meta)} images, {meta['cache_bytes'] / 2**20:.1f} MiB, "
+              f"prepared in {meta['prepare_time_s']:.1f} s with {meta['workers']} workers")
     if tree is not None:
         print(f"tree {tree}")
     rows = []

@@ -99,6 +99,11 @@ def decoder(record: memoryview, encoding: str, height: int, width: int) -> Image
     return Image.frombuffer("RGB", (width, height), record, "raw", "RGB", 0, 1)
 
 
+def split_counts(meta: dict) -> str:
+    """Images per split of a cache's meta, e.g. '44 train + 12 val' (train only: '44 train')."""
+    return " + ".join(f"{n['images']} {split}" for split, n in meta["splits"].items())
+
+
 def read_meta(root: str | Path) -> dict:
     path = Path(root) / META
     if not path.is_file():

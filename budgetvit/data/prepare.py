@@ -93,8 +93,7 @@ def run(args) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, old)
-    counts = " + ".join(f"{n['images']} {s}" for s, n in meta["splits"].items())
-    print(f"cache {args.dst}: {counts} images of {meta['num_classes']} classes, "
+    print(f"cache {args.dst}: {cache.split_counts(meta)} images of {meta['num_classes']} classes, "
           f"{meta['bad_files']} bad files skipped (see {cache.BAD_FILES}), "
           f"{meta['cache_bytes'] / 2**20:.1f} MiB, prepared in {meta['prepare_time_s']:.1f} s")
     if "val" not in meta["splits"]:
