@@ -2,12 +2,12 @@
 
 Read top to bottom: setup (model, optimizer, EMA, data, clock), resume or warm-up, the loop
 (progress p -> image size and lr -> step -> log / eval / checkpoint), the end (final checkpoint,
-evaluation, summary.json). Clock, schedules, curriculum, checkpoints, the warm-up (warmup.py)
-and the checks a resume makes (resume.py) live in their own files.
+evaluation, summary.json). Clock, schedules, curriculum, checkpoints, the warm-up (warmup.py),
+what a checkpoint holds (trainer_state.py) and the checks a resume makes (resume.py) live in
+their own files.
 """
 from __future__ import annotations
 
-import copy
 import math
 import random
 import signal
@@ -28,12 +28,8 @@ from .progress import Progress, fmt_duration
 from .runtime import mfu, peak_flops, resolve
 from .schedules import lr_at
 from .summary import code_version, print_summary, write_summary
+from .trainer_state import TrainerState, empty_window
 from .warmup import WarmUp
-
-
-def empty_window(train_s: float, step: int) -> dict:
-    """An empty log window (the good steps since the last log line) opened at this point."""
-    return {"loss": 0.0, "n": 0, "images": 0, "t": train_s, "step": step}
 
 
 class TrainingStopped(RuntimeError):
@@ -53,7 +49,7 @@ def prepare_out_dir(out: str | Path) -> Path:
     return out
 
 
-class Trainer(WarmUp):  # (warm_up, make_plan: warmup.py)
+class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: trainer_state.py)
     def __init__(self, cfg: Config, out: str | Path, command: str = ""):
         self.wall0 = time.perf_counter()  # wall_time_s counts setup (data scan, model) too
         validate(cfg)
@@ -159,91 +155,6 @@ class Trainer(WarmUp):  # (warm_up, make_plan: warmup.py)
             self.ema.update(self.model, stepped)
         self.opt.zero_grad(set_to_none=True)
         return loss, ok
-
-    # ------------------------------------------------------------------ state
-
-    def state_dict(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "rng": self.rng_state(),
-            "data": self.data.state_dict(),
-            "clock": self.clock.state_dict(),
-            "plan": [s.to_dict() for s in self.plan],
-            "seconds_per_epoch": {str(k): v for k, v in self.seconds_per_epoch.items()},
-            "images": self.images, "stages": copy.deepcopy(self.stages),
-            "evals": copy.deepcopy(self.evals), "lr_scale": self.lr_scale,
-            "last_step_s": self.last_step_s, "log_window": dict(self.window),
-            "faults": dict(self.faults), "config": self.cfg.to_dict(),
-            "world_size": self.dist.world,
-            # What inference needs without the training data:
-            "model_config": self.model_cfg.to_dict(), "classes": list(self.data.classes),
-            "mean": list(self.data.mean), "std": list(self.data.std),
-        }
-
-    def load_state_dict(self, s: dict, restore_clock: bool = True) -> None:
-        self.model.load_state_dict(s["model"])
-        self.opt.load_state_dict(s["optimizer"])
-        for group, settings in zip(self.opt.param_groups, self.group_settings):
-            group.update(settings)  # the saved groups hold the checkpoint's config's values
-        if self.scaler.is_enabled() and s["scaler"]:  # empty where the run was not fp16
-            self.scaler.load_state_dict(s["scaler"])
-        if self.ema is not None and s["ema"] is None:  # EMA turned on at a resume
-            self.ema = EMA(self.model, self.cfg.train.ema_decay)  # from the weights loaded
-        elif self.ema is not None:
-            self.ema.load_state_dict(s["ema"])
-        every_rank = s.get("rng_ranks")  # under torchrun: each rank's own, in rank order
-        if every_rank and len(every_rank) == self.dist.world:
-            self.set_rng_state(every_rank[self.dist.rank])
-        elif self.dist.main:  # another world size: the other ranks keep their own seeds
-            self.set_rng_state(s["rng"])
-        self.data.load_state_dict(s["data"])
-        self.plan = [curriculum.Stage(**d) for d in s["plan"]]
-        self.seconds_per_epoch = {int(k): v for k, v in s["seconds_per_epoch"].items()}
-        self.images, self.stages = s["images"], copy.deepcopy(s["stages"])
-        self.evals, self.lr_scale = copy.deepcopy(s["evals"]), s["lr_scale"]
-        self.last_step_s = s.get("last_step_s", 0.0)  # (older checkpoints lack these two)
-        self.window = dict(s.get("log_window") or
-                           empty_window(s["clock"]["train_s"], s["clock"]["steps"]))
-        if restore_clock:
-            self.clock.load_state_dict(s["clock"])
-            self.faults = dict(s["faults"])
-
-    def rng_state(self) -> dict:
-        return {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if self.rt.cuda else None,
-                "python": random.getstate()}
-
-    def set_rng_state(self, rng: dict) -> None:
-        torch.set_rng_state(rng["torch"])
-        if self.rt.cuda and rng["cuda"] is not None:
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        random.setstate(rng["python"])
-
-    def save_checkpoint(self) -> bool:
-        """Write a checkpoint (rank 0); on a disk error keep the old one, warn, retry later.
-        Whether it was written (on rank 0; True elsewhere)."""
-        written = True
-        with self.clock.paused("checkpoint"):
-            # Every rank's random state (dropout masks, mixup, erasing draw from it), so a
-            # resume at the same world size continues every rank's stream exactly.
-            every_rank = distributed.gather_to_main(self.rng_state(), self.dist)
-            if self.dist.main:
-                state = self.state_dict()
-                if every_rank:
-                    state["rng_ranks"] = every_rank
-                try:
-                    checkpoint.save(state, self.out, self.clock.steps, self.cfg.checkpoint.keep)
-                except OSError as e:
-                    written = False
-                    self.faults["checkpoint_failures"] += 1
-                    self.say(f"warning: checkpoint at step {self.clock.steps} not written "
-                             f"({e.strerror or e}); keeping the previous one, retrying later")
-            distributed.barrier(self.dist)
-        self._last_ckpt = (self.clock.read(), self.clock.steps)
-        return written
 
     # ------------------------------------------------------------------ helpers
 
