@@ -50,7 +50,7 @@ def test_ranks_share_one_paper_plan(tmp_path):
     so the plan must come from one of them (rank 0) or the ranks train at different sizes."""
     proc = torchrun(2, tmp_path / "paper", "6s", "curriculum.mode=paper",
                     "curriculum.start_size_px=16", "curriculum.step_px=4",
-                    "curriculum.every_epochs=0.05", "train.warmup_steps=3")
+                    "curriculum.every_epochs=0.02", "train.warmup_steps=3")
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
     plans = dict(re.findall(r"rank (\d)/2: finished at step \d+, plan (.+)", output))
