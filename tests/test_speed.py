@@ -160,9 +160,9 @@ def compile_with_eager_backend(monkeypatch) -> list[dict]:
 
 
 def test_block_compile_serves_every_block_and_changes_no_number(monkeypatch):
-    """Scope "blocks": one graph per size for all blocks that drop paths (their rates are
-    tensors) plus one for block 0 (rate 0), the same outputs and gradients as eager, and
-    torch.compile called with the configured mode."""
+    """Scope "blocks": one graph per size for all blocks, block 0 (drop-path rate 0) included
+    (the rates are tensors), the same outputs and gradients as eager, and torch.compile called
+    with the configured mode."""
     calls = compile_with_eager_backend(monkeypatch)
     model = create_model("vit_micro4_local", in_chans=1, num_classes=10, depth=5, drop_path=0.2)
     reference = copy.deepcopy(model)
@@ -178,7 +178,7 @@ def test_block_compile_serves_every_block_and_changes_no_number(monkeypatch):
         (out, grads), (ref, ref_grads) = outputs
         assert torch.allclose(out, ref, atol=1e-6)
         assert all(torch.allclose(g, r, atol=1e-6) for g, r in zip(grads, ref_grads))
-    assert counters["stats"]["unique_graphs"] == 4  # 2 sizes x (block 0, blocks 1-4)
+    assert counters["stats"]["unique_graphs"] == 2  # one per size, for all 5 blocks
     assert calls == [{"dynamic": False, "mode": "reduce-overhead"}] * 5
     assert set(model.state_dict()) == set(reference.state_dict())  # checkpoints unchanged
     calls.clear()
@@ -203,9 +203,9 @@ def test_trainer_compiles_every_size_before_the_clock_and_never_after(tmp_path, 
     printed = capsys.readouterr().out
     assert "warm-up 16px: compiled and ran 2 steps in" in printed and "warm-up 28px" in printed
     assert len(calls) == 3 and summary["steps"] == 12
-    # sizes 16 and 28 x (block 0, blocks 1-2): all before the clock; training at both sizes
-    # and the final evaluation (eager) compile nothing more.
-    assert graphs["after warm-up"] == 4 == counters["stats"]["unique_graphs"]
+    # One graph (all 3 blocks) at each of 16 and 28 px, both before the clock; training at
+    # both sizes and the final evaluation (eager) compile nothing more.
+    assert graphs["after warm-up"] == 2 == counters["stats"]["unique_graphs"]
     assert [st["img_size"] for st in summary["stages"]] == [16, 28]
 
 
@@ -232,12 +232,12 @@ def test_resumed_run_compiles_the_sizes_ahead_before_the_clock(tmp_path, monkeyp
                       clock=(resumed.clock.steps, resumed.clock.train_s))
     resumed.warm_up = warm_up
     summary = resumed.run()
-    # resumed at step 8 of 12, in the 28 px half: block 0 and blocks 1-2 at 28 px, compiled
+    # resumed at step 8 of 12, in the 28 px half: the blocks' one graph at 28 px, compiled
     # with the clock where the checkpoint left it
     assert clock["steps"] == 8
-    assert warmed == {"sizes": [28], "measure": False, "graphs": 2,
+    assert warmed == {"sizes": [28], "measure": False, "graphs": 1,
                       "clock": (8, clock["train_s"])}
-    assert counters["stats"]["unique_graphs"] == 2 and summary["steps"] == 12
+    assert counters["stats"]["unique_graphs"] == 1 and summary["steps"] == 12
     assert summary["warmup_time_s"] > clock["other_s"]["warmup"]
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

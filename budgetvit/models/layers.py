@@ -111,7 +111,7 @@ class Block(nn.Module):
     """Pre-LayerNorm transformer block with stochastic depth on both residual branches."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, ffn: str, act: str,
-                 ffn_bias: bool, drop_path: float):
+                 ffn_bias: bool, drop_path: float, drops: bool):
         super().__init__()
         if ffn not in FFNS:
             raise ValueError(f"ffn must be one of {sorted(FFNS)}, got {ffn!r}")
@@ -122,7 +122,10 @@ class Block(nn.Module):
         # The rate is a tensor, not a float attribute: torch.compile bakes floats into the
         # graph, so every block (each with its own rate) would be compiled separately.
         self.register_buffer("drop_rate", torch.tensor(float(drop_path)), persistent=False)
-        self.drops = drop_path > 0  # a Python bool on purpose: at most two graph variants
+        # Whether the model uses stochastic depth at all (a Python bool: it shapes the graph).
+        # Block 0's rate is 0, but it takes the same path, with a mask that keeps everything:
+        # one graph for all blocks, so one compile per image size instead of two.
+        self.drops = drops
 
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
         """Per-sample stochastic depth: the residual branch is dropped for whole images and

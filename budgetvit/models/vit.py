@@ -51,7 +51,8 @@ class VisionTransformer(nn.Module):
         # Stochastic depth grows linearly with depth, as in DeiT.
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(
-            Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.ffn, cfg.act, cfg.ffn_bias, r)
+            Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.ffn, cfg.act, cfg.ffn_bias, r,
+                  drops=cfg.drop_path > 0)
             for r in rates)
         self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)
         self.head = nn.Linear(cfg.dim, cfg.num_classes)
