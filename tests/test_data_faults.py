@@ -236,6 +236,20 @@ def test_float_images_keep_their_grey_levels(tmp_path):
         assert np.abs(rgb[..., 0] - ramp * 255).max() <= 1.0, name
 
 
+def test_16_bit_images_of_either_byte_order_keep_their_grey_levels(tmp_path):
+    """16-bit greyscale in any byte order (a big-endian TIFF opens as I;16B, which PIL's point()
+    refuses) and 32-bit integers: value v becomes v / 256 in 8 bits, never unreadable."""
+    from budgetvit.data.imagefolder import open_rgb, to_rgb
+    ramp = np.linspace(0, 65535, 48 * 64).astype(np.uint16).reshape(48, 64)
+    Image.fromarray(ramp.astype(">u2")).save(tmp_path / "big_endian.tiff")
+    with Image.open(tmp_path / "big_endian.tiff") as img:
+        assert img.mode == "I;16B"
+    rgb = np.asarray(open_rgb(str(tmp_path / "big_endian.tiff"))).astype(np.float32)
+    assert rgb.shape == (48, 64, 3) and np.abs(rgb[..., 0] - ramp / 256).max() <= 1.0
+    for mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        assert to_rgb(Image.new(mode, (4, 4), 50000)).getpixel((0, 0)) == (195,) * 3, mode
+
+
 def test_prepare_lists_a_dangling_symlink_and_finishes(tmp_path, capsys):
     """train/bag/ghost.jpg points nowhere: prepare converts the rest and lists it as a bad
     file (planning the cache must not stat it to death)."""

@@ -63,8 +63,10 @@ def scan(root: str | Path, split: str, class_to_idx: dict | None = None):
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """8-bit RGB from any PIL mode (grayscale, CMYK, 16-bit, float, palette, alpha); loads it."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale
-        img = img.point(lambda v: v / 256).convert("L")
+    if img.mode == "I" or img.mode.startswith("I;16"):  # 16/32-bit grayscale, any byte order
+        # through mode I: point() refuses I;16B (big-endian TIFFs) and I;16L, and converting
+        # I;16N straight to L clips it
+        img = img.convert("I").point(lambda v: v / 256).convert("L")
     elif img.mode == "F":  # 32-bit float: 0-1 when no value exceeds 1 (else taken as 0-255);
         if img.getextrema()[1] <= 1.0:  # converted as it is, 0-1 would be clipped to black
             img = img.point(lambda v: v * 255)
