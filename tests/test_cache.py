@@ -311,6 +311,11 @@ def test_a_tree_without_val_gives_a_train_only_cache_trained_with_holdout(trees,
                                           r"evaluate on a part of train instead with --set "
                                           r"data.holdout=0.1"):
         train(cfg, tmp_path / "run2")
+    # bench-data times training batches only: both train-only sources time them
+    for source in (["--src", str(dst), "--skip-baseline"], ["--src", str(src)]):
+        assert main(["bench-data", *source, "--sizes", "32", "--workers", "1", "--batch-size",
+                     "4", "--batches", "2", "--warmup", "1", "--repeats", "1"]) == 0, source
+        assert "| 32 |" in capsys.readouterr().out
 
 
 def test_resume_on_the_cache_gives_identical_weights(caches, tmp_path):

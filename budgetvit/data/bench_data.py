@@ -130,7 +130,21 @@ def loader_batches(data, size: int):
         yield data.next_batch()
 
 
-def make_loader(tree: Path | None, cache_dir: Path | None, args, device):
+def stand_in_holdout(tree: Path | None, meta: dict | None) -> float:
+    """0 where the source has a val split. Else the share of one training image: only training
+    batches are timed, but the loaders want an evaluation split, so a train-only source (as
+    `prepare` allows) lends them one image as a holdout."""
+    if meta is not None:  # a cache
+        if "val" in meta["splits"]:
+            return 0.0
+        return 1 / meta["splits"]["train"]["images"]
+    if (tree / "val").is_dir():
+        return 0.0
+    from .imagefolder import scan
+    return 1 / len(scan(str(tree), "train")[0])
+
+
+def make_loader(tree: Path | None, cache_dir: Path | None, meta: dict | None, args, device):
     from .cache_loader import CacheData
     from .imagefolder import FolderData
     aug = AugSection(crop_scale_min=args.crop_scale_min, hflip=True,
@@ -142,7 +156,8 @@ def make_loader(tree: Path | None, cache_dir: Path | None, args, device):
         kind = DaliData
     try:
         return kind(str(cache_dir or tree), batch_size=args.batch_size, seed=0, aug=aug,
-                    device=device, num_workers=args.workers)
+                    device=device, num_workers=args.workers,
+                    holdout=stand_in_holdout(tree, meta))
     except ConfigError as e:  # the loaders name the config key; here it is an option
         raise ConfigError(str(e).replace("train.batch_size=", "--batch-size ")) from None
 
@@ -205,7 +220,7 @@ def run(args) -> int:
         for _ in range(args.repeats):
             # Made first (its workers start with its first batch): it refuses a batch larger
             # than the tree, where the baseline's loader would yield nothing, forever.
-            data = make_loader(tree, cache_dir, args, device)
+            data = make_loader(tree, cache_dir, meta, args, device)
             if not args.skip_baseline:
                 base.append(timed(baseline_batches(tree, size, args, device), device,
                                   args.warmup, args.batches))
