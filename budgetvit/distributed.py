@@ -56,6 +56,13 @@ def all_sum(values: list[float], d: Dist, device) -> list[float]:
     return t.tolist()
 
 
+def all_min(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    """The elementwise minimum over ranks (in place, on the tensor's device)."""
+    if d.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t
+
+
 def gather_to_main(obj, d: Dist) -> list | None:
     """Every rank's `obj` in rank order on rank 0; None elsewhere and without torchrun."""
     if not d.enabled:

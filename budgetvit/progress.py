@@ -15,32 +15,37 @@ def fmt_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def replace_lines(path: Path, lines: list[str]) -> None:
+    """Rewrite a log through a temporary file, so that a kill here loses nothing."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(path)
+
+
 def truncate_jsonl(path: Path, last_step: int) -> None:
     """Keep the records of steps <= last_step (and drop a half-written last line): a run
     resumed from the checkpoint at last_step replays the steps after it, and must not log them
-    twice. Rewritten through a temporary file, so a kill here loses nothing."""
+    twice."""
     if not path.exists():
         return
     kept = []
     for line in path.read_text().splitlines():
         try:
             if json.loads(line)["step"] <= last_step:
-                kept.append(line + "\n")
+                kept.append(line)
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept))
-    tmp.replace(path)
+    replace_lines(path, kept)
 
 
 class Progress:
     def __init__(self, run_dir: Path, budget: float, unit: str, start: float = 0.0,
-                 last_step: int = -1):
-        """last_step: the step training goes on from; the logs' records of later steps are
-        dropped (a resumed run replays them; a fresh run, last_step -1, starts them anew)."""
+                 last_step: int = -1, evals: list[dict] = ()):
+        """last_step, evals: the step training goes on from and the evaluations made until
+        then (rewind); a fresh run (-1, none) starts its logs anew."""
         self.run_dir, self.budget, self.unit = run_dir, budget, unit
         self.log_file = self.eval_file = None
-        self.rewind(last_step)
+        self.rewind(last_step, evals)
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
@@ -54,13 +59,16 @@ class Progress:
         except Exception:  # tensorboard not installed: the JSON logs suffice
             pass
 
-    def rewind(self, last_step: int) -> None:
-        """Drop the log records of steps after last_step (a resume, a rollback)."""
+    def rewind(self, last_step: int, evals: list[dict]) -> None:
+        """Back to the checkpoint of last_step (a resume, a rollback): drop the log records of
+        later steps, and make eval.jsonl that checkpoint's evaluations, `evals` (not those of
+        its step too: a final evaluation logged after it, by a run killed before the checkpoint
+        that holds it, is made again)."""
         for f in (self.log_file, self.eval_file):
             if f is not None:
                 f.close()
-        for name in ("log.jsonl", "eval.jsonl"):
-            truncate_jsonl(self.run_dir / name, last_step)
+        truncate_jsonl(self.run_dir / "log.jsonl", last_step)
+        replace_lines(self.run_dir / "eval.jsonl", [json.dumps(rec) for rec in evals])
         self.log_file = open(self.run_dir / "log.jsonl", "a")
         self.eval_file = open(self.run_dir / "eval.jsonl", "a")
 

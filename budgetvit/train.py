@@ -82,11 +82,11 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
                                for g in self.opt.param_groups]  # the config's, per group
         self.scaler = torch.amp.GradScaler(self.rt.device.type,
                                            enabled=self.rt.amp_dtype == torch.float16)
-        self.ema = EMA(self.model, t.ema_decay) if t.ema else None
         self.forward = self.model
-        if self.dist.enabled:
+        if self.dist.enabled:  # (which gives every rank rank 0's initial weights)
             self.forward = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.dist.local_rank] if self.rt.cuda else None)
+        self.ema = EMA(self.model, t.ema_decay) if t.ema else None  # of those weights
         self.forward = self.rt.compiled(self.model, len(curriculum.planned_sizes(cfg)),
                                         self.forward)
         self.mix = augment.mixup_cutmix(cfg.aug.mixup, cfg.aug.cutmix, self.data.num_classes)
@@ -202,7 +202,7 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
         # The clock keeps running: time lost to the fault is charged, as it would be anyway.
         self.clock.steps = state["clock"]["steps"]
         if self.dist.main:  # the steps after the checkpoint will be logged again
-            self.progress.rewind(self.clock.steps)
+            self.progress.rewind(self.clock.steps, self.evals)
         self.say(f"warning: {self.bad_run} non-finite steps in a row ({first_bad}-{last_bad});"
                  f" rolled back to step {self.clock.steps} with lr x{self.lr_scale:g}")
 
@@ -237,7 +237,8 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
         if self.dist.main:
             self.progress = Progress(self.out, self.budget, self.unit,
                                      self.clock.spent_units(self.clock.train_s),
-                                     last_step=self.clock.steps if resumed else -1)
+                                     last_step=self.clock.steps if resumed else -1,
+                                     evals=self.evals)
             self.print_header(resumed)
         if not resumed:
             self.save_checkpoint()  # step 0: there is always a state to roll back to
@@ -247,7 +248,7 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
                         for s in (signal.SIGTERM, signal.SIGINT)}
         pending: list[tuple] = []  # (loss, ok, stage) of steps not yet read from the device
         train_s = prev_s = self.clock.train_s
-        lr = 0.0
+        lr, stops = 0.0, 0.0
         try:
             self.clock.start()
             while True:
@@ -288,6 +289,9 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
                             self.clock.steps - self._last_ckpt[1] >= k.every_steps))
                     if due and not self.bad_run:  # not inside a run of skipped steps
                         self.save_checkpoint()
+                        # The shared reading, not this rank's own clock (they differ by a few
+                        # ms): every rank must find the next checkpoint due at the same step.
+                        self._last_ckpt = (train_s, self.clock.steps)
                 p = self.clock.progress(train_s)
                 size = curriculum.size_at(self.plan, p)
                 if size != self.data.size:  # after a resume the loader starts at its default size
@@ -307,7 +311,9 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
             for s, h in old_handlers.items():
                 signal.signal(s, h)
         train_s = self.clock.read()
-        if self.stop_signal:
+        # The ranks' shared decision at the last sync point, not this rank's flag: a signal
+        # that came after it would send this rank alone down the interrupted path.
+        if stops:
             # Not amid non-finite steps: a resume would start inside them, past its rollback
             # point.
             written = not self.bad_run and self.save_checkpoint()
@@ -319,11 +325,17 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
                      f"Resume with: {self.command or 'the same command'}")
             self.progress_close()
             return {"interrupted": True, "step": self.clock.steps}
-        self.save_checkpoint()  # before the final evaluation: a kill during it loses nothing
-        final = self.run_eval(train_s, final=True)
-        # Again, now holding the final evaluation: a larger --budget goes on from here without
-        # evaluating this step twice.
-        self.save_checkpoint()
+        last = self.evals[-1] if self.evals else {}
+        if last.get("step") == self.clock.steps and (self.ema is None or "top1_ema" in last):
+            # These weights (and EMA) are evaluated already: the state of a run killed after
+            # its final checkpoint, before summary.json.
+            final = last
+        else:
+            self.save_checkpoint()  # before the final evaluation: a kill during it loses nothing
+            final = self.run_eval(train_s, final=True)
+            # Again, now holding the final evaluation: a larger --budget goes on from here
+            # without evaluating this step twice.
+            self.save_checkpoint()
         summary = (write_summary(self, final, time.perf_counter() - self.wall0)
                    if self.dist.main else {})
         self.progress_close()
@@ -335,7 +347,11 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
         max_bad_steps in a row roll the run back to its last checkpoint with a lower lr."""
         if not pending:
             return
-        values = torch.stack([torch.stack([l, ok.float()]) for l, ok, _ in pending]).tolist()
+        # A step is good only where it was good on every rank: in fp16 one rank's loss can
+        # overflow alone (every rank's scaler then skips the step, the gradients being summed),
+        # and ranks that disagree on faults would checkpoint or roll back alone.
+        good = distributed.all_min(torch.stack([ok.float() for _, ok, _ in pending]), self.dist)
+        values = torch.stack([torch.stack([l for l, _, _ in pending]), good], 1).tolist()
         first_step = self.clock.steps - len(pending) + 1
         stages = [stage for _, _, stage in pending]
         pending.clear()

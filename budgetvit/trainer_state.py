@@ -102,5 +102,4 @@ class TrainerState:
                     self.say(f"warning: checkpoint at step {self.clock.steps} not written "
                              f"({e.strerror or e}); keeping the previous one, retrying later")
             distributed.barrier(self.dist)
-        self._last_ckpt = (self.clock.read(), self.clock.steps)
         return written

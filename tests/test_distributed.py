@@ -23,13 +23,14 @@ TINY = ["train.device=cpu",  # also where there is a GPU: the CUDA tests ask for
         "curriculum.stages=16:0.5,28:0.5", "aug.crop_scale_min=0.5"]
 
 
-def torchrun(nproc: int, out: Path, budget: str, *extra: str, **popen):
+def torchrun(nproc: int, out: Path, budget: str, *extra: str, module: str = "budgetvit",
+             env: dict | None = None, **popen):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "budgetvit", "train", "--budget", budget,
+           f"--nproc_per_node={nproc}", "-m", module, "train", "--budget", budget,
            "--out", str(out), "--set", *TINY, *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, **popen)
+                            text=True, cwd=Path(__file__).parent.parent, **popen)
 
 
 def test_two_ranks_stop_together_and_evaluate_every_image_once(tmp_path):
@@ -56,6 +57,27 @@ def test_ranks_share_one_paper_plan(tmp_path):
     plans = dict(re.findall(r"rank (\d)/2: finished at step \d+, plan (.+)", output))
     assert set(plans) == {"0", "1"} and plans["0"] == plans["1"]
     assert plans["0"].count("px to") == 4 and "0.000000" not in plans["0"]  # 16, 20, 24, 28 px
+
+
+def test_ranks_agree_on_checkpoints_faults_and_the_end(tmp_path):
+    """Decisions each rank takes must be the same on every rank, or one enters a collective
+    the others never reach (a hang) or rolls back alone. Faults on rank 1 only (ddp_faults.py):
+    its clock reads 0.5 s late (checkpoints due by time: decided on the shared clock); its fp16
+    loss overflows at step 4 (a fault on every rank, though only its loss was infinite); SIGTERM
+    reaches it after the last shared decision (the run finishes, as that decision said)."""
+    out = tmp_path / "faults"
+    proc = torchrun(2, out, "150steps", "train.precision=fp16", "checkpoint.every_s=0.3",
+                    "checkpoint.every_steps=4", module="tests.ddp_faults",
+                    env={"FAULT_CLOCK_SKEW_S": "0.5", "FAULT_OVERFLOW_STEP": "4",
+                         "FAULT_LATE_SIGTERM": "1"})
+    output, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, output[-3000:]
+    finished = dict(re.findall(r"rank (\d)/2: finished at step (\d+),", output))
+    assert finished == {"0": "150", "1": "150"}, output[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["faults"] == {"nonfinite_steps": 1, "rollbacks": 0, "checkpoint_failures": 0}
+    assert summary["images_seen"] == 149 * 64
+    assert "non-finite loss or gradient at step 4" in output
 
 
 def test_loss_curve_matches_one_process_with_same_global_batch(tmp_path):

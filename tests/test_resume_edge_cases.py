@@ -195,6 +195,48 @@ def test_raising_a_finished_runs_budget_evaluates_each_step_once(tmp_path):
     assert [e["step"] for e in summary["evals"]] == list(range(0, 7))
 
 
+class Killed(BaseException):
+    """A kill -9 at a chosen point (BaseException: no handler of the trainer catches it)."""
+
+
+@pytest.mark.parametrize("killed", ["before the checkpoint that holds it",
+                                    "before summary.json"])
+def test_a_run_killed_after_its_final_evaluation_is_evaluated_once(tmp_path, monkeypatch,
+                                                                   killed):
+    """Killed after the final evaluation, before the checkpoint that holds it (the rerun
+    evaluates again, and eval.jsonl must not keep the lost one too) or after it, before
+    summary.json (the rerun must not evaluate again): one final evaluation either way, with
+    its EMA figure."""
+    from budgetvit import train as train_module
+    from budgetvit.trainer_state import TrainerState
+    cfg = ("data.holdout=0.005", "train.budget=4steps")
+    kill = {"at": killed}
+    real_save, real_summary = TrainerState.save_checkpoint, train_module.write_summary
+
+    def save_checkpoint(trainer):
+        if trainer.evals and kill["at"] == "before the checkpoint that holds it":
+            raise Killed
+        return real_save(trainer)
+
+    def write_summary(*args):
+        if kill["at"] == "before summary.json":
+            raise Killed
+        return real_summary(*args)
+    monkeypatch.setattr(TrainerState, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(train_module, "write_summary", write_summary)
+    with pytest.raises(Killed):
+        train(tiny_config(*cfg), tmp_path)
+    assert [e["step"] for e in records(tmp_path / "eval.jsonl")] == [4]
+
+    kill["at"], evaluations, real_evaluate = None, [], train_module.evaluate
+    monkeypatch.setattr(train_module, "evaluate",
+                        lambda *a: evaluations.append(a) or real_evaluate(*a))
+    summary = train(tiny_config(*cfg), tmp_path)
+    assert len(evaluations) == (0 if killed == "before summary.json" else 2)  # model + EMA
+    assert [e["step"] for e in records(tmp_path / "eval.jsonl")] == [4]
+    assert [e["step"] for e in summary["evals"]] == [4] and "top1_ema" in summary["evals"][0]
+
+
 def test_logs_after_a_rollback_hold_each_step_once(tmp_path, capsys):
     """Three non-finite steps (12-14) roll the run back to its step-10 checkpoint, and steps
     11-14 are trained again: log.jsonl and eval.jsonl (a line and an evaluation every step)

@@ -1,0 +1,42 @@
+"""`python -m tests.ddp_faults train ...`: budgetvit's CLI with faults that only a run of several
+processes shows, each on rank 1 only, switched on by environment variables
+(test_distributed.py):
+
+- FAULT_CLOCK_SKEW_S: rank 1's own clock reads this many seconds late (ranks' clocks drift);
+- FAULT_OVERFLOW_STEP: rank 1's loss is infinite at this step, as one rank's fp16 forward can
+  overflow alone;
+- FAULT_LATE_SIGTERM=1: rank 1 gets SIGTERM as its clock stops at the end of the budget, after
+  the ranks' last shared decision.
+"""
+import math
+import os
+import signal
+import sys
+
+from budgetvit import budget, train
+from budgetvit.cli import main
+
+RANK1 = os.environ.get("RANK") == "1"
+SKEW = float(os.environ.get("FAULT_CLOCK_SKEW_S", "0"))
+OVERFLOW_STEP = int(os.environ.get("FAULT_OVERFLOW_STEP", "0"))
+
+
+def patch(cls, name, wrapper):
+    real = getattr(cls, name)
+    setattr(cls, name, lambda self, *a: wrapper(self, real, *a))
+
+
+if RANK1 and SKEW:
+    patch(budget.BudgetClock, "read", lambda clock, real: real(clock) + SKEW)
+if RANK1 and OVERFLOW_STEP:
+    patch(train.Trainer, "loss_fn", lambda trainer, real, logits, y: real(trainer, logits, y)
+          * (math.inf if trainer.clock.steps + 1 == OVERFLOW_STEP else 1.0))
+if RANK1 and os.environ.get("FAULT_LATE_SIGTERM"):
+    def stop(clock, real):
+        if clock._since is not None and clock.progress(clock.read()) >= 1.0:  # (step budget)
+            os.kill(os.getpid(), signal.SIGTERM)
+        real(clock)
+    patch(budget.BudgetClock, "stop", stop)
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
