@@ -48,6 +48,8 @@ class MemoryData(DataStream):
         idx = self._order(self.epoch)[start:start + self.local_batch]
         ops = self.aug.randaugment_ops
         u = self.batch_draws(self.epoch, self.batch, 5 + 2 * ops)  # crop, then RandAugment
+        # RandAugment before the crop here (the tree and cache loaders, like timm, apply it
+        # after): it takes uint8 images, and these are uint8 only until the crop resamples them.
         x = augment.randaugment(self.images[idx], ops, self.aug.randaugment_magnitude, u[:, 5:])
         x = augment.resized_crop_flip(x, self.size, self.aug.crop_scale_min, self.aug.hflip,
                                       u[:, :5])
