@@ -71,6 +71,12 @@ class Runtime:
     def cuda(self) -> bool:
         return self.device.type == "cuda"
 
+    @property
+    def graph_mode(self) -> bool:
+        """Compiled to replay CUDA graphs, which torch.compile records at the second call (the
+        first runs eagerly): two calls before one is timed."""
+        return self.compile and self.compile_mode in ("reduce-overhead", "max-autotune")
+
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()

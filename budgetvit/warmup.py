@@ -26,6 +26,7 @@ class WarmUp:
         # served from those queues would hide a data-bound size. Where the plan depends on
         # the measured rate, drain them first (untimed) so the timed steps wait on the data.
         drain = self.data.prefetch_batches if measure and self.plan_needs_rates else 0
+        untimed = 1 + self.rt.graph_mode + drain  # the first compiles
         initial, rng = copy.deepcopy(self.state_dict()), self.rng_state()
         measured = {}
         with self.clock.paused("warmup"):
@@ -35,7 +36,7 @@ class WarmUp:
                 # previous size must not be the ones timed (and compiled) for this size.
                 self.data.load_state_dict(self.data.state_dict())
                 t0 = time.perf_counter()
-                self._zero_lr_steps(1 + drain)  # the first one compiles
+                self._zero_lr_steps(untimed)
                 t1 = time.perf_counter()
                 # Timed back to back, as training runs them: a sync around every step would
                 # add the host's launch time to the GPU's instead of overlapping the two.
@@ -43,7 +44,7 @@ class WarmUp:
                 t2 = time.perf_counter()
                 measured[size] = (t2 - t1) / n * self.data.batches_per_epoch
                 if self.rt.compile:  # compiling takes a while: say where it is
-                    self.say(f"warm-up {size}px: compiled and ran {1 + drain + n} steps in "
+                    self.say(f"warm-up {size}px: compiled and ran {untimed + n} steps in "
                              f"{t2 - t0:.1f}s (not charged)")
         self.load_state_dict(initial, restore_clock=False)
         self.set_rng_state(rng)  # every rank's own (load_state_dict restores rank 0's)

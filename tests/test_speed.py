@@ -241,3 +241,16 @@ def test_resumed_run_compiles_the_sizes_ahead_before_the_clock(tmp_path, monkeyp
     assert summary["warmup_time_s"] > clock["other_s"]["warmup"]
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@needs_fmnist
+def test_cuda_graph_modes_keep_the_recording_call_out_of_the_timed_steps(tmp_path, monkeypatch,
+                                                                       capsys):
+    """torch.compile records CUDA graphs at a function's second call (the first runs eagerly):
+    in those modes the warm-up runs two untimed steps per size before the timed ones, not one,
+    or the paper rule's seconds per epoch would include the recording."""
+    compile_with_eager_backend(monkeypatch)
+    for mode, steps in (("default", 2), ("reduce-overhead", 3), ("max-autotune", 3)):
+        Trainer(tiny_config("train.compile=on", f"train.compile_mode={mode}", "train.budget=1steps",
+                            "curriculum.mode=off", "data.holdout=0.005"), tmp_path / mode).run()
+        assert f"warm-up 28px: compiled and ran {steps} steps in" in capsys.readouterr().out, mode
