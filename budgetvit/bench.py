@@ -250,13 +250,13 @@ def _shell(argv: list[str]) -> str:
     return "budgetvit " + " ".join(map(shlex.quote, argv))
 
 
-def _same_run(recorded: str, argv: list[str]) -> bool:
-    """Whether a recorded `budgetvit train` command line is argv, wherever its --out points
-    (the same folder may be named relative or absolute)."""
-    def drop_out(a: list[str]) -> list[str]:
+def _same_arm(recorded: str, argv: list[str]) -> bool:
+    """Whether a recorded `budgetvit train` command line is argv but for its seed, wherever its
+    --out points (the same folder may be named relative or absolute)."""
+    def drop_out_and_seed(a: list[str]) -> list[str]:
         i = a.index("--out")
-        return a[:i] + a[i + 2:]
-    return drop_out(shlex.split(recorded)[1:]) == drop_out(argv)
+        return [x for x in a[:i] + a[i + 2:] if not x.startswith("train.seed=")]
+    return drop_out_and_seed(shlex.split(recorded)[1:]) == drop_out_and_seed(argv)
 
 
 def bench_command(args, out: Path) -> str:
@@ -356,14 +356,15 @@ def run(args) -> int:
     if old and {k: old.get(k) for k in meta} != meta:
         raise ConfigError(f"{out} holds a bench with {json.dumps({k: old.get(k) for k in meta})};"
                           f" this one is {json.dumps(meta)}; use another --out")
-    # A finished run is done, and an interrupted one resumed, only if it ran this arm's command
-    # (an arm name may be reused): a checkpoint resumed under other overrides mixes two configs.
-    for (arm, seed, run_dir), argv in zip(runs, argvs):
-        was = old.get("runs", {}).get(f"{arm.name}/seed{seed}")
-        held = (run_dir / "summary.json").exists() or (run_dir / "checkpoints").exists()
-        if held and was and not _same_run(was, argv):
-            raise ConfigError(f"{run_dir} was run as `{was}`; this bench would run "
-                              f"`{_shell(argv)}`: use another --out or arm name")
+    # An arm name may be reused only for the same overrides: a run of another command resumed
+    # or skipped as done, or new seeds pooled with its old ones, would mix two configs in one arm.
+    for (arm, _, _), argv in zip(runs, argvs):
+        for key, was in old.get("runs", {}).items():
+            ran = out / key
+            held = (ran / "summary.json").exists() or (ran / "checkpoints").exists()
+            if key.rpartition("/seed")[0] == arm.name and held and not _same_arm(was, argv):
+                raise ConfigError(f"{ran} was run as `{was}`; this bench would run "
+                                  f"`{_shell(argv)}`: use another --out or arm name")
     env_info = environment()
     _check_hardware(name, bench, env_info)
     out.mkdir(parents=True, exist_ok=True)
@@ -388,9 +389,12 @@ def run(args) -> int:
     seed_no = lambda d: int(d.name[4:]) if d.name[4:].isdigit() else -1  # noqa: E731
     dirs = [d for a in record["arms"] for d in sorted((out / a).glob("seed*"), key=seed_no)
             if is_run(d)]
-    write_report(dirs, out, title=f"{name}: {base.preset}, budget {base.train.budget}")
-    print(f"\n{markdown(results)}\nresults: {out / 'results.json'}, {out / 'results.md'}; "
-          f"plots: {out / 'time_to_accuracy.png'}, {out / 'schedule.png'}", flush=True)
+    plots = ""
+    if dirs:  # none where every run failed before its first log line
+        write_report(dirs, out, title=f"{name}: {base.preset}, budget {base.train.budget}")
+        plots = f"; plots: {out / 'time_to_accuracy.png'}, {out / 'schedule.png'}"
+    print(f"\n{markdown(results)}\nresults: {out / 'results.json'}, {out / 'results.md'}"
+          f"{plots}", flush=True)
     if failed:
         print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -71,10 +71,20 @@ def load(path: str | Path, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        if "weights_only" in str(e):  # torch's message for whatever its safe loader refuses
+            if "Unsupported global" not in str(e) and not _is_pickle(path):
+                raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch "
+                                      f"checkpoint") from None
             raise CheckpointError(f"refusing to load {path}: it contains pickled objects other "
                                   f"than tensors and plain data (would run code)") from None
         raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
+
+
+def _is_pickle(path: str | Path) -> bool:
+    """Whether a file starts as a pickle does (protocol 2 and later): a bare one, or an old
+    torch.save format; torch.save's zip files start otherwise, JSON, images and text too."""
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
 
 
 def newest_loadable(run_dir: str | Path, warn=print) -> tuple[Path, dict] | None:

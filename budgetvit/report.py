@@ -81,7 +81,7 @@ def _names(dirs: list[Path]) -> list[str]:
     keeping the folder above a bare seedK so a bench arm is always named."""
     parts = [d.resolve().parts for d in dirs]
     common = 0
-    while all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
+    while parts and all(len(p) > common + 1 and p[common] == parts[0][common] for p in parts):
         common += 1
     keep = [max(len(p) - common, 2 if re.fullmatch(r"seed\d+", p[-1]) else 1) for p in parts]
     return ["/".join(p[-k:]) for p, k in zip(parts, keep)]

@@ -119,6 +119,8 @@ def trainer_rate(model: str, size: int, batch: int, steps: int, args) -> float:
 def run_speed(args) -> int:
     from .runtime import resolve
     from .config import TrainSection
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but no CUDA GPU is visible")
     rt = resolve(TrainSection(device=args.device, compile=args.compile,
                               compile_scope=args.compile_scope, compile_mode=args.compile_mode))
     try:
@@ -129,7 +131,8 @@ def run_speed(args) -> int:
     cfg = ours.cfg
     for s in args.sizes:
         if s % cfg.patch_size:
-            raise ConfigError(f"--img-size {s} is not a multiple of the patch size {cfg.patch_size}")
+            raise ConfigError(f"size {s} (--sizes) is not a multiple of the patch size "
+                              f"{cfg.patch_size}")
     peak = peak_flops(rt.device)
     print(f"device {rt.describe()}, {args.model}, batch {args.batch_size}, "
           f"{'bf16 autocast' if rt.amp_dtype else 'fp32'}, compile "

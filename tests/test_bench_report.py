@@ -159,11 +159,27 @@ def test_a_run_of_another_command_is_neither_skipped_nor_resumed(tmp_path, finis
     record = {**meta, "runs": {"a/seed0": bench._shell(argv).replace(str(out), "elsewhere")}}
     (out / "bench.json").write_text(json.dumps(record))
     # The same command with the folder named another way is the same run...
-    assert bench._same_run(record["runs"]["a/seed0"], argv)
+    assert bench._same_arm(record["runs"]["a/seed0"], argv)
     # ...but another arm under that name is not: the bench refuses before running anything.
     args.arm = ["a: optim.lr=2e-3"]
     with pytest.raises(ConfigError, match=r"b/a/seed0 was run as .*optim.lr=1e-3.*use another"):
         bench.run(args)
+    # ...nor on new seeds, which would be pooled with seed 0 in one arm's mean.
+    args.seeds = "4,5"
+    with pytest.raises(ConfigError, match=r"b/a/seed0 was run as .*optim.lr=1e-3.*use another"):
+        bench.run(args)
+
+
+def test_a_bench_whose_runs_all_fail_ends_with_their_names(tmp_path, monkeypatch, capsys):
+    """No run left a log (each failed at start): the results and the error, and no report
+    (whose run labels, made from no runs, once looped forever)."""
+    monkeypatch.setattr(bench, "_run_one", lambda *a: "failed")
+    args = bench_args(preset="fmnist", budget="2steps", arms="vit", seeds="2",
+                      out=str(tmp_path / "b"))
+    assert bench.run(args) == 1
+    said = capsys.readouterr()
+    assert "error: 2 run(s) failed: vit/seed0, vit/seed1" in said.err
+    assert "plots:" not in said.out and not (tmp_path / "b" / "schedule.png").exists()
 
 
 def test_a_run_stopped_by_a_signal_only_it_saw_stops_the_bench(tmp_path, monkeypatch, capsys):

@@ -5,6 +5,7 @@ import os
 import pickle
 
 import pytest
+import torch
 
 from budgetvit.cli import main
 from budgetvit.config import Config, ConfigError, apply_overrides, from_dict, validate
@@ -60,6 +61,7 @@ CASES = [
     (["train", "--budget", "5s", "--out", "/proc/budgetvit-run"], "--out /proc/budgetvit-run is not writable"),
     (["eval", "--checkpoint", "/nonexistent/ckpt.pt"], "checkpoint /nonexistent/ckpt.pt does not exist"),
     (["eval", "--checkpoint", "CORRUPT"], "cannot read checkpoint"),
+    (["eval", "--checkpoint", "AFILE"], "afile: not a PyTorch checkpoint"),
     (["eval", "--checkpoint", "EMPTYDIR"], "no checkpoints in"),
     (["predict", "--checkpoint", "CRAFTED", "x.png"], "refusing to load"),
     (["eval", "--checkpoint", "x", "--img-size", "0"], "image sizes must be positive"),
@@ -67,6 +69,7 @@ CASES = [
     (["info", "--model", "vit_s16", "--sizes", "100"], "100 is not a multiple of the patch size 16"),
     (["info", "--model", "resnet50"], "unknown model 'resnet50'"),
     (["speed", "--batch-size", "0"], "must be >= 1, got 0"),
+    (["speed", "--sizes", "30"], "size 30 (--sizes) is not a multiple of the patch size 16"),
     (["export", "--checkpoint", "x", "--out", "w.json"], "--out w.json: give a file name for the weights"),
     (["export", "--checkpoint", "x", "--out", "EMPTYDIR"], "give a file name for the weights"),
     (["predict", "--checkpoint", "OLDEXPORT", "x.png"], "holds the model config alone"),
@@ -133,6 +136,13 @@ def test_malformed_input_gives_one_line_and_exit_2(args, fragment, bad_files, ca
     assert err.startswith("error: ")
     assert fragment in err
     assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.parametrize("command", [["speed"], ["eval", "--checkpoint", "x"]])
+def test_device_cuda_without_a_gpu_names_the_option(command, capsys):
+    assert run_cli([*command, "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --device cuda but no CUDA GPU is visible"
 
 
 def run_cli(args) -> int:
