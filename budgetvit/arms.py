@@ -120,6 +120,9 @@ def adhoc_arm(spec: str, taken: set[str]) -> Arm:
     if name in taken:
         raise ConfigError(f"--arm {name}: that name is taken (a built-in arm or an earlier "
                           f"--arm); pick another")
+    if name.endswith((".json", ".md", ".png")):  # its folder would be a file of the bench's
+        raise ConfigError(f"--arm {name}: names ending in .json, .md or .png are the bench "
+                          f"folder's files (results.json, ...); pick another")
     try:
         sets = shlex.split(rest)
     except ValueError as e:  # an unbalanced quote
@@ -128,10 +131,11 @@ def adhoc_arm(spec: str, taken: set[str]) -> Arm:
 
 
 def arm_config(base: Config, arm: Arm, check: bool = True) -> Config | None:
-    """The arm's full config, validated; an invalid one raises (check) or gives None."""
+    """The arm's full config, validated (but for the data paths, the base's); an invalid one
+    raises (check) or gives None."""
     try:
         cfg = apply_overrides(copy.deepcopy(base), arm.overrides(base))
-        validate(cfg)
+        validate(cfg, paths=False)
     except ConfigError as e:
         if check:
             raise ConfigError(f"arm {arm.name}: {e}") from None

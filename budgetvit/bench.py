@@ -66,7 +66,7 @@ def _read_json(path: Path) -> dict:
 def _stats(values: list[float]) -> dict | None:
     if not values:
         return None
-    std = statistics.stdev(values) if len(values) > 1 else 0.0  # sample std (ddof=1)
+    std = statistics.stdev(values) if len(values) > 1 else None  # sample std: none of one
     return {"mean": statistics.fmean(values), "std": std, "min": min(values), "max": max(values)}
 
 
@@ -119,8 +119,14 @@ def collect(out_dir: Path) -> dict[str, dict[int, dict]]:
     return {a: found[a] for a in [*[a for a in order if a in found], *sorted(set(found) - set(order))]}
 
 
+def _pm(st: dict | None) -> str:
+    """mean ± sample std; the mean alone for one run (no std); – for none."""
+    if st is None:
+        return "–"
+    return f"{st['mean']:.2f}" + (f" ± {st['std']:.2f}" if st["std"] is not None else "")
+
+
 def markdown(results: dict) -> str:
-    _pm = lambda st: "–" if st is None else f"{st['mean']:.2f} ± {st['std']:.2f}"  # noqa: E731
     splits = sorted({e for r in results["arms"].values()
                      for e in r.get("eval_split", ["the evaluation split"])}) \
         or ["the evaluation split"]  # no run finished
@@ -216,14 +222,20 @@ def plan(args) -> tuple[str, Benchmark | None, Config, list[Arm], list[int], lis
     base.train.budget = bench.budget if bench else args.budget or base.train.budget
     common = [*(bench.overrides if bench else ()), *args.set]
     apply_overrides(base, common)
-    validate(base)
+    validate(base, paths=not args.list)  # --list shows an imagenet bench without its data
     known = all_arms(base)
     adhoc: list[Arm] = []
     for spec in args.arm or []:
         adhoc.append(adhoc_arm(spec, {*known, *(a.name for a in adhoc)}))
-    if any(s.split("=")[0].strip() == "train.seed"
-           for s in [*args.set, *(x for a in adhoc for x in a.overrides(base))]):
+    keys = {s.split("=")[0].strip() for s in [*args.set,
+                                               *(x for a in adhoc for x in a.overrides(base))]}
+    if "train.seed" in keys:
         raise ConfigError("train.seed is set by the bench for each run; use --seeds")
+    pinned = sorted(keys & {"train.budget", *(o.split("=")[0] for o in bench.overrides)}
+                    if bench else ())
+    if pinned:  # its results would carry the benchmark's name for something else
+        raise ConfigError(f"benchmark {name} fixes {', '.join(pinned)}; drop them from --set/"
+                          f"--arm, or make a custom bench with --preset and --budget")
     names = [a.strip() for a in (args.arms or "").split(",") if a.strip()]
     for a in names:
         if a not in known:

@@ -120,7 +120,7 @@ def cmd_train(args) -> int:
     if args.budget:
         cfg.train.budget = args.budget
     apply_overrides(cfg, args.set)
-    validate(cfg)
+    validate(cfg, paths=not args.print_config)
     if args.print_config:
         import json
         print(json.dumps(cfg.to_dict(), indent=2))

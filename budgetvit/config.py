@@ -244,8 +244,23 @@ def _range(key: str, value, lo=None, hi=None, lo_open=False) -> None:
         raise ConfigError(f"{key}={value} must be <= {hi}")
 
 
-def validate(cfg: Config) -> None:
-    """Check every value that can be checked without touching data; raise ConfigError."""
+def _check_paths(d: DataSection) -> None:
+    """Paths are checked before the run directory or any data is touched."""
+    if d.dataset == "imagefolder" and not d.path:
+        raise ConfigError("data.dataset=imagefolder needs a root: --set data.path=/path/to/imagenet")
+    if d.dataset == "cache" and not d.path:
+        raise ConfigError("data.dataset=cache needs the directory `budgetvit prepare` made: "
+                          "--set data.path=/path/to/cache")
+    if d.dataset == "imagefolder" and not os.path.isdir(os.path.join(d.path, "train")):
+        raise ConfigError(f"data.path: no train/ folder in {d.path} (expected "
+                          f"{os.path.join(d.path, 'train')}/<class>/<image>)")
+    if d.dataset in ("fashion_mnist", "cache") and d.path and not os.path.isdir(d.path):
+        raise ConfigError(f"data.path: {d.path} is not a directory")
+
+
+def validate(cfg: Config, paths: bool = True) -> None:
+    """Check every value that can be checked without touching data; raise ConfigError.
+    paths=False leaves out whether data.path is given and exists (--print-config, --list)."""
     from .models import model_names
     m, d, c, o, a, t, k = (cfg.model, cfg.data, cfg.curriculum, cfg.optim, cfg.aug, cfg.train,
                            cfg.checkpoint)
@@ -272,17 +287,8 @@ def validate(cfg: Config) -> None:
                           f"model.patch_size={P}")
 
     _choice("data.dataset", d.dataset, ["fashion_mnist", "imagefolder", "cache", "synthetic"])
-    if d.dataset == "imagefolder" and not d.path:
-        raise ConfigError("data.dataset=imagefolder needs a root: --set data.path=/path/to/imagenet")
-    if d.dataset == "cache" and not d.path:
-        raise ConfigError("data.dataset=cache needs the directory `budgetvit prepare` made: "
-                          "--set data.path=/path/to/cache")
-    # Paths are checked here, before the run directory or any data is touched.
-    if d.dataset == "imagefolder" and not os.path.isdir(os.path.join(d.path, "train")):
-        raise ConfigError(f"data.path: no train/ folder in {d.path} (expected "
-                          f"{os.path.join(d.path, 'train')}/<class>/<image>)")
-    if d.dataset in ("fashion_mnist", "cache") and d.path and not os.path.isdir(d.path):
-        raise ConfigError(f"data.path: {d.path} is not a directory")
+    if paths:
+        _check_paths(d)
     _choice("data.backend", d.backend, ["pil", "dali"])
     if d.backend == "dali" and d.dataset != "cache":
         raise ConfigError("data.backend=dali reads a prepared cache: set data.dataset=cache "

@@ -69,6 +69,8 @@ CASES = [
     (["info", "--model", "vit_s16", "--sizes", "100"], "100 is not a multiple of the patch size 16"),
     (["info", "--model", "resnet50"], "unknown model 'resnet50'"),
     (["speed", "--batch-size", "0"], "must be >= 1, got 0"),
+    (["bench", "--arm", "results.json: optim.lr=1e-3"], "--arm results.json: names ending in"),
+    (["bench", "--set", "train.budget=1m"], "benchmark fmnist-cpu-5m fixes train.budget; drop"),
     (["speed", "--sizes", "30"], "size 30 (--sizes) is not a multiple of the patch size 16"),
     (["export", "--checkpoint", "x", "--out", "w.json"], "--out w.json: give a file name for the weights"),
     (["export", "--checkpoint", "x", "--out", "EMPTYDIR"], "give a file name for the weights"),
@@ -176,3 +178,13 @@ def test_config_roundtrips_through_dict():
     again = from_dict(cfg.to_dict())
     assert again == cfg
     validate(again)
+
+
+def test_imagenet_presets_are_shown_without_their_data(capsys):
+    """--print-config and bench --list only show: no data.path needed (training needs one)."""
+    assert main(["train", "--preset", "imagenet-1gpu-24h", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["name"] == "vit_s16_local"
+    assert main(["bench", "--benchmark", "imagenet1k-1gpu-24h", "--list"]) == 0
+    assert capsys.readouterr().out.startswith("vit ")
+    assert run_cli(["train", "--preset", "imagenet-1gpu-24h", "--budget", "1s"]) == 2
+    assert "data.dataset=imagefolder needs a root" in capsys.readouterr().err
