@@ -36,6 +36,11 @@ class TrainingStopped(RuntimeError):
     """Training cannot go on (repeated non-finite steps); the message says why."""
 
 
+class SignalOutsideLoop(BaseException):
+    """SIGTERM / SIGINT where there is no step to finish (warm-up, final checkpoint and
+    evaluation): raised by the handler, like KeyboardInterrupt, at once."""
+
+
 def prepare_out_dir(out: str | Path) -> Path:
     """Create the run directory and prove it is writable, before any work starts."""
     out = Path(out)
@@ -95,6 +100,9 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
         # CPU, so every step there; on CUDA every few, so the GPU queue never drains.
         self.sync_every = t.sync_every or (8 if self.rt.cuda else 1)
         self.stop_signal: str | None = None
+        # Where the run is: a signal in the "training loop" stops it at the next sync point,
+        # elsewhere ("warm-up", "final checkpoint and evaluation") at once.
+        self.phase = "warm-up"
         self.bad_run = 0  # consecutive non-finite steps
 
         # Everything below is the run's state and goes into every checkpoint.
@@ -181,7 +189,10 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
         return rec
 
     def _on_signal(self, signum, frame) -> None:
-        self.stop_signal = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if self.phase != "training loop":
+            raise SignalOutsideLoop(name)
+        self.stop_signal = name  # the next sync point stops every rank at the same step
 
     def _rollback(self, first_bad: int, last_bad: int) -> None:
         """Back to the newest checkpoint (every rank reads it) with the lr lowered; after
@@ -209,6 +220,21 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
     # ------------------------------------------------------------------ the run
 
     def run(self) -> dict:
+        """Train (or resume) to the end of the budget. SIGTERM / SIGINT stop it and say how
+        to resume: in the loop at the next sync point, with a checkpoint; elsewhere at once."""
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return self._run()
+        except SignalOutsideLoop as e:
+            self.say(f"stopped by {e} during the {self.phase}; rerun "
+                     f"{self.command or 'the same command'} to go on from the newest checkpoint")
+            self.progress_close()
+            return {"interrupted": True, "step": self.clock.steps}
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+
+    def _run(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
         state = checkpoint.load_latest(self.out) if self.dist.main else None
         resumed = distributed.broadcast_floats([float(state is not None)], self.dist,
@@ -244,72 +270,68 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
             self.save_checkpoint()  # step 0: there is always a state to roll back to
         self._last_ckpt = (self.clock.train_s, self.clock.steps)
         last_eval = self.evals[-1]["train_time_s"] if self.evals else 0.0
-        old_handlers = {s: signal.signal(s, self._on_signal)
-                        for s in (signal.SIGTERM, signal.SIGINT)}
         pending: list[tuple] = []  # (loss, ok, stage) of steps not yet read from the device
         train_s = prev_s = self.clock.train_s
         lr, stops = 0.0, 0.0
-        try:
-            self.clock.start()
-            while True:
-                # Sync point: read the clock (the device is synchronised first), fetch the
-                # pending losses and fault flags, log, checkpoint, evaluate. Between sync points
-                # the device runs ahead of the host undisturbed. A step budget's last step is
-                # one too (a time budget ends only at a clock reading).
-                if (self.clock.steps % self.sync_every == 0 or
-                        self.clock.progress(train_s) >= 1.0):
-                    # The clock is rank 0's (the others add 0); a signal to any rank stops all.
-                    now = self.clock.read()
-                    train_s, stops = distributed.all_sum(
-                        [now if self.dist.main else 0.0, float(self.stop_signal is not None)],
-                        self.dist, self.rt.device)
-                    if stops and not self.stop_signal:
-                        self.stop_signal = "a signal to another rank"
-                    self.last_step_s, prev_s = train_s - prev_s, train_s
-                    self.drain(pending)
-                    if self.stages:
-                        self.stages[-1]["end_s"] = train_s
-                    # At the first sync past each multiple of log_every: a resumed run logs
-                    # the same steps as an uninterrupted one.
-                    if self.clock.steps // t.log_every > self.window["step"] // t.log_every:
-                        self.log_window(train_s, lr)
-                    if stops or self.clock.progress(train_s) >= 1.0:
-                        # The overrun past the budget is at most the last sync interval; the
-                        # final checkpoint and evaluation follow.
-                        break
-                    # Evaluate first, so that the checkpoint holds this evaluation and a run
-                    # resumed from it does not repeat it (nor evaluate its step twice).
-                    evaluated = self.evals and self.evals[-1]["step"] == self.clock.steps
-                    if t.eval_every_s and train_s - last_eval >= t.eval_every_s and not evaluated:
-                        self.run_eval(train_s)
-                        last_eval = train_s
-                    k = cfg.checkpoint
-                    due = ((k.every_s and train_s - self._last_ckpt[0] >= k.every_s) or
-                           (k.every_steps and
-                            self.clock.steps - self._last_ckpt[1] >= k.every_steps))
-                    if due and not self.bad_run:  # not inside a run of skipped steps
-                        self.save_checkpoint()
-                        # The shared reading, not this rank's own clock (they differ by a few
-                        # ms): every rank must find the next checkpoint due at the same step.
-                        self._last_ckpt = (train_s, self.clock.steps)
-                p = self.clock.progress(train_s)
-                size = curriculum.size_at(self.plan, p)
-                if size != self.data.size:  # after a resume the loader starts at its default size
-                    self.data.set_size(size)
-                if not self.stages or self.stages[-1]["img_size"] != size:
-                    self.stages.append({"img_size": size, "start_s": train_s, "end_s": train_s,
-                                        "images": 0})
-                lr = lr_at(p, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup,
-                           cfg.optim.decay) * self.lr_scale
-                x, y = self.data.next_batch()
-                loss, ok = self.step(x, y, lr)
-                self.clock.steps += 1
-                pending.append((loss, ok, self.stages[-1]))
-            self.clock.stop()
-            self.drain(pending)
-        finally:
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
+        self.phase = "training loop"
+        self.clock.start()
+        while True:
+            # Sync point: read the clock (the device is synchronised first), fetch the
+            # pending losses and fault flags, log, checkpoint, evaluate. Between sync points
+            # the device runs ahead of the host undisturbed. A step budget's last step is
+            # one too (a time budget ends only at a clock reading).
+            if (self.clock.steps % self.sync_every == 0 or
+                    self.clock.progress(train_s) >= 1.0):
+                # The clock is rank 0's (the others add 0); a signal to any rank stops all.
+                now = self.clock.read()
+                train_s, stops = distributed.all_sum(
+                    [now if self.dist.main else 0.0, float(self.stop_signal is not None)],
+                    self.dist, self.rt.device)
+                if stops and not self.stop_signal:
+                    self.stop_signal = "a signal to another rank"
+                self.last_step_s, prev_s = train_s - prev_s, train_s
+                self.drain(pending)
+                if self.stages:
+                    self.stages[-1]["end_s"] = train_s
+                # At the first sync past each multiple of log_every: a resumed run logs
+                # the same steps as an uninterrupted one.
+                if self.clock.steps // t.log_every > self.window["step"] // t.log_every:
+                    self.log_window(train_s, lr)
+                if stops or self.clock.progress(train_s) >= 1.0:
+                    # The overrun past the budget is at most the last sync interval; the
+                    # final checkpoint and evaluation follow.
+                    break
+                # Evaluate first, so that the checkpoint holds this evaluation and a run
+                # resumed from it does not repeat it (nor evaluate its step twice).
+                evaluated = self.evals and self.evals[-1]["step"] == self.clock.steps
+                if t.eval_every_s and train_s - last_eval >= t.eval_every_s and not evaluated:
+                    self.run_eval(train_s)
+                    last_eval = train_s
+                k = cfg.checkpoint
+                due = ((k.every_s and train_s - self._last_ckpt[0] >= k.every_s) or
+                       (k.every_steps and
+                        self.clock.steps - self._last_ckpt[1] >= k.every_steps))
+                if due and not self.bad_run:  # not inside a run of skipped steps
+                    self.save_checkpoint()
+                    # The shared reading, not this rank's own clock (they differ by a few
+                    # ms): every rank must find the next checkpoint due at the same step.
+                    self._last_ckpt = (train_s, self.clock.steps)
+            p = self.clock.progress(train_s)
+            size = curriculum.size_at(self.plan, p)
+            if size != self.data.size:  # after a resume the loader starts at its default size
+                self.data.set_size(size)
+            if not self.stages or self.stages[-1]["img_size"] != size:
+                self.stages.append({"img_size": size, "start_s": train_s, "end_s": train_s,
+                                    "images": 0})
+            lr = lr_at(p, cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup,
+                       cfg.optim.decay) * self.lr_scale
+            x, y = self.data.next_batch()
+            loss, ok = self.step(x, y, lr)
+            self.clock.steps += 1
+            pending.append((loss, ok, self.stages[-1]))
+        self.clock.stop()
+        self.drain(pending)
+        self.phase = "final checkpoint and evaluation"
         train_s = self.clock.read()
         # The ranks' shared decision at the last sync point, not this rank's flag: a signal
         # that came after it would send this rank alone down the interrupted path.
@@ -403,7 +425,7 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
               f"run dir {self.out}", flush=True)
 
     def progress_close(self) -> None:
-        if self.dist.main:
+        if self.dist.main and getattr(self, "progress", None):  # (made after the warm-up)
             self.progress.close()
 
 

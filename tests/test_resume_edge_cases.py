@@ -237,6 +237,38 @@ def test_a_run_killed_after_its_final_evaluation_is_evaluated_once(tmp_path, mon
     assert [e["step"] for e in summary["evals"]] == [4] and "top1_ema" in summary["evals"][0]
 
 
+@pytest.mark.parametrize("signum, phase", [(signal.SIGINT, "warm-up"),
+                                           (signal.SIGTERM, "final checkpoint and evaluation")])
+def test_a_signal_outside_the_loop_stops_at_once_and_says_how_to_go_on(tmp_path, monkeypatch,
+                                                                      capsys, signum, phase):
+    """Ctrl-C in the warm-up (minutes of compiling on a GPU), SIGTERM in the final evaluation:
+    no step to finish, so the run stops there (no traceback, no exit 143), says so, and the
+    same command then finishes the run."""
+    from budgetvit import train as train_module
+    from budgetvit.warmup import WarmUp
+    real_steps, real_evaluate = WarmUp._zero_lr_steps, train_module.evaluate
+
+    def signalled(real):
+        def call(*args):
+            os.kill(os.getpid(), signum)
+            return real(*args)
+        return call
+    if phase == "warm-up":
+        monkeypatch.setattr(WarmUp, "_zero_lr_steps", signalled(real_steps))
+    else:
+        monkeypatch.setattr(train_module, "evaluate", signalled(real_evaluate))
+    cfg = ("train.budget=4steps", "train.warmup_steps=1")
+    trainer = Trainer(quick(*cfg), tmp_path, command="budgetvit train AGAIN")
+    assert trainer.run()["interrupted"]
+    assert (f"stopped by {signal.Signals(signum).name} during the {phase}; rerun budgetvit "
+            f"train AGAIN to go on from the newest checkpoint") in capsys.readouterr().out
+    assert not (tmp_path / "summary.json").exists()
+    assert bool(checkpoint.list_checkpoints(tmp_path)) == (phase != "warm-up")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    monkeypatch.undo()
+    assert train(quick(*cfg), tmp_path)["steps"] == 4
+
+
 def test_logs_after_a_rollback_hold_each_step_once(tmp_path, capsys):
     """Three non-finite steps (12-14) roll the run back to its step-10 checkpoint, and steps
     11-14 are trained again: log.jsonl and eval.jsonl (a line and an evaluation every step)
