@@ -231,11 +231,11 @@ def plan(args) -> tuple[str, Benchmark | None, Config, list[Arm], list[int], lis
                                                *(x for a in adhoc for x in a.overrides(base))]}
     if "train.seed" in keys:
         raise ConfigError("train.seed is set by the bench for each run; use --seeds")
-    pinned = sorted(keys & {"train.budget", *(o.split("=")[0] for o in bench.overrides)}
-                    if bench else ())
-    if pinned:  # its results would carry the benchmark's name for something else
-        raise ConfigError(f"benchmark {name} fixes {', '.join(pinned)}; drop them from --set/"
-                          f"--arm, or make a custom bench with --preset and --budget")
+    pinned = {"train.budget", *(o.split("=")[0] for o in bench.overrides)} if bench else set()
+    if keys & pinned:  # its results would carry the benchmark's name for something else
+        raise ConfigError(f"benchmark {name} fixes {', '.join(sorted(keys & pinned))}; drop "
+                          f"them from --set/--arm, or make a custom bench with --preset and "
+                          f"--budget")
     names = [a.strip() for a in (args.arms or "").split(",") if a.strip()]
     for a in names:
         if a not in known:
