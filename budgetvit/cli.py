@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=_positive_int, default=3)
     s.add_argument("--compare-timm", action="store_true",
                    help="also time timm's same-shaped ViT in the same run")
+    s.add_argument("--drop-path", type=float, default=0.0, metavar="RATE",
+                   help="stochastic depth of the last block, in both models (imagenet presets: "
+                   "0.1)")
     s.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
     s.add_argument("--compile-scope", choices=COMPILE_SCOPES, default="blocks")
     s.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",

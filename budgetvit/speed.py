@@ -20,8 +20,9 @@ from .runtime import Runtime, mfu, peak_flops
 
 
 def timm_twin(cfg):
-    """timm's VisionTransformer with our model's shape (plain FFN, GELU): for vit_s16 this is
-    exactly vit_small_patch16_224 with dynamic_img_size=True, the way most users run it."""
+    """timm's VisionTransformer with our model's shape (plain FFN, GELU) and drop path: for
+    vit_s16 this is exactly vit_small_patch16_224 with dynamic_img_size=True, the way most
+    users run it."""
     try:
         from timm.models.vision_transformer import VisionTransformer
     except ImportError:
@@ -29,7 +30,8 @@ def timm_twin(cfg):
     return VisionTransformer(img_size=cfg.base_img_size, patch_size=cfg.patch_size,
                              in_chans=cfg.in_chans, num_classes=cfg.num_classes,
                              embed_dim=cfg.dim, depth=cfg.depth, num_heads=cfg.heads,
-                             mlp_ratio=cfg.mlp_ratio, dynamic_img_size=True)
+                             mlp_ratio=cfg.mlp_ratio, drop_path_rate=cfg.drop_path,
+                             dynamic_img_size=True)
 
 
 class StepTimer:
@@ -93,7 +95,7 @@ def trainer_config(model: str, size: int, batch: int, steps: int, args) -> Confi
     """The fmnist run trainer_rate times: the bare loop's model (without the preset's
     overrides) at a fixed size, `steps` steps, the speed command's device and compile settings."""
     cfg = fmnist()
-    cfg.model = ModelSection(name=model)
+    cfg.model = ModelSection(name=model, drop_path=args.drop_path)
     cfg.curriculum.mode, cfg.curriculum.final_size_px = "off", size
     t = cfg.train
     t.budget, t.batch_size, t.device, t.compile = f"{steps}steps", batch, args.device, args.compile
@@ -121,11 +123,13 @@ def run_speed(args) -> int:
     from .config import TrainSection
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda but no CUDA GPU is visible")
+    if not 0 <= args.drop_path < 1:
+        raise ConfigError(f"--drop-path must be in [0, 1), got {args.drop_path}")
     rt = resolve(TrainSection(device=args.device, compile=args.compile,
                               compile_scope=args.compile_scope, compile_mode=args.compile_mode))
     try:
         ours = create_model(args.model, num_classes=10 if args.trainer else 1000,
-                            in_chans=1 if args.trainer else 3)
+                            in_chans=1 if args.trainer else 3, drop_path=args.drop_path)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     cfg = ours.cfg
@@ -137,6 +141,7 @@ def run_speed(args) -> int:
     print(f"device {rt.describe()}, {args.model}, batch {args.batch_size}, "
           f"{'bf16 autocast' if rt.amp_dtype else 'fp32'}, compile "
           f"{f'on ({rt.compile_scope}, {rt.compile_mode})' if rt.compile else 'off'}"
+          f"{f', drop path {args.drop_path:g}' if args.drop_path else ''}"
           f", median of {args.repeats} x {args.steps} steps")
     header = f"{'size':>5} {'img/s':>9} {'MFU':>6} {'mem GiB':>8} {'warm-up s':>9}"
     if args.compare_timm:

@@ -136,7 +136,7 @@ def test_speed_command_compares_timm_and_trainer_on_cpu(capsys):
 def test_speed_trainer_times_the_same_model_as_the_bare_loop():
     """The fmnist preset narrows the FFN; the trainer column must not inherit that."""
     args = argparse.Namespace(device="cpu", compile="off", compile_scope="blocks",
-                              compile_mode="default")
+                              compile_mode="default", drop_path=0.0)
     for name in ("vit_micro4", "vit_micro4_local"):
         cfg = speed.trainer_config(name, 28, 16, 5, args)
         bare = create_model(name, num_classes=10, in_chans=1).cfg
@@ -254,3 +254,22 @@ def test_cuda_graph_modes_keep_the_recording_call_out_of_the_timed_steps(tmp_pat
         Trainer(tiny_config("train.compile=on", f"train.compile_mode={mode}", "train.budget=1steps",
                             "curriculum.mode=off", "data.holdout=0.005"), tmp_path / mode).run()
         assert f"warm-up 28px: compiled and ran {steps} steps in" in capsys.readouterr().out, mode
+
+
+def test_drop_path_reaches_both_models(monkeypatch, capsys):
+    """--drop-path (the imagenet presets train with 0.1) is stochastic depth in ours and in
+    timm's, rising to the rate at the last block in both."""
+    models, real_init = [], speed.StepTimer.__init__
+
+    def init(self, model, *args, **kwargs):
+        models.append(model)
+        real_init(self, model, *args, **kwargs)
+    monkeypatch.setattr(speed.StepTimer, "__init__", init)
+    assert main(["speed", "--model", "vit_micro4", "--sizes", "16", "--batch-size", "4",
+                 "--steps", "1", "--repeats", "1", "--compare-timm", "--device", "cpu",
+                 "--drop-path", "0.1"]) == 0
+    assert "drop path 0.1" in capsys.readouterr().out.splitlines()[0]
+    ours, theirs = models
+    assert all(b.drops for b in ours.blocks) and ours.blocks[-1].drop_rate.item() == \
+        pytest.approx(0.1)
+    assert theirs.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
