@@ -1,7 +1,8 @@
 """Edge cases of resuming, stopping and rerunning a run: config changes at a resume (optimizer
 settings, curriculum, precision), config values that are not numbers, the logs across rollbacks
-and fresh runs, a step budget off the sync grid, a finished run rerun, a stop whose
-final checkpoint fails, a stop on one rank of two, and the wall time counting setup."""
+and fresh runs, a step budget off the sync grid, a finished run rerun, a kill around the final
+evaluation, a signal outside the training loop, a stop whose final checkpoint fails, a stop on
+one rank of two, and the wall time counting setup."""
 import errno
 import json
 import math
