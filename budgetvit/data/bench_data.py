@@ -144,7 +144,7 @@ def stand_in_holdout(tree: Path | None, meta: dict | None) -> float:
     return 1 / len(scan(str(tree), "train")[0])
 
 
-def make_loader(tree: Path | None, cache_dir: Path | None, meta: dict | None, args, device):
+def make_loader(tree: Path | None, cache_dir: Path | None, holdout: float, args, device):
     from .cache_loader import CacheData
     from .imagefolder import FolderData
     aug = AugSection(crop_scale_min=args.crop_scale_min, hflip=True,
@@ -156,8 +156,7 @@ def make_loader(tree: Path | None, cache_dir: Path | None, meta: dict | None, ar
         kind = DaliData
     try:
         return kind(str(cache_dir or tree), batch_size=args.batch_size, seed=0, aug=aug,
-                    device=device, num_workers=args.workers,
-                    holdout=stand_in_holdout(tree, meta))
+                    device=device, num_workers=args.workers, holdout=holdout)
     except ConfigError as e:  # the loaders name the config key; here it is an option
         raise ConfigError(str(e).replace("train.batch_size=", "--batch-size ")) from None
 
@@ -197,6 +196,7 @@ def run(args) -> int:
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available()
                           else "cpu")
     tree, cache_dir, meta = resolve(args)
+    holdout = stand_in_holdout(tree, meta)  # once: a tree's is a scan of all its files
     if args.backend == "dali" and cache_dir is None:
         raise ConfigError("--backend dali decodes a prepared cache: give --cache")
     name = ("DALI" if args.backend == "dali" else "cache") if cache_dir else "FolderData"
@@ -220,7 +220,7 @@ def run(args) -> int:
         for _ in range(args.repeats):
             # Made first (its workers start with its first batch): it refuses a batch larger
             # than the tree, where the baseline's loader would yield nothing, forever.
-            data = make_loader(tree, cache_dir, meta, args, device)
+            data = make_loader(tree, cache_dir, holdout, args, device)
             if not args.skip_baseline:
                 base.append(timed(baseline_batches(tree, size, args, device), device,
                                   args.warmup, args.batches))
