@@ -13,9 +13,8 @@ def cmd_eval(args) -> int:
     from .data import build_data
     from .data.imagefolder import first_names
     from .evaluate import evaluate
-    from .runtime import resolve
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda but no CUDA GPU is visible")
+    from .runtime import check_device_option, resolve
+    check_device_option(args.device)
     ld = inference.load(args.checkpoint)
     cfg = ld.cfg
     cfg.train.device = args.device

@@ -112,6 +112,13 @@ class Runtime:
         return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
 
 
+def check_device_option(device: str) -> None:
+    """A command's --device cuda where no GPU is visible: one line naming the option (train
+    names train.device, in resolve)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but no CUDA GPU is visible")
+
+
 def resolve(train_cfg, local_rank: int = 0) -> Runtime:
     want = train_cfg.device
     if want == "cuda" and not torch.cuda.is_available():

@@ -119,10 +119,9 @@ def trainer_rate(model: str, size: int, batch: int, steps: int, args) -> float:
 
 
 def run_speed(args) -> int:
-    from .runtime import resolve
+    from .runtime import check_device_option, resolve
     from .config import TrainSection
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda but no CUDA GPU is visible")
+    check_device_option(args.device)
     if not 0 <= args.drop_path < 1:
         raise ConfigError(f"--drop-path must be in [0, 1), got {args.drop_path}")
     rt = resolve(TrainSection(device=args.device, compile=args.compile,

@@ -141,7 +141,8 @@ def test_malformed_input_gives_one_line_and_exit_2(args, fragment, bad_files, ca
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-@pytest.mark.parametrize("command", [["speed"], ["eval", "--checkpoint", "x"]])
+@pytest.mark.parametrize("command", [["speed"], ["eval", "--checkpoint", "x"],
+                                     ["bench-data", "--src", "x"]])
 def test_device_cuda_without_a_gpu_names_the_option(command, capsys):
     assert run_cli([*command, "--device", "cuda"]) == 2
     assert capsys.readouterr().err.strip() == "error: --device cuda but no CUDA GPU is visible"

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ..config import AugSection, ConfigError
+from ..runtime import check_device_option
 from . import cache
 
 COMMAND = "bench-data"
@@ -191,8 +192,7 @@ def run(args) -> int:
         raise ConfigError(f"--randaugment must be >= 0, got {args.randaugment}")
     if not 0 < args.crop_scale_min <= 1:
         raise ConfigError(f"--crop-scale-min must be in (0, 1], got {args.crop_scale_min}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device")
+    check_device_option(args.device)
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available()
                           else "cpu")
     tree, cache_dir, meta = resolve(args)
