@@ -31,6 +31,10 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if PATTERN.search(p.name))
 
 
+def step_of(path: Path) -> int:
+    return int(PATTERN.search(path.name).group(1))
+
+
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -41,7 +45,7 @@ def _fsync_dir(folder: Path) -> None:
 
 def save(state: dict, run_dir: str | Path, step: int, keep: int) -> Path:
     """Write state atomically as the checkpoint of `step`, then delete all but the newest
-    `keep`. Raises OSError (disk full, permissions) with the previous checkpoints intact."""
+    `keep` up to it, and any of later steps. Raises OSError (disk full, permissions) with the previous checkpoints intact."""
     folder = checkpoint_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".step_*.tmp*"):  # left by a process killed mid-write
@@ -57,7 +61,10 @@ def save(state: dict, run_dir: str | Path, step: int, keep: int) -> Path:
         _fsync_dir(folder)
     finally:
         tmp.unlink(missing_ok=True)
-    for old in list_checkpoints(run_dir)[:-keep]:
+    # Newer checkpoints than this one are those a resume found damaged and went on from an
+    # older one past: left in place they would take the keep slots (with keep=1, this one's).
+    kept = [p for p in list_checkpoints(run_dir) if step_of(p) <= step]
+    for old in set(list_checkpoints(run_dir)) - set(kept[-keep:]):
         old.unlink(missing_ok=True)
     return final
 

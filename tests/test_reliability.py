@@ -158,6 +158,18 @@ def test_damaged_newest_checkpoint_falls_back_to_older(tmp_path, capsys):
     assert "trying an older checkpoint" in capsys.readouterr().out
 
 
+def test_a_damaged_newer_checkpoint_does_not_take_the_keep_slot(tmp_path):
+    """Resumed from step 1 past a damaged step 3, with keep=1: the step-2 checkpoint written
+    next is the one kept (the damaged one used to be, and step 2 deleted)."""
+    checkpoint.save({"v": 1}, tmp_path, step=1, keep=2)
+    damaged = checkpoint.save({"v": 3}, tmp_path, step=3, keep=2)
+    damaged.write_bytes(damaged.read_bytes()[:20])
+    assert checkpoint.load_latest(tmp_path, warn=lambda m: None)["v"] == 1
+    checkpoint.save({"v": 2}, tmp_path, step=2, keep=1)
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step_00000002.pt"]
+    assert checkpoint.load_latest(tmp_path)["v"] == 2
+
+
 def test_keep_k_checkpoints(tmp_path):
     for step in range(1, 6):
         checkpoint.save({"s": step}, tmp_path, step=step, keep=2)
