@@ -423,7 +423,9 @@ def add_arguments(p) -> None:
     p.add_argument("--arm", action="append", metavar="'NAME: KEY=VALUE ...'",
                    help="an arm of your own: the base config plus these overrides (repeatable; "
                    "runs after the --arms ones)")
-    p.add_argument("--sweep", action="store_true", help="the curriculum sweep (S0, M, N, shares)")
+    p.add_argument("--sweep", action="store_true",
+                   help="the curriculum sweep's arms (S0, M, N, shares) unless --arms/--arm "
+                   "name the arms to run; either way the default --out is runs/bench-NAME-sweep")
     p.add_argument("--seeds", default="3", help="a count (3 = seeds 0,1,2) or a list 0,5,7")
     p.add_argument("--out", help="bench directory (default runs/bench-NAME[-sweep])")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
