@@ -382,7 +382,9 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     record = {**meta, "arms": list(dict.fromkeys([*old.get("arms", []), *(a.name for a in arms)])),
               "commands": [*old.get("commands", []), bench_command(args, out)],
-              "runs": dict(old.get("runs", {})), "environment": env_info}
+              "runs": dict(old.get("runs", {})), "environment": env_info,
+              # what each arm is, kept for an --arm of an earlier call (this one may lack it)
+              "about": {**old.get("about", {}), **{a.name: a.about for a in arms}}}
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(bench.env if bench else {})}
     failed = []
     for i, ((arm, seed, run_dir), argv) in enumerate(zip(runs, argvs), 1):
@@ -394,7 +396,7 @@ def run(args) -> int:
             return 130
         if status == "failed":
             failed.append(f"{arm.name}/seed{seed}")
-    about = {a.name: a.about for a in [*all_arms(base).values(), *arms]}
+    about = {**{a.name: a.about for a in all_arms(base).values()}, **record["about"]}
     rules = dataclasses.asdict(bench) if bench else None
     results = write_results(out, {**meta, "rules": rules, "environment": env_info}, bench, about)
     from .report import is_run, write_report

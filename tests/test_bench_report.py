@@ -205,6 +205,21 @@ def test_a_run_stopped_by_a_signal_only_it_saw_stops_the_bench(tmp_path, monkeyp
     assert not (out / "results.md").exists()
 
 
+def test_an_own_arm_keeps_its_description_when_a_later_call_adds_others(tmp_path, monkeypatch):
+    """results.md describes every arm of the folder: an --arm of an earlier call too."""
+    def finished_child(head, argv, run_dir, env, nproc):
+        fake_run(run_dir, 50.0)
+        return "ok"
+    monkeypatch.setattr(bench, "_run_one", finished_child)
+    monkeypatch.setattr(bench, "environment", lambda: {"cpu_cores_visible": 1, "gpus": []})
+    out = tmp_path / "b"
+    common = dict(preset="fmnist", budget="6steps", seeds="1", out=str(out))
+    assert bench.run(bench_args(arm=["mine: optim.lr=1e-3"], **common)) == 0
+    assert bench.run(bench_args(arms="vit", **common)) == 0
+    md = (out / "results.md").read_text()
+    assert "- `mine`: --set optim.lr=1e-3" in md and "- `vit`: " in md
+
+
 # ---------------------------------------------------------------- aggregation
 
 def test_results_aggregate_hand_computed_values(tmp_path):
