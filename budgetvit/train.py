@@ -269,7 +269,6 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
         if not resumed:
             self.save_checkpoint()  # step 0: there is always a state to roll back to
         self._last_ckpt = (self.clock.train_s, self.clock.steps)
-        last_eval = self.evals[-1]["train_time_s"] if self.evals else 0.0
         pending: list[tuple] = []  # (loss, ok, stage) of steps not yet read from the device
         train_s = prev_s = self.clock.train_s
         lr, stops = 0.0, 0.0
@@ -303,10 +302,12 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
                     break
                 # Evaluate first, so that the checkpoint holds this evaluation and a run
                 # resumed from it does not repeat it (nor evaluate its step twice).
-                evaluated = self.evals and self.evals[-1]["step"] == self.clock.steps
-                if t.eval_every_s and train_s - last_eval >= t.eval_every_s and not evaluated:
+                # From the evaluations the run holds: a rollback takes back those after its
+                # checkpoint, and the next one is then due at once.
+                last = self.evals[-1] if self.evals else {"step": -1, "train_time_s": 0.0}
+                if (t.eval_every_s and train_s - last["train_time_s"] >= t.eval_every_s and
+                        last["step"] != self.clock.steps):
                     self.run_eval(train_s)
-                    last_eval = train_s
                 k = cfg.checkpoint
                 due = ((k.every_s and train_s - self._last_ckpt[0] >= k.every_s) or
                        (k.every_steps and

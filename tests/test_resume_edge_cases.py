@@ -4,6 +4,7 @@ and fresh runs, a step budget off the sync grid, a finished run rerun, a kill ar
 evaluation, a signal outside the training loop, a stop whose final checkpoint fails, a stop on
 one rank of two, and the wall time counting setup."""
 import errno
+import itertools
 import json
 import math
 import os
@@ -296,6 +297,30 @@ def test_logs_after_a_rollback_hold_each_step_once(tmp_path, capsys):
     # No line of the undone steps survives: theirs had a loss of 0 (no good step to average).
     assert all(math.isfinite(r["loss"]) and r["loss"] > 0
                for r in records(tmp_path / "log.jsonl"))
+
+
+def test_an_evaluation_undone_by_a_rollback_is_made_up_at_once(tmp_path):
+    """Evaluations every 10 s of a clock that ticks 1 s per reading; steps 17-19 roll the run
+    back to step 10, taking back the evaluation made after it. The next one is due from the
+    evaluations the run still holds, not from the undone one: no gap of two intervals."""
+    cfg = quick("train.budget=30steps", "checkpoint.every_steps=10", "train.max_bad_steps=3",
+                "train.max_rollbacks=1", "train.log_every=1", "train.eval_every_s=10")
+    trainer = Trainer(cfg, tmp_path)
+    ticks = itertools.count()
+    trainer.clock.read = lambda: float(next(ticks))
+    real_loss, bad = trainer.loss_fn, {17, 18, 19}
+
+    def loss_fn(logits, y):
+        step = trainer.clock.steps + 1
+        if step in bad:
+            bad.discard(step)
+            return real_loss(logits, y) * math.nan
+        return real_loss(logits, y)
+    trainer.loss_fn = loss_fn
+    summary = trainer.run()
+    assert summary["faults"]["rollbacks"] == 1
+    times = [e["train_time_s"] for e in summary["evals"]]
+    assert max(b - a for a, b in zip(times, times[1:])) < 15, times
 
 
 def test_fresh_run_replaces_the_logs_of_an_older_run(tmp_path):
