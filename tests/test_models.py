@@ -249,8 +249,12 @@ def test_import_from_timm_roundtrip():
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert (ours(x) - theirs(x)).abs().max() <= 1e-4
-    with pytest.raises(ValueError, match="plain-FFN"):
+    with pytest.raises(ValueError, match="plain-FFN.*this one has ffn='local'"):
         to_timm_state_dict(create_model("vit_ti16_local"))
+    # Same weights, another activation: timm's model would compute something else.
+    with pytest.raises(ValueError, match="this one has act='hswish'$"):
+        from_timm_state_dict(create_model("vit_ti16", num_classes=3, act="hswish"),
+                             theirs.state_dict())
     with pytest.raises(ValueError, match="does not match"):
         from_timm_state_dict(ours, {k: v for k, v in theirs.state_dict().items()
                                     if k != "head.bias"})

@@ -10,18 +10,28 @@ import torch
 from .vit import VisionTransformer
 
 
+# timm's vision_transformer: a plain FFN with biases and GELU. Another activation has the
+# same weights, so only this check stops a load that would compute something else.
+TIMM_FFN = {"ffn": "mlp", "act": "gelu", "ffn_bias": True}
+
+
+def _check_timm_equivalent(model: VisionTransformer) -> None:
+    differ = [f"{k}={getattr(model.cfg, k)!r}" for k, v in TIMM_FFN.items()
+              if getattr(model.cfg, k) != v]
+    if differ:
+        raise ValueError(f"only plain-FFN models (ffn='mlp', act='gelu', ffn_bias=True) have a "
+                         f"timm equivalent; this one has {', '.join(differ)}")
+
+
 def to_timm_state_dict(model: VisionTransformer) -> dict[str, torch.Tensor]:
     """State dict loadable by timm.create_model('vit_*_patch*', num_classes=...)."""
-    if model.cfg.ffn != "mlp":
-        raise ValueError("only plain-FFN models have a timm equivalent; this one has "
-                         f"ffn={model.cfg.ffn!r}")
+    _check_timm_equivalent(model)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def from_timm_state_dict(model: VisionTransformer, state: dict[str, torch.Tensor]) -> None:
     """Load timm vision_transformer weights (same shape, plain FFN) into `model`, strictly."""
-    if model.cfg.ffn != "mlp":
-        raise ValueError("timm weights only fit a plain-FFN model")
+    _check_timm_equivalent(model)
     ours = model.state_dict()
     missing, extra = sorted(set(ours) - set(state)), sorted(set(state) - set(ours))
     if missing or extra:
