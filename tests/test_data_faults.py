@@ -23,7 +23,7 @@ from budgetvit.cli import main
 from budgetvit.config import AugSection, ConfigError
 from budgetvit.data import cache, fashion_mnist
 from budgetvit.data.cache_loader import CacheData
-from budgetvit.data.imagefolder import FolderData
+from budgetvit.data.imagefolder import FolderData, FolderEvalSplit
 
 from .conftest import needs_fmnist, tiny_config, write_image_tree
 from .imagetree import damaged_copy
@@ -145,28 +145,38 @@ def test_a_val_class_that_train_lacks_is_refused(tmp_path, capsys):
 
 
 @needs_fmnist
-def test_eval_refuses_a_tree_with_other_classes_than_the_checkpoint(tmp_path, capsys):
+def test_eval_reads_val_alone_and_refuses_classes_the_checkpoint_lacks(tmp_path, capsys):
     """A run trained on bag/coat/sneaker, evaluated on a tree where coat is renamed jacket:
-    every label would mean another class, so exit 2 naming both; its own classes score."""
+    its labels would mean another class, so exit 2 naming it. A copy of val/ alone (no
+    train/) scores as the whole tree does; one without the bag folder scores the classes it
+    holds, labelled as the checkpoint's."""
     root = write_image_tree(tmp_path / "tree", per_class_train=4, per_class_val=2)
     run = tmp_path / "run"
     assert main(train_args(root, run)) == 0
     other = tmp_path / "other"
-    shutil.copytree(root, other)
-    for split in ("train", "val"):
-        (other / split / "coat").rename(other / split / "jacket")
+    shutil.copytree(root / "val", other / "val")
+    (other / "val" / "coat").rename(other / "val" / "jacket")
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(run), "--data-path", str(other),
                  "--device", "cpu"]) == 2
     assert one_line_error(capsys) == (
-        f"error: {other} has other classes than the checkpoint was trained on "
-        f"(3 vs 3; differing: coat, jacket)")
-    same = tmp_path / "same"
-    shutil.copytree(root, same)
-    assert main(["eval", "--checkpoint", str(run), "--data-path", str(same),
-                 "--device", "cpu"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].endswith("imagefolder val") and lines[2].split()[0] == "32"
+        f"error: {other / 'val'} has class folders that the checkpoint's classes lack: jacket")
+
+    def scores(tree):
+        assert main(["eval", "--checkpoint", str(run), "--data-path", str(tree),
+                     "--device", "cpu"]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert lines[0].endswith("imagefolder val") and lines[2].split()[0] == "32"
+        return lines[2]
+    whole = scores(root)
+    val_alone = tmp_path / "val-alone"
+    shutil.copytree(root / "val", val_alone / "val")
+    assert scores(val_alone) == whole
+    shutil.rmtree(val_alone / "val" / "bag")  # coat and sneaker keep the labels 1 and 2
+    data = FolderEvalSplit(str(val_alone), ["bag", "coat", "sneaker"], seed=0, device="cpu",
+                           num_workers=0)
+    assert [label for _, label in data.val_samples] == [1, 1, 2, 2]
+    scores(val_alone)
 
 
 # ----------------------------------------------------------------------------- the cache

@@ -38,8 +38,11 @@ def first_names(names: list[str], limit: int = 10) -> str:
     return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
 
 
-def scan(root: str | Path, split: str, class_to_idx: dict | None = None):
-    """[(path, label)] of root/split, and the class list (sorted folder names, from train)."""
+def scan(root: str | Path, split: str, class_to_idx: dict | None = None,
+         lacks: str = "train/ lacks"):
+    """[(path, label)] of root/split, and the class list (sorted folder names, from train, or
+    those of class_to_idx: a class folder outside them is refused, the error saying that
+    "{lacks}: NAMES")."""
     folder = Path(root) / split
     if not folder.is_dir():
         raise FileNotFoundError(f"no {split}/ folder in {root} (expected {folder}/<class>/<image>)")
@@ -52,7 +55,7 @@ def scan(root: str | Path, split: str, class_to_idx: dict | None = None):
         extra = sorted(e.name for e in os.scandir(folder)
                        if e.is_dir() and e.name not in class_to_idx)
         if extra:
-            raise ConfigError(f"{folder} has class folders that train/ lacks: "
+            raise ConfigError(f"{folder} has class folders that {lacks}: "
                               f"{first_names(extra)}")
     samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS,
                            allow_empty=True)
@@ -174,12 +177,40 @@ def to_device(x: torch.Tensor, y: torch.Tensor, device) -> tuple[torch.Tensor, t
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-class WorkerStream(DataStream):
+class WorkerEval:
+    """An evaluation split decoded by DataLoader workers. Needs self.workers, seed, device,
+    collate and eval_dataset() (images keyed by (index, size, 0))."""
+    collate = staticmethod(_collate)  # the workers' items -> (x, y, bad: READ, STOOD_IN...)
+
+    def eval_batches(self, size: int, batch_size: int, rank: int = 0, world: int = 1):
+        """This rank's share of the evaluation split (every image once over all ranks), centre
+        view: yields (uint8 (b, 3, size, size), labels (b,)) on the device."""
+        ds = self.eval_dataset()
+        keys = [(i, size, 0) for i in range(rank, len(ds), world)]
+        batches = [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
+        loader = DataLoader(ds, batch_sampler=batches, num_workers=min(self.workers, len(batches)),
+                            collate_fn=self.collate, pin_memory=torch.cuda.is_available(),
+                            generator=loader_generator(self.seed))
+        left_out = 0
+        for x, y, bad in loader:
+            if bad.any():  # unreadable images are left out (a stand-in would score another twice)
+                keep = bad == READ
+                left_out += len(y) - int(keep.sum())
+                x, y = x[keep], y[keep]
+            if len(y):
+                yield to_device(x, y, self.device)
+        if left_out:  # not in bad_images (training's count), which every evaluation would add to
+            warnings.warn(f"{left_out} unreadable evaluation images left out", stacklevel=2)
+
+    def eval_dataset(self) -> Dataset:
+        raise NotImplementedError
+
+
+class WorkerStream(DataStream, WorkerEval):
     """A stream decoded per image by DataLoader workers (ImageFolder, the cache): the batch
     sampler carries the position and the current size to them. A subclass sets self.dataset
     (training images, keyed by (index, size, epoch)), eval_dataset() and collate."""
     prefetch_factor = 2  # batches each worker prepares ahead (DataLoader's prefetch_factor)
-    collate = staticmethod(_collate)  # the workers' items -> (x, y, bad: READ, STOOD_IN...)
 
     def __init__(self, num_images: int, *, batch_size: int, seed: int, device,
                  num_workers: int, rank: int, world: int, size: int):
@@ -229,29 +260,6 @@ class WorkerStream(DataStream):
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         return to_device(*self.next_from_workers(), self.device)
 
-    def eval_batches(self, size: int, batch_size: int, rank: int = 0, world: int = 1):
-        """This rank's share of the evaluation split (every image once over all ranks), centre
-        view: yields (uint8 (b, 3, size, size), labels (b,)) on the device."""
-        ds = self.eval_dataset()
-        keys = [(i, size, 0) for i in range(rank, len(ds), world)]
-        batches = [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
-        loader = DataLoader(ds, batch_sampler=batches, num_workers=min(self.workers, len(batches)),
-                            collate_fn=self.collate, pin_memory=torch.cuda.is_available(),
-                            generator=loader_generator(self.seed))
-        left_out = 0
-        for x, y, bad in loader:
-            if bad.any():  # unreadable images are left out (a stand-in would score another twice)
-                keep = bad == READ
-                left_out += len(y) - int(keep.sum())
-                x, y = x[keep], y[keep]
-            if len(y):
-                yield to_device(x, y, self.device)
-        if left_out:  # not in bad_images (training's count), which every evaluation would add to
-            warnings.warn(f"{left_out} unreadable evaluation images left out", stacklevel=2)
-
-    def eval_dataset(self) -> Dataset:
-        raise NotImplementedError
-
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self._it = None  # restart the workers from the loaded position
@@ -280,6 +288,21 @@ class FolderData(WorkerStream):
         super().__init__(len(train), batch_size=batch_size, seed=seed, device=device,
                          num_workers=num_workers, rank=rank, world=world, size=size)
         self.dataset = FolderDataset(train, True, aug, seed)
+
+    def eval_dataset(self) -> FolderDataset:
+        return FolderDataset(self.val_samples, False, None, self.seed)
+
+
+class FolderEvalSplit(WorkerEval):
+    """The val/ split of a tree alone, labelled by a trained model's classes: what `budgetvit
+    eval` reads (train/ need not exist; val/ may hold some of the classes)."""
+
+    def __init__(self, root: str, classes: list[str], *, seed: int, device, num_workers: int):
+        self.classes, self.seed, self.device = list(classes), seed, device
+        self.workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
+        self.val_samples, _, _ = scan(root, "val", {c: i for i, c in enumerate(classes)},
+                                      lacks="the checkpoint's classes lack")
+        self.eval_split, self.mean, self.std = "val", IMAGENET_MEAN, IMAGENET_STD
 
     def eval_dataset(self) -> FolderDataset:
         return FolderDataset(self.val_samples, False, None, self.seed)
