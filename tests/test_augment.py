@@ -66,6 +66,15 @@ def test_randaugment_gives_every_image_what_torchvision_gives_it_alone(magnitude
         assert changed == set(seeds) - {("Identity", False), ("Solarize", False)}
 
 
+@pytest.mark.parametrize("shape", [(2, 5), (6, 2), (3, 3)])
+def test_sharpness_of_tiny_images_is_torchvision_s(shape):
+    """Sides of 2 px are all border (torchvision returns the image); 3 px has one inner pixel."""
+    x = natural_batch(2, *shape)
+    for factor in (0.1, 1.9):
+        expected = torch.stack([v2.functional.adjust_sharpness(im, factor) for im in x])
+        assert torch.equal(augment.sharpen(x, factor), expected)
+
+
 def test_randaugment_rounds_compose_and_leave_the_input_alone():
     x = natural_batch(6)
     before, rng = x.clone(), torch.get_rng_state()

@@ -179,7 +179,9 @@ def sharpen(x: torch.Tensor, factor: float) -> torch.Tensor:
     """RandAugment's Sharpness on uint8 (n, C, H, W), as torchvision defines it after PIL: blend
     each image with its 3x3 smoothing (weight 5 at the centre, 1 around, over 13; rounded) at
     `factor` (>1 sharpens), the one-pixel border kept. The kernel is filled on the device."""
-    C = x.shape[1]
+    C, H, W = x.shape[1:]
+    if H <= 2 or W <= 2:  # all border: torchvision returns such an image unchanged
+        return x.clone()
     kernel = torch.full((C, 1, 3, 3), 1.0 / 13.0, device=x.device)
     kernel[:, :, 1, 1] = 5.0 / 13.0
     out = x.float()
