@@ -416,6 +416,7 @@ def run(args) -> int:
 
 
 def add_arguments(p) -> None:
+    from .cli import positive_int
     p.add_argument("--benchmark", help=f"named benchmark: {', '.join(BENCHMARKS)} (default "
                    "fmnist-cpu-5m unless --preset/--budget make a custom bench)")
     p.add_argument("--preset", help="custom bench: recipe name")
@@ -432,7 +433,7 @@ def add_arguments(p) -> None:
     p.add_argument("--out", help="bench directory (default runs/bench-NAME[-sweep])")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides for every run (an arm's own keys win)")
-    p.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+    p.add_argument("--nproc-per-node", type=positive_int, default=1, metavar="N",
                    help="processes per run; N > 1 launches each run with torchrun (DDP)")
     p.add_argument("--dry-run", action="store_true", help="print the train commands, run nothing")
     p.add_argument("--list", action="store_true", help="list the arms and their overrides")

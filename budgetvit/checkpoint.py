@@ -77,21 +77,22 @@ def load(path: str | Path, map_location="cpu") -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # Text, images, JSON...: torch's error for them can be anything (a KeyError of a byte).
+        if not _starts_as_torch_save(path):
+            raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch "
+                                  f"checkpoint") from None
         if "weights_only" in str(e):  # torch's message for whatever its safe loader refuses
-            if "Unsupported global" not in str(e) and not _is_pickle(path):
-                raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch "
-                                      f"checkpoint") from None
             raise CheckpointError(f"refusing to load {path}: it contains pickled objects other "
                                   f"than tensors and plain data (would run code)") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None
 
 
-def _is_pickle(path: str | Path) -> bool:
-    """Whether a file starts as a pickle does (protocol 2 and later): a bare one, or an old
-    torch.save format; torch.save's zip files start otherwise, JSON, images and text too."""
+def _starts_as_torch_save(path: str | Path) -> bool:
+    """Whether a file starts as torch.save writes: a zip file (the format since PyTorch 1.6)
+    or a pickle (protocol 2 and later: an older format, or a bare pickle)."""
     with open(path, "rb") as f:
-        return f.read(1) == b"\x80"
+        return f.read(2) in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
 def newest_loadable(run_dir: str | Path, warn=print) -> tuple[Path, dict] | None:

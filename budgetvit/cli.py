@@ -26,7 +26,7 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="top-5 classes of image files")
     pr.add_argument("--checkpoint", required=True,
                     help="checkpoint file, run directory or exported .safetensors")
-    pr.add_argument("--img-size", type=_positive_int, help="input size (default: final size)")
+    pr.add_argument("--img-size", type=positive_int, help="input size (default: final size)")
     pr.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     pr.add_argument("images", nargs="+", help="image files")
 
@@ -78,16 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="parameters and forward GFLOPs of a model at several sizes")
     i.add_argument("--model", default="vit_s16_local")
     i.add_argument("--sizes", type=_sizes, default=[32, 64, 96, 128, 160, 192, 224])
-    i.add_argument("--num-classes", type=_positive_int, default=1000)
-    i.add_argument("--in-chans", type=_positive_int, default=3)
+    i.add_argument("--num-classes", type=positive_int, default=1000)
+    i.add_argument("--in-chans", type=positive_int, default=3)
 
     s = sub.add_parser("speed", help="training-step throughput (images/s), optionally vs timm")
     s.add_argument("--model", default="vit_s16_local")
     s.add_argument("--img-size", "--sizes", dest="sizes", type=_sizes, default=[224],
                    help="one or several sizes, e.g. 64,128,224")
-    s.add_argument("--batch-size", type=_positive_int, default=64)
-    s.add_argument("--steps", type=_positive_int, default=10, help="timed steps per repeat")
-    s.add_argument("--repeats", type=_positive_int, default=3)
+    s.add_argument("--batch-size", type=positive_int, default=64)
+    s.add_argument("--steps", type=positive_int, default=10, help="timed steps per repeat")
+    s.add_argument("--repeats", type=positive_int, default=3)
     s.add_argument("--compare-timm", action="store_true",
                    help="also time timm's same-shaped ViT in the same run")
     s.add_argument("--drop-path", type=float, default=0.0, metavar="RATE",

@@ -72,8 +72,10 @@ def load_exported(path: Path, device="cpu") -> Loaded:
     """Weights written by `export`: PATH (safetensors) and the JSON beside it."""
     from .export import load_weights, read_json
     json_path = path.with_suffix(".json")
+    if not path.exists():
+        raise checkpoint.CheckpointError(f"exported weights {path} do not exist")
     try:
-        meta = read_json(path)  # (a missing file: FileNotFoundError, one line in the CLI)
+        meta = read_json(path)  # (a missing JSON: FileNotFoundError, one line in the CLI)
     except ValueError as e:  # cut or garbled (json's error, UnicodeDecodeError)
         raise checkpoint.CheckpointError(f"cannot read {json_path}: {e}") from None
     if "classes" not in meta:
