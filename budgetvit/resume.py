@@ -15,18 +15,31 @@ def config_changes(now: dict, saved: dict) -> list[str]:
             for k in now[sec] if saved.get(sec, {}).get(k) != now[sec][k]]
 
 
-def check_resumable(model, classes: list[str], state: dict, now: dict, out: Path) -> None:
-    """A checkpoint of another model shape or class list cannot be resumed: say which keys
-    differ rather than fail inside load_state_dict."""
+def check_resumable(model, data, state: dict, now: dict, out: Path) -> None:
+    """A checkpoint of another model shape or class list cannot be resumed (say which keys
+    differ rather than fail inside load_state_dict), nor one whose place in the data would
+    mean another place in this config's: another batch size or number of training images,
+    or another holdout (the run would train on images it held out)."""
+    was = state["config"]
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     saved = {k: tuple(v.shape) for k, v in state["model"].items()}
-    if shapes != saved or state["classes"] != list(classes):
-        was = state["config"]
+    if shapes != saved or state["classes"] != list(data.classes):
         raise ConfigError(
             f"--out {out} holds a run of {was['model']['name']} on {was['data']['dataset']} "
             f"that this config cannot resume (the model's shape or the classes differ; "
             f"changed: {', '.join(config_changes(now, was))}); use another --out, or that "
             f"run's config")
+    images = state["data"].get("num_images", data.num_images)  # (older checkpoints lack it)
+    reasons = [f"{sec}.{k} {was[sec].get(k, default)} -> {now[sec][k]}"
+               for sec, k, default in [("train", "batch_size", None), ("data", "holdout", 0.0)]
+               if was[sec].get(k, default) != now[sec][k]]
+    if images != data.num_images:
+        reasons.append(f"{images} -> {data.num_images} training images")
+    if reasons:
+        raise ConfigError(
+            f"--out {out} holds a run this config cannot go on from ({', '.join(reasons)}): "
+            f"its place in the data would point elsewhere, or the run would train on images it "
+            f"held out; use another --out, or that run's values")
 
 
 def config_warnings(now: dict, saved: dict) -> list[str]:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from . import checkpoint, curriculum, distributed, resume
 from .budget import BudgetClock
-from .config import Config, ConfigError, model_shape, parse_budget, validate
+from .config import Config, ConfigError, from_dict, model_shape, parse_budget, validate
 from .data import augment, build_data
 from .ema import EMA
 from .evaluate import evaluate, normalize
@@ -242,8 +242,7 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
         if resumed:
             if not self.dist.main:  # rank 0 read it; the others read the same file
                 state = checkpoint.load_latest(self.out)
-            resume.check_resumable(self.model, self.data.classes, state, cfg.to_dict(),
-                                   self.out)
+            resume.check_resumable(self.model, self.data, state, cfg.to_dict(), self.out)
             self.load_state_dict(state)
             if self.clock.progress(self.clock.train_s) >= 1.0:
                 done = resume.finished_summary(self.out, self.clock.steps)
@@ -255,6 +254,9 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
                     return done
             for warning in resume.config_warnings(cfg.to_dict(), state["config"]):
                 self.say(warning)
+            # As the warning says, the run keeps its curriculum: its final size is the one
+            # evaluated and reported, not the new config's.
+            cfg.curriculum = from_dict(state["config"]).curriculum
             if self.rt.compile:  # compile what is still to come before the clock runs again
                 self.warm_up(self.sizes_ahead(), measure=False)
         else:

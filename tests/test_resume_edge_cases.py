@@ -92,6 +92,42 @@ def test_resume_with_another_curriculum_keeps_the_plan_and_says_so(tmp_path, cap
     assert {r["img_size"] for r in records(tmp_path / "log.jsonl") if r["step"] <= 6} == {16}
 
 
+def test_resume_with_another_final_size_evaluates_at_the_run_s(tmp_path, capsys):
+    """The warning says the run keeps its curriculum: its evaluations and summary are at the
+    final size it trains to (28 px), not at the new config's 16 px."""
+    args = ("train.budget=6steps", "checkpoint.every_steps=2")
+    crash_at_step(quick(*args), tmp_path, 3)
+    summary = train(quick(*args, "curriculum.final_size_px=16",
+                          "curriculum.stages=16:1"), tmp_path)
+    assert "but a run keeps the curriculum it started with" in capsys.readouterr().out
+    assert summary["final_img_size"] == 28 and summary["config"]["curriculum"]["stages"] != \
+        "16:1"
+    assert {e["img_size"] for e in records(tmp_path / "eval.jsonl")} == {28}
+
+
+@pytest.mark.parametrize("change, reason", [
+    ("train.batch_size=32", "train.batch_size 64 -> 32"),
+    ("data.holdout=0.1", "data.holdout 0.0 -> 0.1, 2000 -> 1800 training images"),
+    ("data.synthetic_images=1000", "2000 -> 1000 training images")])
+def test_resume_that_would_move_the_data_position_is_refused(tmp_path, capsys, change, reason):
+    """The checkpoint's place in the data (epoch, batch) counts batches of its batch size in
+    its training images: another batch size, image count or holdout would resume elsewhere
+    (or train on held-out images), so it is one line and exit 2, not a traceback or a quietly
+    wrong run."""
+    def run(budget, *changes):
+        return main(["train", "--budget", budget, "--out", str(tmp_path), "--set",
+                     "data.dataset=synthetic", "data.synthetic_images=2000",
+                     "train.batch_size=64", "curriculum.mode=off", "model.name=vit_micro4",
+                     "train.eval_batch_size=256", *changes])
+    assert run("3steps") == 0
+    capsys.readouterr()
+    assert run("5steps", change) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: --out {tmp_path} holds a run this config cannot go on from "
+                   f"({reason}): its place in the data would point elsewhere, or the run would "
+                   f"train on images it held out; use another --out, or that run's values")
+
+
 def test_fp32_run_resumes_in_fp16_on_cpu(tmp_path, capsys):
     """An fp32 run's checkpoint holds an empty loss-scaler state; resuming it with
     train.precision=fp16 (GradScaler enabled; CPU autocast runs float16 in this torch) must

@@ -59,7 +59,9 @@ class DataStream:
             self.epoch, self.batch = self.epoch + 1, 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch": self.batch, "bad_images": self.bad_images}
+        # The images and batch size say what the position counts (resume.check_resumable).
+        return {"epoch": self.epoch, "batch": self.batch, "bad_images": self.bad_images,
+                "num_images": self.num_images, "batch_size": self.global_batch}
 
     def load_state_dict(self, state: dict) -> None:
         # The count goes back with the position: the images met after it will be met again.
