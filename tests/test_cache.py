@@ -2,6 +2,7 @@
 (Fashion-MNIST images at several sizes, scikit-image's natural photos) with every kind of bad
 file: conversion and skip report, resume after a kill, labels and class order as ImageFolder,
 the loader interface, exact resume, training on the cache. The DALI backend: test_dali.py."""
+import errno
 import json
 import os
 import shutil
@@ -149,6 +150,38 @@ def test_a_dead_worker_stops_prepare_with_one_line(trees, tmp_path, monkeypatch,
 
 
 # ----------------------------------------------------------------------------- the loader
+
+def test_a_split_keeps_a_bounded_number_of_shards_open(caches, monkeypatch):
+    """Each mapped shard holds a file open: reading every image (in a shuffled order) with at
+    most 2 maps gives the records an unbounded split gives, with at most 2 more open files."""
+    full = cache.CacheSplit(caches[0], "train")
+    assert len(np.unique(full.shards)) >= 3
+    monkeypatch.setattr(cache.CacheSplit, "max_open_shards", 2)
+    bounded = cache.CacheSplit(caches[0], "train")
+    expected = [bytes(full.record(i, 1)) for i in range(len(full))]  # (its shards stay open)
+    open_files = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    before = open_files()
+    for i in np.random.default_rng(0).permutation(len(full)):
+        assert bytes(bounded.record(int(i), 1)) == expected[i]
+        assert len(bounded._maps) <= 2 and open_files() <= before + 2
+
+
+def test_out_of_files_or_memory_is_an_error_not_a_bad_image():
+    """A truncated image is stood in for; running out of open files or memory would make
+    every image fail alike, so it is raised, not counted as bad images."""
+    from budgetvit.data.imagefolder import STOOD_IN, read_or_stand_in
+
+    def read(j):
+        if j == 0:
+            raise OSError("image file is truncated")
+        return j
+    assert read_or_stand_in(read, 0, 5, train=True) == (1, 1, STOOD_IN)
+    for error in (OSError(errno.EMFILE, "Too many open files"), MemoryError()):
+        def failing(j, error=error):
+            raise error
+        with pytest.raises(type(error)):
+            read_or_stand_in(failing, 0, 5, train=True)
+
 
 def test_cache_loader_has_folderdata_interface_and_order(trees, caches):
     common = dict(batch_size=8, seed=3, aug=AUG, device="cpu", num_workers=0, size=32)

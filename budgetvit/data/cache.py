@@ -120,6 +120,9 @@ class CacheSplit:
     """The images of one split: random access to each level of each image, its label and its
     stored sizes. Shards are memory-mapped lazily in each process that reads, so an instance
     can be pickled into DataLoader workers before any file is opened."""
+    # Each map holds its shard's file open: ImageNet's 1,252 shards would pass the usual limit
+    # of 1,024 open files per process (each worker reads every shard in an epoch).
+    max_open_shards = 256
 
     def __init__(self, root: str | Path, split: str):
         self.root, self.split = Path(root), split
@@ -172,10 +175,16 @@ class CacheSplit:
     def _shard(self, k: int) -> memoryview:
         # mmap + memoryview rather than np.memmap: slicing a memmap builds an array subclass
         # per record, ~20x the cost of a memoryview slice.
-        if k not in self._maps:
+        view = self._maps.pop(k, None)
+        if view is None:
+            if len(self._maps) >= self.max_open_shards:
+                # The least recently read: it closes (munmap, and the file mmap holds open)
+                # once no record sliced from it is still in use.
+                del self._maps[next(iter(self._maps))]
             with open(self.root / shard_name(self.split, k), "rb") as f:
-                self._maps[k] = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
-        return self._maps[k]
+                view = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+        self._maps[k] = view  # dicts keep insertion order: the newest read goes last
+        return view
 
     def record(self, i: int, level: int = 0) -> memoryview:
         """The stored bytes of level `level` of image i (no copy)."""

@@ -10,6 +10,7 @@ a long run of them, broken data, stops training), an evaluation leaves them out.
 """
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 from pathlib import Path
@@ -152,6 +153,8 @@ class CurriculumBatchSampler:
 # after MAX_STAND_IN_TRIES unreadable images in a row, which stops the run).
 READ, STOOD_IN, NO_IMAGE = 0, 1, 2
 MAX_STAND_IN_TRIES = 1000  # bounds the search where (nearly) nothing is readable
+# Out of open files or memory: every image would fail alike, and a stand-in would hide it.
+RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 
 
 def read_or_stand_in(read, idx: int, n: int, train: bool):
@@ -162,8 +165,9 @@ def read_or_stand_in(read, idx: int, n: int, train: bool):
         j = (idx + attempt) % n
         try:
             return read(j), j, (STOOD_IN if attempt else READ)
-        except Exception:  # truncated, zero-byte, not an image: take the next
-            continue
+        except Exception as e:  # truncated, zero-byte, not an image: take the next
+            if isinstance(e, MemoryError) or getattr(e, "errno", None) in RESOURCE_ERRORS:
+                raise  # the machine's trouble, not the image's
     return None, idx, NO_IMAGE
 
 
