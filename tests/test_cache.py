@@ -93,6 +93,23 @@ def test_cache_has_imagefolder_labels_and_class_order(trees, caches):
             assert list(index["source"]) == sorted(index["source"])  # ImageFolder order
 
 
+def test_prepare_takes_file_names_that_are_not_utf8(trees, tmp_path):
+    """Linux file names are bytes: a Latin-1 name (from an old archive) is cached, and a bad
+    file with one is listed in bad_files.tsv under its own bytes."""
+    src = tmp_path / "tree"
+    shutil.copytree(trees[0], src)
+    coat = src / "train" / "coat"
+    good, bad = os.fsdecode(b"caf\xe9.jpg"), os.fsdecode(b"cass\xe9.jpg")
+    shutil.copy(next(coat.iterdir()), coat / good)
+    (coat / bad).write_bytes(b"not an image")
+    before = prepare(trees[0], tmp_path / "ref", max_size=64, shard_size=16, workers=1,
+                     progress=False)
+    meta = prepare(src, tmp_path / "cache", max_size=64, shard_size=16, workers=1,
+                   progress=False)
+    assert meta["splits"]["train"]["images"] == before["splits"]["train"]["images"] + 1
+    assert b"train/coat/cass\xe9.jpg\t" in (tmp_path / "cache" / cache.BAD_FILES).read_bytes()
+
+
 def test_prepare_resumes_after_a_kill_with_an_identical_cache(trees, tmp_path):
     clean = trees[0]
     reference = prepare(clean, tmp_path / "ref", max_size=64, shard_size=4, workers=2,

@@ -225,7 +225,9 @@ def _plan(src: Path, settings: dict, shard_size: int) -> tuple[dict, list[dict]]
         items = [(os.path.relpath(p, src), label, i) for i, (p, label) in enumerate(listing[split])]
         h = hashlib.sha256()
         for rel, label, _ in items:
-            h.update(f"{rel}\t{label}\t{_size(os.path.join(src, rel))}\n".encode())
+            # (a name need not be UTF-8: Linux allows any bytes, which Python keeps as is)
+            h.update(f"{rel}\t{label}\t{_size(os.path.join(src, rel))}\n".encode(
+                errors="surrogateescape"))
         digest[split] = h.hexdigest()
         for k, start in enumerate(range(0, len(items), shard_size)):
             jobs.append({"split": split, "shard": k, "items": items[start:start + shard_size]})
@@ -341,7 +343,8 @@ def _finish(dst: Path, plan: dict, jobs: list[dict], receipt_path) -> dict:
         splits[split] = {"images": len(index), "bad": sum(len(r["bad"]) for r in receipts),
                          "shards": len(mine), "bytes": sum(r["bytes"] for r in receipts)}
     report = "".join(f"{rel}\t{reason}\n" for rel, reason in sorted(bad))
-    cache.write_atomic(dst / cache.BAD_FILES, ("path\treason\n" + report).encode())
+    cache.write_atomic(dst / cache.BAD_FILES,
+                       ("path\treason\n" + report).encode(errors="surrogateescape"))
     for split, counts in splits.items():
         if counts["images"] == 0:
             raise ConfigError(f"no readable images in {split}/ (see {dst / cache.BAD_FILES})")
