@@ -38,7 +38,8 @@ class ModelSection:
 class DataSection:
     dataset: str = "fashion_mnist"  # fashion_mnist | imagefolder | cache | synthetic
     path: str = ""  # dataset root; empty = the dataset's default location
-    num_workers: int = -1  # loader worker processes (DALI: threads); -1 = one per CPU core
+    num_workers: int = -1  # loader worker processes (DALI: threads); -1 = one per usable
+    # CPU, shared among a machine's ranks (imagefolder.default_workers)
     backend: str = "pil"  # cache decoding: pil (worker processes) | dali (NVIDIA DALI, GPU)
     holdout: float = 0.0  # share of train held out and evaluated instead of test/val (tuning)
     synthetic_images: int = 10_000  # size of the synthetic dataset

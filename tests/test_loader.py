@@ -116,3 +116,18 @@ def test_unreadable_images_counted_once_for_training_and_kept_on_resume(tmp_path
     for _ in range(8 * resumed.batches_per_epoch):  # eight more epochs: met in most of them
         resumed.next_batch()
     assert 1 <= state["bad_images"] < resumed.bad_images - 4
+
+
+@pytest.mark.parametrize("cpus, ranks, workers", [(8, None, 8), (8, "4", 2), (3, "8", 1)])
+def test_default_workers_share_the_usable_cpus_among_the_ranks(monkeypatch, cpus, ranks,
+                                                              workers):
+    """data.num_workers=-1: one per CPU this process may use (taskset gives it 8 of the
+    machine's), divided among the ranks torchrun started on the machine, at least one."""
+    from budgetvit.data import imagefolder
+    monkeypatch.setattr(imagefolder.os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    monkeypatch.setattr(imagefolder.os, "cpu_count", lambda: 64)
+    if ranks:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks)
+    else:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert imagefolder.default_workers() == workers

@@ -29,6 +29,7 @@ import torch
 from ..config import AugSection, ConfigError
 from ..runtime import check_device_option
 from . import cache
+from .imagefolder import default_workers
 
 COMMAND = "bench-data"
 RANDAUGMENT_MAGNITUDE = 9  # DeiT's (rand-m9), as in the imagenet presets
@@ -40,7 +41,7 @@ def add_arguments(p) -> None:
                    help="ImageFolder tree (train/, val/) or a cache made by budgetvit prepare")
     p.add_argument("--cache", help="cache of the same images (budgetvit prepare --dst)")
     p.add_argument("--sizes", default="64,128,224", help="image sizes (default 64,128,224)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    p.add_argument("--workers", type=int, default=default_workers(),
                    help="loader processes, for both pipelines (default: all cores)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--batches", type=int,

@@ -29,6 +29,15 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 EVAL_CROP = 0.875  # evaluation: resize the shorter side to size / 0.875, centre-crop size
 
 
+def default_workers() -> int:
+    """Loader workers for data.num_workers=-1: one per CPU this process may run on (its
+    affinity, which taskset, SLURM and cgroups set), shared among the ranks torchrun started
+    on this machine."""
+    cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1)
+    return max(1, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def eval_transform(size: int) -> v2.Compose:
     """PIL image -> uint8 (C, size, size), the centre view evaluation (and predict) sees."""
     return v2.Compose([v2.Resize(round(size / EVAL_CROP)), v2.CenterCrop(size), v2.PILToTensor()])
@@ -219,7 +228,7 @@ class WorkerStream(DataStream, WorkerEval):
     def __init__(self, num_images: int, *, batch_size: int, seed: int, device,
                  num_workers: int, rank: int, world: int, size: int):
         super().__init__(num_images, batch_size, seed, device, rank, world, size)
-        self.workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
+        self.workers = default_workers() if num_workers < 0 else num_workers
         self._it = None  # the running loader's batches
 
     @property
@@ -303,7 +312,7 @@ class FolderEvalSplit(WorkerEval):
 
     def __init__(self, root: str, classes: list[str], *, seed: int, device, num_workers: int):
         self.classes, self.seed, self.device = list(classes), seed, device
-        self.workers = (os.cpu_count() or 1) if num_workers < 0 else num_workers
+        self.workers = default_workers() if num_workers < 0 else num_workers
         self.val_samples, _, _ = scan(root, "val", {c: i for i, c in enumerate(classes)},
                                       lacks="the checkpoint's classes lack")
         self.eval_split, self.mean, self.std = "val", IMAGENET_MEAN, IMAGENET_STD

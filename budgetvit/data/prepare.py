@@ -38,7 +38,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..config import ConfigError
 from . import cache
-from .imagefolder import scan, to_rgb
+from .imagefolder import default_workers, scan, to_rgb
 
 COMMAND = "prepare"
 HELP = "convert an ImageFolder tree (train/, val/) into a fast memory-mapped image cache"
@@ -280,7 +280,7 @@ def prepare(src: str | Path, dst: str | Path, *, max_size: int = 256, encoding: 
     todo = [j for j in jobs if not receipt_path(j).exists()]
     total = sum(len(j["items"]) for j in jobs)
     reused = total - sum(len(j["items"]) for j in todo)
-    workers = workers if workers > 0 else (os.cpu_count() or 1)
+    workers = workers if workers > 0 else default_workers()
     if todo:
         _run_jobs(todo, dict(src=str(src), dst=str(dst), encoding=encoding, max_size=max_size,
                              levels=levels, max_pixels=max_pixels),
