@@ -45,7 +45,8 @@ def _fsync_dir(folder: Path) -> None:
 
 def save(state: dict, run_dir: str | Path, step: int, keep: int) -> Path:
     """Write state atomically as the checkpoint of `step`, then delete all but the newest
-    `keep` up to it, and any of later steps. Raises OSError (disk full, permissions) with the previous checkpoints intact."""
+    `keep` up to it, and any of later steps. Raises OSError (disk full, permissions) with the
+    previous checkpoints intact."""
     folder = checkpoint_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".step_*.tmp*"):  # left by a process killed mid-write

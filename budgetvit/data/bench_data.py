@@ -42,7 +42,7 @@ def add_arguments(p) -> None:
     p.add_argument("--cache", help="cache of the same images (budgetvit prepare --dst)")
     p.add_argument("--sizes", default="64,128,224", help="image sizes (default 64,128,224)")
     p.add_argument("--workers", type=int, default=default_workers(),
-                   help="loader processes, for both pipelines (default: all cores)")
+                   help="loader processes, for both pipelines (default: one per usable CPU)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--batches", type=int,
                    help="timed batches per run (default: max(20, 4 x workers))")
