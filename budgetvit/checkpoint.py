@@ -45,8 +45,8 @@ def _fsync_dir(folder: Path) -> None:
 
 def save(state: dict, run_dir: str | Path, step: int, keep: int) -> Path:
     """Write state atomically as the checkpoint of `step`, then delete all but the newest
-    `keep` up to it, and any of later steps. Raises OSError (disk full, permissions) with the
-    previous checkpoints intact."""
+    `keep` up to it. Raises OSError (disk full, permissions) with the previous checkpoints
+    intact."""
     folder = checkpoint_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".step_*.tmp*"):  # left by a process killed mid-write
@@ -62,10 +62,10 @@ def save(state: dict, run_dir: str | Path, step: int, keep: int) -> Path:
         _fsync_dir(folder)
     finally:
         tmp.unlink(missing_ok=True)
-    # Newer checkpoints than this one are those a resume found damaged and went on from an
-    # older one past: left in place they would take the keep slots (with keep=1, this one's).
-    kept = [p for p in list_checkpoints(run_dir) if step_of(p) <= step]
-    for old in set(list_checkpoints(run_dir)) - set(kept[-keep:]):
+    # Checkpoints of later steps are ones a resume could not read and went on from an older
+    # one past. Not counted among the `keep`: with keep=1 they would take this one's slot. Not
+    # deleted either: the read may have failed for a passing reason (memory, a network disk).
+    for old in [p for p in list_checkpoints(run_dir) if step_of(p) <= step][:-keep]:
         old.unlink(missing_ok=True)
     return final
 
@@ -77,6 +77,8 @@ def load(path: str | Path, map_location="cpu") -> dict:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except PermissionError:
+        raise CheckpointError(f"cannot read checkpoint {path}: permission denied") from None
     except Exception as e:
         # Text, images, JSON...: torch's error for them can be anything (a KeyError of a byte).
         if not _starts_as_torch_save(path):

@@ -158,16 +158,24 @@ def test_damaged_newest_checkpoint_falls_back_to_older(tmp_path, capsys):
     assert "trying an older checkpoint" in capsys.readouterr().out
 
 
-def test_a_damaged_newer_checkpoint_does_not_take_the_keep_slot(tmp_path):
-    """Resumed from step 1 past a damaged step 3, with keep=1: the step-2 checkpoint written
-    next is the one kept (the damaged one used to be, and step 2 deleted)."""
+def test_an_unreadable_newer_checkpoint_does_not_take_the_keep_slot(tmp_path, monkeypatch):
+    """Resumed from step 1 past a step-3 checkpoint that did not read, with keep=1: the step-2
+    checkpoint written next is kept (it used to be deleted, leaving only step 3), and step 3
+    too (its read may have failed for a passing reason), until the run writes step 3 again."""
     checkpoint.save({"v": 1}, tmp_path, step=1, keep=2)
-    damaged = checkpoint.save({"v": 3}, tmp_path, step=3, keep=2)
-    damaged.write_bytes(damaged.read_bytes()[:20])
+    checkpoint.save({"v": 3}, tmp_path, step=3, keep=2)
+    real_load = torch.load
+
+    def out_of_memory_once(path, *a, **k):
+        monkeypatch.setattr(checkpoint.torch, "load", real_load)
+        raise MemoryError()
+    monkeypatch.setattr(checkpoint.torch, "load", out_of_memory_once)
     assert checkpoint.load_latest(tmp_path, warn=lambda m: None)["v"] == 1
     checkpoint.save({"v": 2}, tmp_path, step=2, keep=1)
-    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step_00000002.pt"]
-    assert checkpoint.load_latest(tmp_path)["v"] == 2
+    names = lambda: [p.name for p in checkpoint.list_checkpoints(tmp_path)]  # noqa: E731
+    assert names() == ["step_00000002.pt", "step_00000003.pt"]
+    checkpoint.save({"v": 4}, tmp_path, step=3, keep=1)  # the run passes step 3 again
+    assert names() == ["step_00000003.pt"] and checkpoint.load_latest(tmp_path)["v"] == 4
 
 
 def test_keep_k_checkpoints(tmp_path):
@@ -175,3 +183,14 @@ def test_keep_k_checkpoints(tmp_path):
         checkpoint.save({"s": step}, tmp_path, step=step, keep=2)
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == \
         ["step_00000004.pt", "step_00000005.pt"]
+
+
+def test_an_unreadable_checkpoint_file_is_named(tmp_path, monkeypatch):
+    path = checkpoint.save({"v": 1}, tmp_path, step=1, keep=1)
+
+    def denied(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(checkpoint.torch, "load", denied)
+    with pytest.raises(checkpoint.CheckpointError,
+                       match=f"^cannot read checkpoint {path}: permission denied$"):
+        checkpoint.load(path)
