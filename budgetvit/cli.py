@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--img-size", type=_sizes, nargs="+", action="extend", metavar="S",
                    help="evaluation sizes (default: the run's final size)")
     e.add_argument("--data-path", help="dataset root, if not where the run found it (an "
-                   "image tree needs val/ alone)")
+                   "image tree needs val/ alone, unless the run held out data.holdout)")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     pr = sub.add_parser("predict", help="top-5 classes of image files")

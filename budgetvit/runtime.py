@@ -95,16 +95,20 @@ class Runtime:
         forward = model if forward is None else forward
         if not self.compile:
             return forward
-        import torch._dynamo as dynamo
-        # Graphs kept per function: one per size, two where blocks with and without drop path
-        # differ; past the limit, dynamo would fall back to eager.
-        dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 2 * sizes + 4)
+        self.allow_graphs(sizes)
         mode = None if self.compile_mode == "default" else self.compile_mode
         if self.compile_scope == "blocks":
             for block in model.blocks:
                 block.compile(dynamic=False, mode=mode)
             return forward
         return torch.compile(forward, dynamic=False, mode=mode)
+
+    def allow_graphs(self, sizes: int) -> None:
+        """Let dynamo keep the graphs of `sizes` image sizes per compiled function (one per
+        size, two where blocks with and without drop path differ); past its limit it would
+        fall back to eager."""
+        import torch._dynamo as dynamo
+        dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 2 * sizes + 4)
 
     def describe(self) -> str:
         if self.cuda:

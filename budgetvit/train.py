@@ -258,6 +258,7 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
             # evaluated and reported, not the new config's.
             cfg.curriculum = from_dict(state["config"]).curriculum
             if self.rt.compile:  # compile what is still to come before the clock runs again
+                self.rt.allow_graphs(len({s.size for s in self.plan}))  # (the run's own plan)
                 self.warm_up(self.sizes_ahead(), measure=False)
         else:
             self.warm_up(curriculum.planned_sizes(cfg), measure=True)

@@ -216,7 +216,7 @@ def test_cache_loader_has_folderdata_interface_and_order(trees, caches):
         assert xc.shape == xf.shape == (8, 3, c.size, c.size) and xc.dtype == torch.uint8
         assert xc.is_contiguous()
     assert c.state_dict() == f.state_dict() == {"epoch": 1, "batch": 2, "bad_images": 0,
-                                               "num_images": 44, "batch_size": 8}
+                                               "num_images": 44}
     # Evaluation: every val image exactly once over two ranks, in FolderData's order.
     ranks = [list(c.eval_batches(48, 4, rank, 2)) for rank in range(2)]
     ys = [torch.cat([y for _, y in batches]) for batches in ranks]

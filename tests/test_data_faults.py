@@ -76,8 +76,7 @@ def test_consecutive_unreadable_tree_images_are_each_counted_once(tmp_path):
         assert d.bad_images == 3 * epoch
         # The stand-in is the next readable image, bag_003: still a bag.
         assert labels.bincount().tolist() == [12, 12, 12]
-    assert d.state_dict() == {"epoch": 2, "batch": 0, "bad_images": 6, "num_images": 36,
-                              "batch_size": 12}
+    assert d.state_dict() == {"epoch": 2, "batch": 0, "bad_images": 6, "num_images": 36}
 
 
 @needs_fmnist

@@ -118,11 +118,13 @@ def test_unreadable_images_counted_once_for_training_and_kept_on_resume(tmp_path
     assert 1 <= state["bad_images"] < resumed.bad_images - 4
 
 
-@pytest.mark.parametrize("cpus, ranks, workers", [(8, None, 8), (8, "4", 2), (3, "8", 1)])
+@pytest.mark.parametrize("cpus, ranks, workers", [(8, None, 8), (64, "4", 16), (8, "4", 8),
+                                                 (3, "64", 1)])
 def test_default_workers_share_the_usable_cpus_among_the_ranks(monkeypatch, cpus, ranks,
                                                               workers):
-    """data.num_workers=-1: one per CPU this process may use (taskset gives it 8 of the
-    machine's), divided among the ranks torchrun started on the machine, at least one."""
+    """data.num_workers=-1: one per CPU this process may use (of the machine's 64), divided
+    among the ranks torchrun started on the machine, at least one; not divided where each
+    rank has its own share of the CPUs already (torchrun --numa-binding: 8 each of 4 ranks)."""
     from budgetvit.data import imagefolder
     monkeypatch.setattr(imagefolder.os, "sched_getaffinity", lambda pid: set(range(cpus)))
     monkeypatch.setattr(imagefolder.os, "cpu_count", lambda: 64)

@@ -73,7 +73,7 @@ def test_warm_up_measures_every_size_and_restores_the_initial_state(tmp_path):
     assert trainer.ema.updates.item() == 0
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert trainer.data.state_dict() == {"epoch": 0, "batch": 0, "bad_images": 0,
-                                         "num_images": 60000, "batch_size": 64}
+                                         "num_images": 60000}
     assert trainer.clock.train_s == 0.0 and trainer.clock.other_s["warmup"] > 0
 
 

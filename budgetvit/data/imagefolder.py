@@ -32,10 +32,11 @@ EVAL_CROP = 0.875  # evaluation: resize the shorter side to size / 0.875, centre
 def default_workers() -> int:
     """Loader workers for data.num_workers=-1: one per CPU this process may run on (its
     affinity, which taskset, SLURM and cgroups set), shared among the ranks torchrun started
-    on this machine."""
-    cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1)
-    return max(1, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    on this machine unless each rank was bound to its own CPUs already (--numa-binding)."""
+    machine = os.cpu_count() or 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else machine
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, cpus // ranks if cpus * ranks > machine else cpus)
 
 
 def eval_transform(size: int) -> v2.Compose:

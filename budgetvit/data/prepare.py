@@ -55,7 +55,7 @@ def add_arguments(p) -> None:
                    help="jpeg (default: small, scales on decode) or raw uint8 (7-9x bigger)")
     p.add_argument("--levels", type=int, default=cache.LEVELS,
                    help=f"copies per image at 1, 1/2, 1/4... of the size (default {cache.LEVELS})")
-    p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=0, help="processes (default: one per usable CPU)")
     p.add_argument("--shard-size", type=int, default=1024, help="images per shard file")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                    help=f"skip images with more pixels than this (default {MAX_PIXELS})")

@@ -59,9 +59,9 @@ class DataStream:
             self.epoch, self.batch = self.epoch + 1, 0
 
     def state_dict(self) -> dict:
-        # The images and batch size say what the position counts (resume.check_resumable).
+        # num_images: what the position counts batches of (resume.check_resumable).
         return {"epoch": self.epoch, "batch": self.batch, "bad_images": self.bad_images,
-                "num_images": self.num_images, "batch_size": self.global_batch}
+                "num_images": self.num_images}
 
     def load_state_dict(self, state: dict) -> None:
         # The count goes back with the position: the images met after it will be met again.
