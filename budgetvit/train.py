@@ -257,6 +257,11 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
             # As the warning says, the run keeps its curriculum: its final size is the one
             # evaluated and reported, not the new config's.
             cfg.curriculum = from_dict(state["config"]).curriculum
+            if (cfg.curriculum.mode == "paper" and
+                    parse_budget(state["config"]["train"]["budget"])[1] == self.unit):
+                # The rule fixes epochs per size, not budget shares: another budget reads it
+                # again (same measured rates), as if that had been the budget from the start.
+                self.make_plan()
             if self.rt.compile:  # compile what is still to come before the clock runs again
                 self.rt.allow_graphs(len({s.size for s in self.plan}))  # (the run's own plan)
                 self.warm_up(self.sizes_ahead(), measure=False)

@@ -105,6 +105,21 @@ def test_resume_with_another_final_size_evaluates_at_the_run_s(tmp_path, capsys)
     assert {e["img_size"] for e in records(tmp_path / "eval.jsonl")} == {28}
 
 
+def test_a_larger_budget_reads_the_paper_rule_again(tmp_path):
+    """The paper rule gives each size N epochs: a 20-step run (16, 20, 24 px for 3.75 steps
+    each, then 28 px) given 40 steps trains on as a 40-step run does (at 28 px from step 13),
+    not at the 20-step plan's shares of 40 steps (back to 24 px after step 20)."""
+    args = ("curriculum.mode=paper", "curriculum.start_size_px=16", "curriculum.step_px=4",
+            "curriculum.every_epochs=0.004", "train.log_every=1", "train.ema=false")
+    train(quick("train.budget=20steps", *args), tmp_path / "grown")
+    grown = train(quick("train.budget=40steps", *args), tmp_path / "grown")
+    straight = train(quick("train.budget=40steps", *args), tmp_path / "straight")
+    assert grown["plan"] == straight["plan"]
+    sizes = [r["img_size"] for r in records(tmp_path / "grown" / "log.jsonl")]
+    assert sizes == [r["img_size"] for r in records(tmp_path / "straight" / "log.jsonl")]
+    assert sizes == sorted(sizes) and sizes.count(28) == 40 - 12  # 3.75 steps at each other
+
+
 @pytest.mark.parametrize("change, reason", [
     ("train.batch_size=32", "train.batch_size 64 -> 32"),
     ("data.holdout=0.1", "data.holdout 0.0 -> 0.1, 2000 -> 1800 training images"),
