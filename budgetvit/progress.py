@@ -44,7 +44,7 @@ class Progress:
         """last_step, evals: the step training goes on from and the evaluations made until
         then (rewind); a fresh run (-1, none) starts its logs anew."""
         self.run_dir, self.budget, self.unit = run_dir, budget, unit
-        self.log_file = self.eval_file = None
+        self.log_file = self.eval_file = self.tb = None
         self.rewind(last_step, evals)
         self.bar = None
         if sys.stderr.isatty():
@@ -52,25 +52,24 @@ class Progress:
             self.bar = tqdm(total=round(budget), initial=round(start), unit=unit[0],
                             dynamic_ncols=True, bar_format="{l_bar}{bar}| {postfix}")
         self._next_line = start  # when the output is no terminal: a line every 5% of budget
-        self.tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(run_dir / "tb"))
-        except Exception:  # tensorboard not installed: the JSON logs suffice
-            pass
 
     def rewind(self, last_step: int, evals: list[dict]) -> None:
         """Back to the checkpoint of last_step (a resume, a rollback): drop the log records of
-        later steps, and make eval.jsonl that checkpoint's evaluations, `evals` (not those of
-        its step too: a final evaluation logged after it, by a run killed before the checkpoint
-        that holds it, is made again)."""
-        for f in (self.log_file, self.eval_file):
+        later steps (TensorBoard's too), and make eval.jsonl that checkpoint's evaluations,
+        `evals` (not those of its step too: a final evaluation logged after it, by a run killed
+        before the checkpoint that holds it, is made again)."""
+        for f in (self.log_file, self.eval_file, self.tb):
             if f is not None:
                 f.close()
         truncate_jsonl(self.run_dir / "log.jsonl", last_step)
         replace_lines(self.run_dir / "eval.jsonl", [json.dumps(rec) for rec in evals])
         self.log_file = open(self.run_dir / "log.jsonl", "a")
         self.eval_file = open(self.run_dir / "eval.jsonl", "a")
+        try:  # TensorBoard hides the earlier event files' records of later steps
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=last_step + 1)
+        except Exception:  # tensorboard not installed (or broken): the JSON logs suffice
+            self.tb = None
 
     def update(self, spent: float, rec: dict) -> None:
         """spent: budget units used so far; rec: the latest log record."""

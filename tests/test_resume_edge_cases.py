@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -343,11 +344,47 @@ def test_logs_after_a_rollback_hold_each_step_once(tmp_path, capsys):
     assert summary["faults"]["rollbacks"] == 1 and summary["faults"]["nonfinite_steps"] == 3
     assert "rolled back to step 10 with lr x0.5" in capsys.readouterr().out
     assert [r["step"] for r in records(tmp_path / "log.jsonl")] == list(range(1, 19))
+    assert tensorboard_steps(tmp_path, "train/loss") == list(range(1, 19))
     assert [e["step"] for e in records(tmp_path / "eval.jsonl")] == list(range(0, 19))
     assert [e["step"] for e in summary["evals"]] == list(range(0, 19))
     # No line of the undone steps survives: theirs had a loss of 0 (no good step to average).
     assert all(math.isfinite(r["loss"]) and r["loss"] > 0
                for r in records(tmp_path / "log.jsonl"))
+
+
+def tensorboard_steps(run_dir: Path, tag: str) -> list[int]:
+    """The steps of `tag` that TensorBoard shows for a run directory (all its event files)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    return [e.step for e in events.Scalars(tag)]
+
+
+def test_tensorboard_shows_each_step_once_after_a_resume(tmp_path):
+    """A run crashes at step 13 after its step-10 checkpoint, its events up to step 12
+    written; the resumed run replays 11-20. TensorBoard must show each step once, as
+    log.jsonl does (the replayed steps' first events are purged), and a fresh run in the
+    folder afterwards shows none of the old run's."""
+    pytest.importorskip("tensorboard")
+    cfg = quick("train.budget=20steps", "checkpoint.every_steps=5", "train.log_every=2")
+    crashing = Trainer(cfg, tmp_path)
+    real_step = crashing.step
+
+    def step_then_crash(*a, **kw):
+        if crashing.clock.steps == 13:
+            raise RuntimeError("simulated crash")
+        return real_step(*a, **kw)
+    crashing.step = step_then_crash
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashing.run()
+    crashing.progress.close()  # its events reach the disk, as at the exit of a crashed run
+    assert tensorboard_steps(tmp_path, "train/loss") == list(range(2, 13, 2))
+    train(cfg, tmp_path)
+    steps = [r["step"] for r in records(tmp_path / "log.jsonl")]
+    assert tensorboard_steps(tmp_path, "train/loss") == steps == list(range(2, 21, 2))
+    shutil.rmtree(tmp_path / "checkpoints")
+    train(quick("train.budget=4steps", "train.log_every=2"), tmp_path)
+    assert tensorboard_steps(tmp_path, "train/loss") == [2, 4]
 
 
 def test_an_evaluation_undone_by_a_rollback_is_made_up_at_once(tmp_path):
