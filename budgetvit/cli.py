@@ -130,6 +130,8 @@ def cmd_train(args) -> int:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
     command = "budgetvit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # alone it would resume on one process
+        command = f"the same torchrun command ({command} under torchrun)"
     out = Path(args.out or f"runs/{cfg.preset}")
     created = [d for d in (out, *out.absolute().parents) if not d.exists()]  # deepest first
     try:

@@ -296,7 +296,9 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
                     self.dist, self.rt.device)
                 if stops and not self.stop_signal:
                     self.stop_signal = "a signal to another rank"
-                self.last_step_s, prev_s = train_s - prev_s, train_s
+                if pending:  # (none at a resume's first reading: the checkpoint's stands)
+                    self.last_step_s = train_s - prev_s
+                prev_s = train_s
                 self.drain(pending)
                 if self.stages:
                     self.stages[-1]["end_s"] = train_s

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -352,6 +353,24 @@ def test_logs_after_a_rollback_hold_each_step_once(tmp_path, capsys):
                for r in records(tmp_path / "log.jsonl"))
 
 
+def test_a_run_killed_in_its_final_evaluation_keeps_its_last_interval(tmp_path):
+    """last_step_s bounds the overrun: the rerun of a run killed during its final evaluation
+    takes no step, and must report the interval its checkpoint holds, not ~0."""
+    cfg = quick("train.budget=6steps")
+    trainer = Trainer(cfg, tmp_path)
+    real_eval = trainer.run_eval
+
+    def killed_in_final(train_s, final=False):
+        if final:
+            raise RuntimeError("killed during the final evaluation")
+        return real_eval(train_s, final)
+    trainer.run_eval = killed_in_final
+    with pytest.raises(RuntimeError, match="killed during"):
+        trainer.run()
+    saved = checkpoint.load_latest(tmp_path)["last_step_s"]
+    assert saved > 0.0 and train(cfg, tmp_path)["last_step_s"] == saved
+
+
 def tensorboard_steps(run_dir: Path, tag: str) -> list[int]:
     """The steps of `tag` that TensorBoard shows for a run directory (all its event files)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -537,3 +556,16 @@ def test_wall_time_counts_the_setup(tmp_path, monkeypatch):
     assert setup >= 2.0
     assert total - 1.5 <= summary["wall_time_s"] <= total  # (slack for a loaded machine)
     assert summary["wall_time_s"] >= setup + summary["train_time_s"] + summary["eval_time_s"]
+
+
+def test_the_resume_hint_under_torchrun_names_torchrun(tmp_path, monkeypatch):
+    """The command alone would resume on one process (another world size, no exact
+    continuation): a rank under torchrun says to rerun the torchrun command."""
+    from budgetvit import train as train_module
+    given = {}
+    monkeypatch.setattr(train_module, "train", lambda cfg, out, command: given.update(c=command))
+    monkeypatch.setattr(sys, "argv", ["budgetvit", "train", "--out", str(tmp_path)])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "--out", str(tmp_path)]) == 0
+    assert given["c"] == f"the same torchrun command (budgetvit train --out {tmp_path} under " \
+                         f"torchrun)"
