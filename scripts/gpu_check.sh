@@ -49,7 +49,8 @@ for dir in "${BUDGETVIT_FMNIST_DIR:-}" "$PWD/.fmnist" /usr/share/datasets/fashio
 done
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   $PY -c "import torch, torchvision, timm; print('torch', torch.__version__, 'cuda',
-torch.version.cuda, 'torchvision', torchvision.__version__, 'timm', timm.__version__)"
+torch.version.cuda, 'torchvision', torchvision.__version__, 'timm', timm.__version__, 'GPU',
+torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
   # torch.compile's Triton builds its launcher with a C compiler and Python's headers.
   echo "C compiler: $( (${CC:-cc} --version || gcc --version) 2>/dev/null | head -1)"
   $PY -c "import os, sysconfig; h = os.path.join(sysconfig.get_paths()['include'], 'Python.h')

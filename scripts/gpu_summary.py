@@ -27,16 +27,17 @@ def row(label: str, text: str) -> None:
     print(f"{label:<32} {text}")
 
 
-def speed_tables() -> list[tuple[str, dict]]:
-    """[(header, {size: [size, img/s, MFU, mem, warm-up(, timm img/s, ratio)]})], one per
-    `speed` run in speed.txt (each begins with its "device ..." line)."""
+def speed_tables() -> list[tuple[str, dict, str]]:
+    """[(header, {size: [size, img/s, MFU, mem, warm-up(, timm img/s, ratio)]}, last line)],
+    one per `speed` run in speed.txt (each begins with its "device ..." line)."""
     tables = []
     for line in lines("speed.txt"):
         parts = line.split()
-        if line.startswith("device "):
-            tables.append((line, {}))
-        elif tables and parts and parts[0].isdigit():
+        if line.startswith("device ") or not tables:  # (an error before any header too)
+            tables.append((line, {}, line))
+        elif parts and parts[0].isdigit():
             tables[-1][1][int(parts[0])] = parts
+        tables[-1] = (*tables[-1][:2], line)
     return tables
 
 
@@ -46,23 +47,26 @@ for line in check[1:]:
     print("  ", line)
 
 tables = speed_tables()
-if not tables or not tables[0][1]:
-    tail = lines("speed.txt")[-1:] or ["no speed.txt"]
-    row("speed table", f"MISSING; last line: {tail[0]}")
+rows = tables[0][1] if tables else {}
+if not rows:
+    row("speed table", f"MISSING; last line: {tables[0][2] if tables else 'no speed.txt'}")
 else:
-    header, rows = tables[0]
-    row("speed table", header)
+    row("speed table", tables[0][0])
     for size, r in sorted(rows.items()):
         timm = f"; timm {r[5]} img/s, ratio {r[6]}" if len(r) > 6 else ""
         row(f"  {size} px", f"{r[1]} img/s, MFU {r[2]}, {r[3]} GiB, warm-up {r[4]} s{timm}")
     small, large = min(rows), max(rows)
-    row(f"  {small} px / {large} px", f"{float(rows[small][1]) / float(rows[large][1]):.2f}x")
-    for header, variant in tables[1:]:  # the compile variants, against the blocks default
-        for size, r in variant.items():
-            base = f" (default: {rows[size][1]} img/s)" if size in rows else ""
-            how = re.search(r"compile (?:on \((.*?)\)|off)", header)
-            row(f"  {size} px, {how and how[1] or 'no compile'}",
-                f"{r[1]} img/s, MFU {r[2]}, warm-up {r[4]} s{base}")
+    if small != large:
+        row(f"  {small} px / {large} px",
+            f"{float(rows[small][1]) / float(rows[large][1]):.2f}x")
+for header, variant, last in tables[1:]:  # the compile variants, against the blocks default
+    how = re.search(r"compile (?:on \((.*?)\)|off)", header)
+    if not variant:
+        row(f"  {how and how[1] or 'variant'}", f"MISSING; last line: {last}")
+    for size, r in variant.items():
+        base = f" (default: {rows[size][1]} img/s)" if size in rows else " (no default row)"
+        row(f"  {size} px, {how and how[1] or 'no compile'}",
+            f"{r[1]} img/s, MFU {r[2]}, warm-up {r[4]} s{base}")
 
 tests = lines("cuda_tests.txt")
 result = next((t for t in reversed(tests) if " in " in t

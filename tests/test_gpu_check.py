@@ -83,6 +83,19 @@ def test_summary_says_what_is_missing(tmp_path):
         "see warmup.txt")
 
 
+def test_summary_keeps_the_variants_when_the_speed_table_failed(tmp_path):
+    """Step 2 failed before its first row: its own error is the missing table's last line,
+    and the variants that ran are still shown (without a default to compare with)."""
+    header, _, _, _, variant_header, variant_cols, variant_row = SPEED.splitlines()
+    (tmp_path / "speed.txt").write_text("\n".join([
+        header, "error: --compare-timm needs timm", variant_header, variant_cols, variant_row]))
+    lines = summary_of(tmp_path)
+    assert row(lines, "speed table") == "MISSING; last line: error: --compare-timm needs timm"
+    assert row(lines, "  64 px, blocks, reduce-overhead") == (
+        "60000.0 img/s, MFU 48.0%, warm-up 30.0 s (no default row)")
+    assert not any(" px / " in line for line in lines)
+
+
 def run_check(log: Path, **env) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(ROOT / "scripts/gpu_check.sh"), str(log)],
                           env={**os.environ, "PYTHON": sys.executable, **env},

@@ -176,6 +176,12 @@ def resolve(args) -> tuple[Path | None, Path | None, dict | None]:
     return tree, cache_dir, meta
 
 
+def best_of(runs: list[tuple[float, ...]]) -> tuple[float, ...]:
+    """The best of the repeats, each measure on its own: the least disturbed run. A repeat too
+    short for /proc's CPU ticks has no CPU figure (nan), which max() keeps where it is first."""
+    return tuple(max((v for v in col if v == v), default=float("nan")) for col in zip(*runs))
+
+
 def run(args) -> int:
     try:
         sizes = [int(s) for s in args.sizes.replace(",", " ").split()]
@@ -227,9 +233,7 @@ def run(args) -> int:
                                   args.warmup, args.batches))
             ours.append(timed(loader_batches(data, size), device, args.warmup, args.batches))
             del data  # shuts its workers down before the next pipeline starts
-        # Best of the repeats, each measure on its own: the least disturbed run.
-        (b, bc), (o, oc) = [tuple(map(max, zip(*runs))) if runs else nan
-                            for runs in (base, ours)]
+        (b, bc), (o, oc) = [best_of(runs) if runs else nan for runs in (base, ours)]
         rows.append({"size": size, "baseline_img_s": b, "loader_img_s": o, "ratio": o / b,
                      "baseline_img_per_cpu_s": bc, "loader_img_per_cpu_s": oc,
                      "cpu_ratio": oc / bc})
