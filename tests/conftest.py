@@ -1,5 +1,6 @@
 """Shared helpers: tiny configs on real Fashion-MNIST, real JPEG ImageFolder trees, and the
 caches `budgetvit prepare` makes of them (for the cache and DALI tests)."""
+import json
 import os
 import shutil
 from pathlib import Path
@@ -94,3 +95,17 @@ def caches(trees, tmp_path_factory):
     prepare(dirty, base / "dirty", max_size=64, shard_size=16, workers=2, max_pixels=MAX_PX,
             progress=False)
     return base / "clean", base / "dirty"
+
+
+# Evaluations on 300 held-out training images instead of the 10000 test images: for tests
+# about a run's bookkeeping, not its accuracy.
+SMALL_EVAL = ("data.holdout=0.005", "train.ema=false")
+
+
+def quick(*overrides: str):
+    """tiny_config with the small evaluation (SMALL_EVAL)."""
+    return tiny_config(*SMALL_EVAL, *overrides)
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]

@@ -1,0 +1,158 @@
+"""What a resume does with a config that changed since the checkpoint: new optimizer settings
+and precision apply; the curriculum is kept (its plan, its final size; the paper rule read again
+for a new budget); a change that would move the data position is refused; values that are no
+usable number are one line."""
+import math
+
+import pytest
+import torch
+
+from budgetvit import checkpoint
+from budgetvit.cli import main
+from budgetvit.train import Trainer, train
+
+from .conftest import crash_at_step, needs_fmnist, quick, records
+
+pytestmark = needs_fmnist
+
+
+def test_resume_applies_the_new_weight_decay_and_betas(tmp_path, capsys):
+    """The optimizer state loaded from a checkpoint carries that run's weight decay and betas in
+    its param groups; a resume with other values must train with the new ones (the exempt group
+    keeps weight decay 0), also in the checkpoints it writes from then on."""
+    out = tmp_path / "run"
+    train(quick("train.budget=3steps"), out)
+    saved = checkpoint.load_latest(out)["optimizer"]["param_groups"]
+    assert [(g["weight_decay"], tuple(g["betas"])) for g in saved] == [(0.05, (0.9, 0.999)),
+                                                                        (0.0, (0.9, 0.999))]
+    capsys.readouterr()
+
+    trainer = Trainer(quick("train.budget=5steps", "optim.weight_decay=0.2", "optim.beta1=0.8"),
+                      out)
+    summary = trainer.run()
+    assert summary["steps"] == 5
+    said = capsys.readouterr().out
+    assert ("warning: resuming with a config that differs from the checkpoint's in "
+            "optim.weight_decay, optim.beta1, train.budget; the new values apply from here on"
+            in said)
+    decay, exempt = trainer.opt.param_groups
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    assert "blocks.0.attn.qkv.weight" in {names[id(p)] for p in decay["params"]}
+    assert {"pos_embed", "blocks.0.norm1.weight"} <= {names[id(p)] for p in exempt["params"]}
+    assert decay["weight_decay"] == 0.2 and exempt["weight_decay"] == 0.0
+    assert decay["betas"] == exempt["betas"] == (0.8, 0.999)
+    written = checkpoint.load_latest(out)
+    assert written["clock"]["steps"] == 5
+    assert [(g["weight_decay"], tuple(g["betas"])) for g in written["optimizer"]["param_groups"]] \
+        == [(0.2, (0.8, 0.999)), (0.0, (0.8, 0.999))]
+
+
+def test_resume_with_another_curriculum_keeps_the_plan_and_says_so(tmp_path, capsys):
+    """The size plan is made once: a resume with other curriculum.stages warns that the run
+    keeps the curriculum it started with, and trains by the checkpoint's plan (16 px to half the
+    budget, then 28 px), not the new one (20 px for three quarters)."""
+    args = ("train.budget=12steps", "checkpoint.every_steps=4")
+    crash_at_step(quick(*args), tmp_path, 6)
+    state = checkpoint.load_latest(tmp_path)
+    assert state["clock"]["steps"] == 4  # resumed inside the 16 px stage
+    plan = state["plan"]
+    assert plan == [{"size": 16, "start": 0.0, "end": 0.5}, {"size": 28, "start": 0.5, "end": 1.0}]
+    capsys.readouterr()
+
+    summary = train(quick(*args, "curriculum.stages=20:0.75,28:0.25"), tmp_path)
+    said = capsys.readouterr().out
+    assert ("warning: curriculum.stages changed, but a run keeps the curriculum it started "
+            "with; to train another, use another --out") in said
+    assert "resuming with a config that differs" not in said  # nothing else changed
+    assert "curriculum: 16px@0% -> 28px@50%;" in said
+    assert summary["steps"] == 12 and summary["plan"] == plan
+    assert [(st["img_size"], st["images"]) for st in summary["stages"]] == [(16, 6 * 64),
+                                                                           (28, 6 * 64)]
+    assert {r["img_size"] for r in records(tmp_path / "log.jsonl") if r["step"] <= 6} == {16}
+
+
+def test_resume_with_another_final_size_evaluates_at_the_run_s(tmp_path, capsys):
+    """The warning says the run keeps its curriculum: its evaluations and summary are at the
+    final size it trains to (28 px), not at the new config's 16 px."""
+    args = ("train.budget=6steps", "checkpoint.every_steps=2")
+    crash_at_step(quick(*args), tmp_path, 3)
+    summary = train(quick(*args, "curriculum.final_size_px=16",
+                          "curriculum.stages=16:1"), tmp_path)
+    assert "but a run keeps the curriculum it started with" in capsys.readouterr().out
+    assert summary["final_img_size"] == 28 and summary["config"]["curriculum"]["stages"] != \
+        "16:1"
+    assert {e["img_size"] for e in records(tmp_path / "eval.jsonl")} == {28}
+
+
+def test_a_larger_budget_reads_the_paper_rule_again(tmp_path):
+    """The paper rule gives each size N epochs: a 20-step run (16, 20, 24 px for 3.75 steps
+    each, then 28 px) given 40 steps trains on as a 40-step run does (at 28 px from step 13),
+    not at the 20-step plan's shares of 40 steps (back to 24 px after step 20)."""
+    args = ("curriculum.mode=paper", "curriculum.start_size_px=16", "curriculum.step_px=4",
+            "curriculum.every_epochs=0.004", "train.log_every=1", "train.ema=false")
+    train(quick("train.budget=20steps", *args), tmp_path / "grown")
+    grown = train(quick("train.budget=40steps", *args), tmp_path / "grown")
+    straight = train(quick("train.budget=40steps", *args), tmp_path / "straight")
+    assert grown["plan"] == straight["plan"]
+    sizes = [r["img_size"] for r in records(tmp_path / "grown" / "log.jsonl")]
+    assert sizes == [r["img_size"] for r in records(tmp_path / "straight" / "log.jsonl")]
+    assert sizes == sorted(sizes) and sizes.count(28) == 40 - 12  # 3.75 steps at each other
+
+
+@pytest.mark.parametrize("change, reason", [
+    ("train.batch_size=32", "train.batch_size 64 -> 32"),
+    ("data.holdout=0.1", "data.holdout 0.0 -> 0.1, 2000 -> 1800 training images"),
+    ("data.synthetic_images=1000", "2000 -> 1000 training images")])
+def test_resume_that_would_move_the_data_position_is_refused(tmp_path, capsys, change, reason):
+    """The checkpoint's place in the data (epoch, batch) counts batches of its batch size in
+    its training images: another batch size, image count or holdout would resume elsewhere
+    (or train on held-out images), so it is one line and exit 2, not a traceback or a quietly
+    wrong run."""
+    def run(budget, *changes):
+        return main(["train", "--budget", budget, "--out", str(tmp_path), "--set",
+                     "data.dataset=synthetic", "data.synthetic_images=2000",
+                     "train.batch_size=64", "curriculum.mode=off", "model.name=vit_micro4",
+                     "train.eval_batch_size=256", *changes])
+    assert run("3steps") == 0
+    capsys.readouterr()
+    assert run("5steps", change) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: --out {tmp_path} holds a run this config cannot go on from "
+                   f"({reason}): its place in the data would point elsewhere, or the run would "
+                   f"train on images it held out; use another --out, or that run's values")
+
+
+def test_fp32_run_resumes_in_fp16_on_cpu(tmp_path, capsys):
+    """An fp32 run's checkpoint holds an empty loss-scaler state; resuming it with
+    train.precision=fp16 (GradScaler enabled; CPU autocast runs float16 in this torch) must
+    start a fresh scaler instead of failing to load the empty one, then train and save it."""
+    out = tmp_path / "run"
+    train(quick("train.budget=2steps", "curriculum.stages=16:1", "curriculum.final_size_px=16"),
+          out)
+    assert checkpoint.load_latest(out)["scaler"] == {}
+    trainer = Trainer(quick("train.budget=3steps", "curriculum.stages=16:1",
+                            "curriculum.final_size_px=16", "train.precision=fp16"), out)
+    assert trainer.scaler.is_enabled() and trainer.rt.amp_dtype == torch.float16
+    summary = trainer.run()
+    assert summary["steps"] == 3 and math.isfinite(summary["top1"])
+    assert "resuming" in capsys.readouterr().out
+    scaler = checkpoint.load_latest(out)["scaler"]
+    assert scaler["scale"] > 0 and "_growth_tracker" in scaler
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("optim.warmup=nan", "optim.warmup: expected a finite number, got 'nan'"),
+    ("optim.lr=inf", "optim.lr: expected a finite number, got 'inf'"),
+    ("optim.weight_decay=-inf", "optim.weight_decay: expected a finite number, got '-inf'"),
+    ("curriculum.stages=0:0.5,28:0.5", "curriculum.stages size=0 must be >= 1"),
+    ("model.mlp_ratio=0.01",  # the fmnist preset's model is 96 wide: int(0.96) = 0 units
+     "model.mlp_ratio=0.01 leaves the FFN of model.dim=96 no hidden unit"),
+])
+def test_values_that_are_no_usable_number_give_one_line(setting, message, capsys):
+    """nan passes every range check (each comparison is False), inf overflows the schedules, a
+    0 px stage is a multiple of every patch size, and a tiny mlp_ratio leaves a 0-wide FFN: each
+    is refused by validation, in one line on stderr with exit code 2, before anything runs."""
+    assert main(["train", "--print-config", "--set", setting]) == 2
+    said = capsys.readouterr()
+    assert said.err == f"error: {message}\n"
+    assert said.out == ""  # the config was not printed

@@ -1,0 +1,159 @@
+"""Stopping a run: a signal outside the training loop, a stop whose final checkpoint fails,
+a stop amid non-finite steps, a signal to one rank of two, and the resume hint each gives."""
+import errno
+import math
+import os
+import re
+import signal
+import sys
+import time
+
+import pytest
+import torch
+
+from budgetvit import checkpoint
+from budgetvit.cli import main
+from budgetvit.train import Trainer, train
+
+from .conftest import needs_fmnist, quick
+
+pytestmark = needs_fmnist
+
+
+@pytest.mark.parametrize("signum, phase", [(signal.SIGINT, "warm-up"),
+                                           (signal.SIGTERM, "final checkpoint and evaluation")])
+def test_a_signal_outside_the_loop_stops_at_once_and_says_how_to_go_on(tmp_path, monkeypatch,
+                                                                      capsys, signum, phase):
+    """Ctrl-C in the warm-up (minutes of compiling on a GPU), SIGTERM in the final evaluation:
+    no step to finish, so the run stops there (no traceback, no exit 143), says so, and the
+    same command then finishes the run."""
+    from budgetvit import train as train_module
+    from budgetvit.warmup import WarmUp
+    real_steps, real_evaluate = WarmUp._zero_lr_steps, train_module.evaluate
+
+    def signalled(real):
+        def call(*args):
+            os.kill(os.getpid(), signum)
+            return real(*args)
+        return call
+    if phase == "warm-up":
+        monkeypatch.setattr(WarmUp, "_zero_lr_steps", signalled(real_steps))
+    else:
+        monkeypatch.setattr(train_module, "evaluate", signalled(real_evaluate))
+    cfg = ("train.budget=4steps", "train.warmup_steps=1")
+    trainer = Trainer(quick(*cfg), tmp_path, command="budgetvit train AGAIN")
+    assert trainer.run()["interrupted"]
+    assert (f"stopped by {signal.Signals(signum).name} during the {phase}; rerun budgetvit "
+            f"train AGAIN to go on from the newest checkpoint") in capsys.readouterr().out
+    assert not (tmp_path / "summary.json").exists()
+    assert bool(checkpoint.list_checkpoints(tmp_path)) == (phase != "warm-up")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    monkeypatch.undo()
+    assert train(quick(*cfg), tmp_path)["steps"] == 4
+
+
+def test_stop_whose_checkpoint_fails_says_it_was_not_written(tmp_path, monkeypatch, capsys):
+    """SIGTERM during step 6, and the disk is full when the stop's checkpoint is written: the
+    message must say NO checkpoint was written (a resume goes back to step 4), never
+    that it was."""
+    cfg = quick("train.budget=40steps", "checkpoint.every_steps=4")
+    trainer = Trainer(cfg, tmp_path, command="budgetvit train --out RUN")
+    real_step, real_save, disk_full = trainer.step, torch.save, []
+
+    def step(*a, **kw):
+        if trainer.clock.steps == 5:
+            disk_full.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)  # the trainer's handler records it
+        return real_step(*a, **kw)
+
+    def save(obj, f, *a, **kw):
+        if disk_full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **kw)
+    trainer.step = step
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    assert trainer.run() == {"interrupted": True, "step": 6}
+    said = capsys.readouterr().out
+    assert ("warning: checkpoint at step 6 not written (No space left on device); keeping the "
+            "previous one, retrying later") in said
+    stop = re.search(r"^stopped by SIGTERM at step 6 .*$", said, re.M)
+    assert stop, said
+    assert ("; NO checkpoint written at this step (see the warnings above); resuming goes back "
+            "to the previous one. Resume with: budgetvit train --out RUN") in stop.group(0)
+    assert "); checkpoint written." not in said
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == \
+        ["step_00000000.pt", "step_00000004.pt"]
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_a_stop_amid_non_finite_steps_writes_no_checkpoint_there(tmp_path, capsys):
+    """SIGTERM during step 6 while steps 5 and 6 are non-finite (max_bad_steps not reached): a
+    checkpoint there would make a resume start inside the bad run, with its rollback point
+    behind it, so none is written, and the message says so."""
+    cfg = quick("train.budget=40steps", "checkpoint.every_steps=4", "train.max_bad_steps=5")
+    trainer = Trainer(cfg, tmp_path, command="budgetvit train --out RUN")
+    real_loss = trainer.loss_fn
+
+    def loss_fn(logits, y):
+        step = trainer.clock.steps + 1
+        if step == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_loss(logits, y) * (math.nan if step in (5, 6) else 1.0)
+    trainer.loss_fn = loss_fn
+    assert trainer.run() == {"interrupted": True, "step": 6}
+    said = capsys.readouterr().out
+    assert "warning: non-finite loss or gradient at step 6; update skipped" in said
+    assert re.search(r"^stopped by SIGTERM at step 6 .*; NO checkpoint written at this step",
+                     said, re.M), said
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == \
+        ["step_00000000.pt", "step_00000004.pt"]
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_both_at_the_same_step(tmp_path):
+    """torchrun, 2 CPU ranks: SIGTERM to rank 1 only. Every rank sees the stop at the same
+    sync point, so both finish at the same step with exit 0 and one checkpoint of that step;
+    rank 0 says that another rank was signalled."""
+    from .test_distributed import _worker_pid, torchrun
+    out = tmp_path / "ddp"
+    # In a session of its own, so that a failing test can end the launcher and both ranks.
+    proc = torchrun(2, out, "2000steps", "data.holdout=0.005", start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        log = out / "log.jsonl"
+        while time.time() < deadline and proc.poll() is None:
+            if log.exists() and len(log.read_text().splitlines()) >= 3:
+                break  # training, with the signal handlers installed
+            time.sleep(0.1)
+        victim = _worker_pid(proc.pid, 1)
+        assert victim is not None and proc.poll() is None
+        os.kill(victim, signal.SIGTERM)
+        output, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, output[-3000:]
+    finished = dict(re.findall(r"rank (\d)/2: finished at step (\d+),", output))
+    assert set(finished) == {"0", "1"} and finished["0"] == finished["1"], output[-3000:]
+    step = int(finished["0"])
+    assert 3 <= step < 2000
+    # (Not anchored at a line start: the ranks' lines interleave in the launcher's output.)
+    assert re.search(rf"stopped by a signal to another rank at step {step} .*; checkpoint "
+                     rf"written\. Resume with: ", output), output[-3000:]
+    state = checkpoint.load(checkpoint.list_checkpoints(out)[-1])
+    assert state["clock"]["steps"] == step and state["world_size"] == 2
+    assert not (out / "summary.json").exists()
+
+
+def test_the_resume_hint_under_torchrun_names_torchrun(tmp_path, monkeypatch):
+    """The command alone would resume on one process (another world size, no exact
+    continuation): a rank under torchrun says to rerun the torchrun command."""
+    from budgetvit import train as train_module
+    given = {}
+    monkeypatch.setattr(train_module, "train", lambda cfg, out, command: given.update(c=command))
+    monkeypatch.setattr(sys, "argv", ["budgetvit", "train", "--out", str(tmp_path)])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "--out", str(tmp_path)]) == 0
+    assert given["c"] == f"the same torchrun command (budgetvit train --out {tmp_path} under " \
+                         f"torchrun)"
