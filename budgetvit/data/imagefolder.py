@@ -29,10 +29,13 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 EVAL_CROP = 0.875  # evaluation: resize the shorter side to size / 0.875, centre-crop size
 
 
-def default_workers() -> int:
-    """Loader workers for data.num_workers=-1: one per CPU this process may run on (its
-    affinity, which taskset, SLURM and cgroups set), shared among the ranks torchrun started
-    on this machine unless each rank was bound to its own CPUs already (--numa-binding)."""
+def default_workers(num_workers: int = -1) -> int:
+    """Loader workers for data.num_workers: as given, or for -1 one per CPU this process may
+    run on (its affinity, which taskset, SLURM and cgroups set), shared among the ranks
+    torchrun started on this machine unless each rank was bound to its own CPUs already
+    (--numa-binding)."""
+    if num_workers >= 0:
+        return num_workers
     machine = os.cpu_count() or 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else machine
     ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -229,7 +232,7 @@ class WorkerStream(DataStream, WorkerEval):
     def __init__(self, num_images: int, *, batch_size: int, seed: int, device,
                  num_workers: int, rank: int, world: int, size: int):
         super().__init__(num_images, batch_size, seed, device, rank, world, size)
-        self.workers = default_workers() if num_workers < 0 else num_workers
+        self.workers = default_workers(num_workers)
         self._it = None  # the running loader's batches
 
     @property
@@ -313,7 +316,7 @@ class FolderEvalSplit(WorkerEval):
 
     def __init__(self, root: str, classes: list[str], *, seed: int, device, num_workers: int):
         self.classes, self.seed, self.device = list(classes), seed, device
-        self.workers = default_workers() if num_workers < 0 else num_workers
+        self.workers = default_workers(num_workers)
         self.val_samples, _, _ = scan(root, "val", {c: i for i, c in enumerate(classes)},
                                       lacks="the checkpoint's classes lack")
         self.eval_split, self.mean, self.std = "val", IMAGENET_MEAN, IMAGENET_STD
