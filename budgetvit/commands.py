@@ -26,17 +26,18 @@ def cmd_eval(args) -> int:
         if s % ld.model.cfg.patch_size:
             raise ConfigError(f"--img-size {s} is not a multiple of the patch size "
                               f"{ld.model.cfg.patch_size}")
-    if cfg.data.dataset == "imagefolder" and not cfg.data.holdout:  # val/ alone is read
+    if cfg.data.dataset == "imagefolder" and not cfg.data.holdout:
+        # val/ alone, labelled by the checkpoint's classes (a folder outside them is refused)
         data = FolderEvalSplit(cfg.data.path, ld.classes, seed=cfg.train.seed, device=rt.device,
                                num_workers=cfg.data.num_workers)
     else:
         data = build_data(cfg, rt.device)
-    if list(data.classes) != list(ld.classes):  # labels would mean other classes: wrong scores
-        ours, theirs = set(ld.classes), set(data.classes)
-        differ = sorted(ours ^ theirs) or ["the same names in another order"]
-        raise ConfigError(f"{cfg.data.path or cfg.data.dataset} has other classes than the "
-                          f"checkpoint was trained on ({len(theirs)} vs {len(ours)}; differing: "
-                          f"{first_names(differ)})")
+        if list(data.classes) != list(ld.classes):  # labels would mean other classes
+            ours, theirs = set(ld.classes), set(data.classes)
+            differ = sorted(ours ^ theirs) or ["the same names in another order"]
+            raise ConfigError(f"{cfg.data.path or cfg.data.dataset} has other classes than the "
+                              f"checkpoint was trained on ({len(theirs)} vs {len(ours)}; "
+                              f"differing: {first_names(differ)})")
     what = (f"exported weights {ld.path} ({ld.weights} weights of step {ld.step})"
             if ld.weights else f"checkpoint {ld.path} (step {ld.step})")
     print(f"{what}, {cfg.data.dataset} {data.eval_split}")
