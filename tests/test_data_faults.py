@@ -179,6 +179,28 @@ def test_eval_reads_val_alone_and_refuses_classes_the_checkpoint_lacks(tmp_path,
     scores(val_alone)
 
 
+@needs_fmnist
+def test_eval_refuses_a_cache_with_other_classes_than_the_checkpoint(tmp_path, capsys):
+    """A run on a cache, evaluated on the cache of a tree where coat is renamed jacket: every
+    label would mean another class, so exit 2 naming both."""
+    root = write_image_tree(tmp_path / "tree", per_class_train=4, per_class_val=2)
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    for split in ("train", "val"):
+        (other / split / "coat").rename(other / split / "jacket")
+    for tree, cache_dir in ((root, tmp_path / "cache"), (other, tmp_path / "other-cache")):
+        assert main(["prepare", "--src", str(tree), "--dst", str(cache_dir), "--max-size", "32",
+                     "--workers", "1", "--quiet"]) == 0
+    run = tmp_path / "run"
+    assert main([*train_args(tmp_path / "cache", run), "data.dataset=cache"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--data-path", str(tmp_path / "other-cache"),
+                 "--device", "cpu"]) == 2
+    assert one_line_error(capsys) == (
+        f"error: {tmp_path / 'other-cache'} has other classes than the checkpoint was trained "
+        f"on (3 vs 3; differing: coat, jacket)")
+
+
 # ----------------------------------------------------------------------------- the cache
 
 @needs_fmnist
