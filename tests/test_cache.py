@@ -435,3 +435,21 @@ def test_bench_data_takes_the_best_repeat_of_each_measure():
     assert best_of([(100.0, nan), (90.0, 900.0), (95.0, 800.0)]) == (100.0, 900.0)
     b, bc = best_of([(100.0, nan)])
     assert b == 100.0 and bc != bc
+
+
+def test_bench_data_counts_the_cpu_of_grandchildren():
+    """Loader workers a forkserver starts are grandchildren of the timing process: their CPU
+    time counts (with children alone, images per CPU-second would read far too high)."""
+    from budgetvit.data.bench_data import cpu_seconds
+    burn = ("import sys, time\n"
+            "while time.process_time() < 0.5: pass\n"
+            "print('done', flush=True); sys.stdin.read()")
+    middle = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}])"
+    before = cpu_seconds()
+    proc = subprocess.Popen([sys.executable, "-c", middle], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "done\n"  # the grandchild burnt 0.5 s and still lives
+        assert cpu_seconds() - before >= 0.5
+    finally:
+        proc.communicate("")

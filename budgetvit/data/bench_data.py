@@ -72,12 +72,12 @@ def machine() -> str:
 
 
 def cpu_seconds() -> float:
-    """CPU time used so far by this process and its live children (the loader workers), from
-    /proc; NaN where there is no /proc. Images per CPU-second do not depend on what else the
-    machine runs, images per second do."""
+    """CPU time used so far by this process and its live descendants (the loader workers,
+    children of a forkserver where that starts them), from /proc; NaN where there is no
+    /proc. Images per CPU-second do not depend on what else the machine runs, images per
+    second do."""
     try:
-        me, tick = os.getpid(), os.sysconf("SC_CLK_TCK")
-        total = sum(os.times()[:4])  # this process, and its children that have ended
+        tick, children, cpu = os.sysconf("SC_CLK_TCK"), {}, {}
         for entry in os.scandir("/proc"):
             if entry.name.isdigit():
                 try:
@@ -85,8 +85,15 @@ def cpu_seconds() -> float:
                         fields = f.read().rsplit(")", 1)[1].split()
                 except OSError:  # the process ended meanwhile
                     continue
-                if int(fields[1]) == me:  # ppid; utime and stime follow at 11, 12
-                    total += (int(fields[11]) + int(fields[12])) / tick
+                pid = int(entry.name)  # the parent's pid at 1; utime and stime at 11, 12
+                children.setdefault(int(fields[1]), []).append(pid)
+                cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
+        total = sum(os.times()[:4])  # this process, and its children that have ended
+        todo = [os.getpid()]
+        while todo:
+            for pid in children.get(todo.pop(), ()):
+                total += cpu[pid]
+                todo.append(pid)
         return total
     except (OSError, ValueError, AttributeError):
         return float("nan")
