@@ -46,12 +46,16 @@ print("\n== budgetvit GPU check:", check[0] if check else "no check.txt")
 for line in check[1:]:
     print("  ", line)
 
+# Step 5's compile variants append to speed.txt: the main table is the first that is not one
+# of them (none where step 2 was skipped); the others are compared with it.
+variant = re.compile(r"compile on \((model|.*reduce-overhead)")
 tables = speed_tables()
-rows = tables[0][1] if tables else {}
+main = next((t for t in tables if not variant.search(t[0])), None)
+rows = main[1] if main else {}
 if not rows:
-    row("speed table", f"MISSING; last line: {tables[0][2] if tables else 'no speed.txt'}")
+    row("speed table", f"MISSING; last line: {main[2] if main else 'no speed table'}")
 else:
-    row("speed table", tables[0][0])
+    row("speed table", main[0])
     for size, r in sorted(rows.items()):
         timm = f"; timm {r[5]} img/s, ratio {r[6]}" if len(r) > 6 else ""
         row(f"  {size} px", f"{r[1]} img/s, MFU {r[2]}, {r[3]} GiB, warm-up {r[4]} s{timm}")
@@ -59,11 +63,11 @@ else:
     if small != large:
         row(f"  {small} px / {large} px",
             f"{float(rows[small][1]) / float(rows[large][1]):.2f}x")
-for header, variant, last in tables[1:]:  # the compile variants, against the blocks default
+for header, table, last in (t for t in tables if t is not main):
     how = re.search(r"compile (?:on \((.*?)\)|off)", header)
-    if not variant:
+    if not table:
         row(f"  {how and how[1] or 'variant'}", f"MISSING; last line: {last}")
-    for size, r in variant.items():
+    for size, r in table.items():
         base = f" (default: {rows[size][1]} img/s)" if size in rows else " (no default row)"
         row(f"  {size} px, {how and how[1] or 'no compile'}",
             f"{r[1]} img/s, MFU {r[2]}, warm-up {r[4]} s{base}")
@@ -78,10 +82,11 @@ for t in tests:
 
 s = summary("fmnist_summary.json")
 if s is None:
-    row("fmnist 2m run", "FAILED: no summary.json; see train.txt")
+    row("fmnist run", "NO summary.json; see check.txt and train.txt")
 else:
     overrun = f", overrun {s['overrun_s']:+.2f}s" if s.get("overrun_s") is not None else ""
-    row("fmnist 2m run", f"top-1 {s['top1']:.2f}%, trained {s['train_time_s']:.1f}s{overrun}, "
+    budget = f"{s['budget_s']:g}s budget, " if s.get("budget_s") else ""
+    row("fmnist run", f"{budget}top-1 {s['top1']:.2f}%, trained {s['train_time_s']:.1f}s{overrun}, "
         f"warm-up {s['warmup_time_s']:.1f}s, {s['images_seen']} images, "
         f"sizes {[st['img_size'] for st in s['stages']]}, on {s['device']}")
     mfus = [r["mfu"] for r in map(json.loads, lines("fmnist_log.jsonl")) if "mfu" in r]

@@ -7,7 +7,11 @@ processes shows, each on rank 1 only, switched on by environment variables
   overflow alone;
 - FAULT_LATE_SIGTERM=1: rank 1 gets SIGTERM as its clock stops at the end of the budget, after
   the ranks' last shared decision.
+
+With none of them it is the plain CLI; on SIGUSR1 every rank prints its threads' stacks (what
+test_distributed.finish shows of a job that hangs).
 """
+import faulthandler
 import math
 import os
 import signal
@@ -19,6 +23,7 @@ from budgetvit.cli import main
 RANK1 = os.environ.get("RANK") == "1"
 SKEW = float(os.environ.get("FAULT_CLOCK_SKEW_S", "0"))
 OVERFLOW_STEP = int(os.environ.get("FAULT_OVERFLOW_STEP", "0"))
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def patch(cls, name, wrapper):

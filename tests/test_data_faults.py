@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -441,6 +442,23 @@ def test_images_and_labels_of_different_counts_are_a_config_error(tmp_path):
     x, y = write_fmnist(tmp_path, images=5, labels=4)
     with pytest.raises(ConfigError, match=f"^{re.escape(f'{x} holds 5 images but {y} 4 labels')}$"):
         fashion_mnist.load("train", root=str(tmp_path))
+
+
+def test_a_download_that_is_never_answered_fails_with_the_advice(tmp_path, monkeypatch):
+    """No files and a network that swallows the request (a firewall dropping packets): the
+    download gives up after its timeout and says how to install the data, never hangs."""
+    from torchvision.datasets import FashionMNIST
+    server = socket.create_server(("127.0.0.1", 0))  # takes the connection, never answers
+    monkeypatch.setattr(FashionMNIST, "mirrors", [f"http://127.0.0.1:{server.getsockname()[1]}/"])
+    monkeypatch.setattr(fashion_mnist, "DOWNLOAD_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_ROOT", str(tmp_path / "none"))
+    monkeypatch.delenv("BUDGETVIT_FMNIST_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    start = time.monotonic()
+    with server, pytest.raises(FileNotFoundError, match="could not be downloaded .*"
+                                                        "apt-get install dataset-fashion-mnist$"):
+        fashion_mnist.load("train")
+    assert time.monotonic() - start < 20 and socket.getdefaulttimeout() is None
 
 
 # ----------------------------------------------------------------------------- bench-data

@@ -1,4 +1,5 @@
 """The same trainer under torchrun: 2 CPU processes with gloo on Fashion-MNIST."""
+import contextlib
 import json
 import os
 import re
@@ -23,19 +24,39 @@ TINY = ["train.device=cpu",  # also where there is a GPU: the CUDA tests ask for
         "curriculum.stages=16:0.5,28:0.5", "aug.crop_scale_min=0.5"]
 
 
-def torchrun(nproc: int, out: Path, budget: str, *extra: str, module: str = "budgetvit",
-             env: dict | None = None, **popen):
+def torchrun(nproc: int, out: Path, budget: str, *extra: str, env: dict | None = None,
+             **popen):
+    """budgetvit train under torchrun, through tests/ddp_faults.py: the plain CLI unless env
+    switches a fault on."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", module, "train", "--budget", budget,
+           f"--nproc_per_node={nproc}", "-m", "tests.ddp_faults", "train", "--budget", budget,
            "--out", str(out), "--set", *TINY, *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, cwd=Path(__file__).parent.parent, **popen)
 
 
+def finish(proc, timeout: float) -> str:
+    """The output of a torchrun job once it ends. One still running after `timeout` seconds
+    fails the test with the end of its output, after each worker has printed where it was
+    stuck: a hang is then diagnosed from the test's log alone."""
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        workers = [pid for pid in (_worker_pid(proc.pid, rank) for rank in range(8)) if pid]
+        for sig, pause in ((signal.SIGUSR1, 1), (signal.SIGKILL, 0)):
+            for pid in workers:  # the stacks (ddp_faults.py), a rank at a time; then the end
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+                time.sleep(pause)
+        output = proc.communicate(timeout=60)[0]
+        pytest.fail(f"torchrun still running after {timeout} s; its output ends:\n"
+                    f"{output[-8000:]}")
+
+
 def test_two_ranks_stop_together_and_evaluate_every_image_once(tmp_path):
     proc = torchrun(2, tmp_path / "ddp", "8s")
-    output, _ = proc.communicate(timeout=300)
+    output = finish(proc, 300)
     assert proc.returncode == 0, output
     assert "Grad strides do not match" not in output  # the depthwise conv's weight layout
     finished = dict(re.findall(r"rank (\d)/2: finished at step (\d+),", output))
@@ -52,7 +73,7 @@ def test_ranks_share_one_paper_plan(tmp_path):
     proc = torchrun(2, tmp_path / "paper", "6s", "curriculum.mode=paper",
                     "curriculum.start_size_px=16", "curriculum.step_px=4",
                     "curriculum.every_epochs=0.02", "train.warmup_steps=3")
-    output, _ = proc.communicate(timeout=300)
+    output = finish(proc, 300)
     assert proc.returncode == 0, output
     plans = dict(re.findall(r"rank (\d)/2: finished at step \d+, plan (.+)", output))
     assert set(plans) == {"0", "1"} and plans["0"] == plans["1"]
@@ -67,10 +88,10 @@ def test_ranks_agree_on_checkpoints_faults_and_the_end(tmp_path):
     reaches it after the last shared decision (the run finishes, as that decision said)."""
     out = tmp_path / "faults"
     proc = torchrun(2, out, "150steps", "train.precision=fp16", "checkpoint.every_s=0.3",
-                    "checkpoint.every_steps=4", module="tests.ddp_faults",
+                    "checkpoint.every_steps=4",
                     env={"FAULT_CLOCK_SKEW_S": "0.5", "FAULT_OVERFLOW_STEP": "4",
                          "FAULT_LATE_SIGTERM": "1"})
-    output, _ = proc.communicate(timeout=240)
+    output = finish(proc, 240)
     assert proc.returncode == 0, output[-3000:]
     finished = dict(re.findall(r"rank (\d)/2: finished at step (\d+),", output))
     assert finished == {"0": "150", "1": "150"}, output[-3000:]
@@ -87,7 +108,7 @@ def test_loss_curve_matches_one_process_with_same_global_batch(tmp_path):
     runs = {}
     for nproc in (1, 2):
         proc = torchrun(nproc, tmp_path / f"w{nproc}", "8steps", "train.deterministic=true")
-        output, _ = proc.communicate(timeout=300)
+        output = finish(proc, 300)
         assert proc.returncode == 0, output
         runs[nproc] = [json.loads(line)["loss"] for line in
                        (tmp_path / f"w{nproc}" / "log.jsonl").read_text().splitlines()]
@@ -128,7 +149,7 @@ def test_killing_one_rank_stops_the_job_with_a_resumable_checkpoint(tmp_path):
     victim = _worker_pid(proc.pid, 1)
     assert victim is not None
     os.kill(victim, signal.SIGKILL)
-    output, _ = proc.communicate(timeout=180)  # bounded: a hang fails the test here
+    output = finish(proc, 180)  # bounded: a hang fails the test here
     assert proc.returncode != 0
     assert "exitcode" in output.lower() or "lost contact" in output, output[-2000:]
     state = checkpoint.load(checkpoint.list_checkpoints(out)[-1])  # resumable checkpoint
@@ -142,7 +163,7 @@ def test_resume_under_torchrun_continues_every_rank_exactly(tmp_path):
     args = ("checkpoint.every_steps=5", "train.deterministic=true", "model.drop_path=0.1",
             "aug.mixup=0.2", "aug.random_erasing=0.25")
     straight = torchrun(2, tmp_path / "straight", "100steps", *args)
-    output, _ = straight.communicate(timeout=300)
+    output = finish(straight, 300)
     assert straight.returncode == 0, output
     out = tmp_path / "resumed"
     proc = torchrun(2, out, "100steps", *args)
@@ -150,11 +171,11 @@ def test_resume_under_torchrun_continues_every_rank_exactly(tmp_path):
     while newest_step(out) < 5 and time.time() < deadline:
         time.sleep(0.05)
     os.kill(_worker_pid(proc.pid, 1), signal.SIGKILL)
-    proc.communicate(timeout=180)
+    finish(proc, 180)
     assert proc.returncode != 0  # killed before the end
     resumed_from = newest_step(out)
     proc = torchrun(2, out, "100steps", *args)
-    output, _ = proc.communicate(timeout=300)
+    output = finish(proc, 300)
     assert proc.returncode == 0 and resumed_from < 100, output
     a = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "straight")[-1])["model"]
     b = checkpoint.load(checkpoint.list_checkpoints(out)[-1])["model"]

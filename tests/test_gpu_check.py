@@ -39,7 +39,7 @@ def test_summary_reads_every_log(tmp_path):
         "....s\nSKIPPED [1] tests/test_dali.py:122: needs a CUDA GPU and DALI\n"
         "4 passed, 1 skipped, 30 deselected in 80.1s\n")
     (tmp_path / "fmnist_summary.json").write_text(json.dumps({
-        "top1": 88.1, "train_time_s": 120.02, "overrun_s": 0.02, "warmup_time_s": 14.0,
+        "top1": 88.1, "budget_s": 120.0, "train_time_s": 120.02, "overrun_s": 0.02, "warmup_time_s": 14.0,
         "images_seen": 9_000_000, "stages": [{"img_size": 16}, {"img_size": 28}],
         "device": "NVIDIA H200"}))
     (tmp_path / "fmnist_log.jsonl").write_text(
@@ -58,7 +58,8 @@ def test_summary_reads_every_log(tmp_path):
         "60000.0 img/s, MFU 48.0%, warm-up 30.0 s (default: 50000.0 img/s)")
     assert row(lines, "CUDA tests") == "4 passed, 1 skipped, 30 deselected in 80.1s"
     assert any("SKIPPED [1] tests/test_dali.py:122" in line for line in lines)
-    assert row(lines, "fmnist 2m run").startswith("top-1 88.10%, trained 120.0s, overrun +0.02s")
+    assert row(lines, "fmnist run").startswith(
+        "120s budget, top-1 88.10%, trained 120.0s, overrun +0.02s")
     assert row(lines, "  MFU in its log.jsonl") == "median 20.0% of 3 records"
     assert row(lines, "imagenet preset warm-up") == (
         "39.1s for 32px, 64px (cold caches; target <= 180s), batch 1024")
@@ -67,12 +68,12 @@ def test_summary_reads_every_log(tmp_path):
 def test_summary_says_what_is_missing(tmp_path):
     (tmp_path / "cuda_tests.txt").write_text("....\nTimeout\n")  # cut before pytest's last line
     (tmp_path / "fmnist_summary.json").write_text(json.dumps({  # a step budget: no overrun
-        "top1": 50.0, "train_time_s": 3.0, "overrun_s": None, "warmup_time_s": 1.0,
+        "top1": 50.0, "budget_s": None, "train_time_s": 3.0, "overrun_s": None, "warmup_time_s": 1.0,
         "images_seen": 640, "stages": [{"img_size": 28}], "device": "cpu"}))
     lines = summary_of(tmp_path)
-    assert row(lines, "speed table") == "MISSING; last line: no speed.txt"
+    assert row(lines, "speed table") == "MISSING; last line: no speed table"
     assert row(lines, "CUDA tests") == "NO RESULT LINE; last line: Timeout"
-    assert row(lines, "fmnist 2m run").startswith("top-1 50.00%, trained 3.0s, warm-up 1.0s")
+    assert row(lines, "fmnist run").startswith("top-1 50.00%, trained 3.0s, warm-up 1.0s")
     assert row(lines, "imagenet preset warm-up") == "MISSING; see warmup.txt"
     # The warm-up cut by the deadline after two of its sizes: what those took.
     (tmp_path / "warmup.txt").write_text(
@@ -94,6 +95,11 @@ def test_summary_keeps_the_variants_when_the_speed_table_failed(tmp_path):
     assert row(lines, "  64 px, blocks, reduce-overhead") == (
         "60000.0 img/s, MFU 48.0%, warm-up 30.0 s (no default row)")
     assert not any(" px / " in line for line in lines)
+    # Step 2 skipped by the deadline: the variant is not taken for the speed table.
+    (tmp_path / "speed.txt").write_text("\n".join([variant_header, variant_cols, variant_row]))
+    lines = summary_of(tmp_path)
+    assert row(lines, "speed table") == "MISSING; last line: no speed table"
+    assert row(lines, "  64 px, blocks, reduce-overhead").endswith("(no default row)")
 
 
 def run_check(log: Path, **env) -> subprocess.CompletedProcess:
@@ -105,8 +111,8 @@ def run_check(log: Path, **env) -> subprocess.CompletedProcess:
 def test_check_skips_the_steps_past_its_deadline_and_still_prints_the_table(tmp_path):
     done = run_check(tmp_path, REQUIRE_CUDA="0", DEVICE="cpu", DEADLINE_S="0")
     check = (tmp_path / "check.txt").read_text()
-    for name in ("1/5 imagenet-1gpu-24h warm-up", "2/5 speed table", "3/5 fmnist training",
-                 "4/5 CUDA tests", "5/5 CUDA graphs", "5/5 whole-model compile"):
+    for name in ("1/5 imagenet-1gpu-24h warm-up", "2/5 speed table", "3/5 CUDA tests",
+                 "4/5 fmnist training", "5/5 CUDA graphs", "5/5 whole-model compile"):
         assert f"step {name}" in check and "skipped, " in check.split(f"step {name}")[1]
     assert "torch " in check and "fashion-mnist: " in check
     assert "C compiler: " in check and "Python.h: " in check

@@ -1,9 +1,11 @@
 """Fashion-MNIST from its IDX files: a given folder, $BUDGETVIT_FMNIST_DIR, Debian's
-dataset-fashion-mnist package, or torchvision's download where a network exists. 70k 28x28 grayscale images, 10 classes."""
+dataset-fashion-mnist package, or torchvision's download where a network exists. 70k 28x28
+grayscale images, 10 classes."""
 from __future__ import annotations
 
 import gzip
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +47,20 @@ def _find(root: Path, stem: str) -> Path | None:
     return None
 
 
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
 def _download(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     from torchvision.datasets import FashionMNIST
-    ds = FashionMNIST(str(Path.home() / ".cache" / "budgetvit"), train=split == "train",
-                      download=True)
+    # torchvision opens its URLs with no timeout: where a firewall drops packets instead of
+    # refusing them, the download would wait forever rather than fail with the advice below.
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        ds = FashionMNIST(str(Path.home() / ".cache" / "budgetvit"), train=split == "train",
+                          download=True)
+    finally:
+        socket.setdefaulttimeout(before)
     return ds.data.unsqueeze(1).clone(), ds.targets.clone()
 
 
