@@ -458,4 +458,9 @@ def train(cfg: Config, out: str | Path, command: str = "") -> dict:
             f"last checkpoint in {trainer.out} is intact: rerun the same command to resume"
         ) from None
     finally:
+        # The DDP wrapper first: freed after the group, its reducer would destroy the gloo
+        # group holding the GIL while a gloo thread waits for the GIL to free a finished
+        # collective's tensors, a deadlock at exit (seen under load, torch 2.11). The group's
+        # own Python object releases the GIL as it goes.
+        trainer.forward = None
         distributed.shutdown(trainer.dist)

@@ -8,16 +8,20 @@ processes shows, each on rank 1 only, switched on by environment variables
 - FAULT_LATE_SIGTERM=1: rank 1 gets SIGTERM as its clock stops at the end of the budget, after
   the ranks' last shared decision.
 
-With none of them it is the plain CLI; on SIGUSR1 every rank prints its threads' stacks (what
-test_distributed.finish shows of a job that hangs).
+With none of them it is the plain CLI, but for two things: on SIGUSR1 every rank prints its
+threads' stacks (what test_distributed.finish shows of a job that hangs), and each rank says
+whether its DDP wrapper was freed before the process group was destroyed (see train.train).
 """
 import faulthandler
 import math
 import os
 import signal
 import sys
+import weakref
 
-from budgetvit import budget, train
+import torch
+
+from budgetvit import budget, distributed, train
 from budgetvit.cli import main
 
 RANK1 = os.environ.get("RANK") == "1"
@@ -42,6 +46,25 @@ if RANK1 and os.environ.get("FAULT_LATE_SIGTERM"):
             os.kill(os.getpid(), signal.SIGTERM)
         real(clock)
     patch(budget.BudgetClock, "stop", stop)
+
+wrappers = []  # weak references to the DDP wrappers made
+real_ddp, real_shutdown = torch.nn.parallel.DistributedDataParallel, distributed.shutdown
+
+
+def tracked_ddp(*args, **kwargs):
+    wrapper = real_ddp(*args, **kwargs)
+    wrappers.append(weakref.ref(wrapper))
+    return wrapper
+
+
+def reporting_shutdown(d):
+    print(f"rank {d.rank}: DDP freed before its process group: "
+          f"{bool(wrappers) and all(w() is None for w in wrappers)}", flush=True)
+    real_shutdown(d)
+
+
+torch.nn.parallel.DistributedDataParallel = tracked_ddp
+distributed.shutdown = reporting_shutdown
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -65,6 +65,10 @@ def test_two_ranks_stop_together_and_evaluate_every_image_once(tmp_path):
     assert summary["world_size"] == 2 and summary["steps"] == int(finished["0"])
     assert all(e["eval_images"] == 10000 for e in summary["evals"])  # each image exactly once
     assert [s["img_size"] for s in summary["stages"]] == [16, 28]
+    # Freed later, its reducer would destroy the gloo group holding the GIL: a rare deadlock
+    # at exit (a gloo thread waits for the GIL to free a finished collective's tensors).
+    assert sorted(re.findall(r"rank \d: DDP freed before its process group: \w+", output)) == [
+        f"rank {r}: DDP freed before its process group: True" for r in (0, 1)], output[-2000:]
 
 
 def test_ranks_share_one_paper_plan(tmp_path):
