@@ -24,6 +24,7 @@ from .data import augment, build_data
 from .ema import EMA
 from .evaluate import evaluate, normalize
 from .models import VisionTransformer, count_params, param_groups
+from .output import guarded_output
 from .progress import Progress, fmt_duration
 from .runtime import mfu, peak_flops, resolve
 from .schedules import lr_at
@@ -36,8 +37,11 @@ class TrainingStopped(RuntimeError):
     """Training cannot go on (repeated non-finite steps); the message says why."""
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # SIGHUP: a closed terminal
+
+
 class SignalOutsideLoop(BaseException):
-    """SIGTERM / SIGINT where there is no step to finish (warm-up, final checkpoint and
+    """A stop signal where there is no step to finish (warm-up, final checkpoint and
     evaluation): raised by the handler, like KeyboardInterrupt, at once."""
 
 
@@ -189,10 +193,12 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
         return rec
 
     def _on_signal(self, signum, frame) -> None:
-        name = signal.Signals(signum).name
+        self._stop(signal.Signals(signum).name)
+
+    def _stop(self, why: str) -> None:
         if self.phase != "training loop":
-            raise SignalOutsideLoop(name)
-        self.stop_signal = name  # the next sync point stops every rank at the same step
+            raise SignalOutsideLoop(why)
+        self.stop_signal = why  # the next sync point stops every rank at the same step
 
     def _rollback(self, first_bad: int, last_bad: int) -> None:
         """Back to the newest checkpoint (every rank reads it) with the lr lowered; after
@@ -220,11 +226,13 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
     # ------------------------------------------------------------------ the run
 
     def run(self) -> dict:
-        """Train (or resume) to the end of the budget. SIGTERM / SIGINT stop it and say how
-        to resume: in the loop at the next sync point, with a checkpoint; elsewhere at once."""
-        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        """Train (or resume) to the end of the budget. SIGTERM / SIGINT / SIGHUP, or output
+        that nobody reads any more (output.py), stop it and say how to resume: in the loop at
+        the next sync point, with a checkpoint; elsewhere at once."""
+        handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         try:
-            return self._run()
+            with guarded_output(lambda: self._stop("closed output")):
+                return self._run()
         except SignalOutsideLoop as e:
             self.say(f"stopped by {e} during the {self.phase}; rerun "
                      f"{self.command or 'the same command'} to go on from the newest checkpoint")

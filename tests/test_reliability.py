@@ -94,6 +94,21 @@ def test_sigkill_chaos_resumes_to_identical_weights(tmp_path):
         json.loads((reference / "summary.json").read_text())["top1"]
 
 
+def test_a_closed_output_pipe_stops_the_run_with_a_checkpoint(tmp_path):
+    """`budgetvit train ... | head -1`, or a tee / ssh session that died: the next progress
+    line finds no reader. The run stops as on SIGTERM, with a checkpoint (it used to exit 0
+    at once, silently, losing the steps since the last one)."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(command(out, "400steps"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline()  # the first line; then the reader goes
+    proc.stdout.close()
+    errors = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and errors == "", errors
+    stopped_at = checkpoint.load(checkpoint.list_checkpoints(out)[-1])["clock"]["steps"]
+    assert 0 < stopped_at < 400 and not (out / "summary.json").exists()
+
+
 def test_sigterm_writes_checkpoint_exits_0_and_resumes(tmp_path):
     out = tmp_path / "run"
     cmd = command(out, "400steps")

@@ -52,6 +52,24 @@ def test_a_signal_outside_the_loop_stops_at_once_and_says_how_to_go_on(tmp_path,
     assert train(quick(*cfg), tmp_path)["steps"] == 4
 
 
+def test_a_closed_terminal_stops_the_run_with_a_checkpoint(tmp_path, capsys):
+    """SIGHUP (the terminal or ssh session closed) during step 6: the run stops there, as on
+    SIGTERM, instead of dying with the steps since its last checkpoint."""
+    trainer = Trainer(quick("train.budget=40steps"), tmp_path, command="budgetvit train")
+    real_step = trainer.step
+
+    def step(*a, **kw):
+        if trainer.clock.steps == 5:
+            os.kill(os.getpid(), signal.SIGHUP)
+        return real_step(*a, **kw)
+    trainer.step = step
+    assert trainer.run() == {"interrupted": True, "step": 6}
+    assert re.search(r"^stopped by SIGHUP at step 6 .*; checkpoint written\. Resume with: "
+                     r"budgetvit train$", capsys.readouterr().out, re.M)
+    assert checkpoint.list_checkpoints(tmp_path)[-1].name == "step_00000006.pt"
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # handler restored
+
+
 def test_stop_whose_checkpoint_fails_says_it_was_not_written(tmp_path, monkeypatch, capsys):
     """SIGTERM during step 6, and the disk is full when the stop's checkpoint is written: the
     message must say NO checkpoint was written (a resume goes back to step 4), never
