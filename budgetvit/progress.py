@@ -49,8 +49,9 @@ class Progress:
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
+            # The text in desc: tqdm puts ", " before a postfix.
             self.bar = tqdm(total=round(budget), initial=round(start), unit=unit[0],
-                            dynamic_ncols=True, bar_format="{l_bar}{bar}| {postfix}")
+                            dynamic_ncols=True, bar_format="{percentage:3.0f}%|{bar}| {desc}")
         self._next_line = start  # when the output is no terminal: a line every 5% of budget
 
     def rewind(self, last_step: int, evals: list[dict]) -> None:
@@ -79,7 +80,7 @@ class Progress:
                 f"lr {rec['lr']:.2e} left {left_txt}")
         if self.bar is not None:
             self.bar.n = min(round(spent), self.bar.total)
-            self.bar.set_postfix_str(text, refresh=True)
+            self.bar.set_description_str(text, refresh=True)
         elif spent >= self._next_line:
             print(f"[{100 * spent / self.budget:5.1f}%] step {rec['step']} {text}", flush=True)
             self._next_line = spent + 0.05 * self.budget
@@ -102,8 +103,13 @@ class Progress:
     def message(self, text: str) -> None:
         (self.bar.write if self.bar is not None else print)(text)
 
-    def close(self) -> None:
+    def close(self, done: bool = False) -> None:
+        """done: the budget is spent (the bar shows 100%, not the last log step's share)."""
         if self.bar is not None:
+            if done:
+                self.bar.n = self.bar.total
+                self.bar.set_description_str(f"{self.bar.desc.split(' left ')[0]} done",
+                                             refresh=False)
             self.bar.close()
         if self.tb is not None:
             self.tb.close()

@@ -277,11 +277,11 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
             self.warm_up(curriculum.planned_sizes(cfg), measure=True)
             self.make_plan()
         if self.dist.main:
+            self.print_header(resumed)  # (before the progress bar, which holds its line)
             self.progress = Progress(self.out, self.budget, self.unit,
                                      self.clock.spent_units(self.clock.train_s),
                                      last_step=self.clock.steps if resumed else -1,
                                      evals=self.evals)
-            self.print_header(resumed)
         if not resumed:
             self.save_checkpoint()  # step 0: there is always a state to roll back to
         self._last_ckpt = (self.clock.train_s, self.clock.steps)
@@ -377,10 +377,10 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
             # Again, now holding the final evaluation: a larger --budget goes on from here
             # without evaluating this step twice.
             self.save_checkpoint()
-        summary = (write_summary(self, final, time.perf_counter() - self.wall0)
-                   if self.dist.main else {})
-        self.progress_close()
-        return summary
+        if self.dist.main:
+            self.progress.close(done=True)  # the bar's last line, then the summary below it
+            return write_summary(self, final, time.perf_counter() - self.wall0)
+        return {}
 
     def drain(self, pending: list[tuple]) -> None:
         """Read the losses and fault flags of the pending steps from the device (one sync),

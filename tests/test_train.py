@@ -1,8 +1,10 @@
 """The trainer end to end on real Fashion-MNIST: summary contract, budget, curriculum,
 schedules, exact resume, eval / predict / export on a saved checkpoint, ImageFolder trees."""
+import io
 import json
 import math
 import re
+import sys
 
 import pytest
 import torch
@@ -14,7 +16,8 @@ from budgetvit.evaluate import normalize
 from budgetvit.schedules import lr_at
 from budgetvit.train import Trainer, train
 
-from .conftest import crash_at_step, fmnist_images, needs_fmnist, tiny_config, write_image_tree
+from .conftest import (crash_at_step, fmnist_images, needs_fmnist, quick, tiny_config,
+                       write_image_tree)
 
 pytestmark = needs_fmnist
 
@@ -92,6 +95,28 @@ def test_log_lines_and_eval_history(timed_run):
     assert len(evals) >= 3  # every 2 s of training, plus the final one
     assert all(e["eval_images"] == 10000 for e in evals)
     assert evals[-1]["top1"] == s["top1"]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_shows_the_header_then_the_bar_then_the_summary(tmp_path, monkeypatch):
+    """stdout and stderr on one terminal: the header is not written onto the bar's line, the
+    bar's text starts clean, and it ends at 100% ("done") above the summary, not redrawn below
+    it saying time is left."""
+    term = Terminal()
+    monkeypatch.setattr(sys, "stdout", term)
+    monkeypatch.setattr(sys, "stderr", term)
+    train(quick("train.budget=12steps", "train.log_every=4"), tmp_path)
+    lines = re.split(r"[\r\n]+", term.getvalue())
+    bars = [i for i, line in enumerate(lines) if "%|" in line]
+    header = next(i for i, line in enumerate(lines) if line.startswith("training "))
+    summary = next(i for i, line in enumerate(lines) if line.startswith("== fmnist"))
+    assert header < bars[0] and bars[-1] < summary
+    assert lines[bars[-1]].startswith("100%|") and lines[bars[-1]].rstrip().endswith(" done")
+    assert "px " in lines[bars[-2]] and not any("| ," in lines[i] for i in bars)
 
 
 def test_learns_fashion_mnist_within_a_step_budget(tmp_path, capsys):
