@@ -461,6 +461,30 @@ def test_a_download_that_is_never_answered_fails_with_the_advice(tmp_path, monke
     assert time.monotonic() - start < 20 and socket.getdefaulttimeout() is None
 
 
+def test_the_folder_in_the_environment_variable_is_named_and_nothing_downloaded(tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.setenv("BUDGETVIT_FMNIST_DIR", str(tmp_path))
+    monkeypatch.setattr(fashion_mnist, "_download", lambda split: pytest.fail("downloaded"))
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"no Fashion-MNIST test files (t10k-images-idx3-ubyte[.gz]) in {tmp_path} "
+            f"($BUDGETVIT_FMNIST_DIR)")):
+        fashion_mnist.load("test")
+
+
+def test_a_failed_download_is_one_line(tmp_path, monkeypatch):
+    """torchvision's error names each mirror on lines of its own; the CLI's error is one."""
+    def fail(split):
+        raise RuntimeError("Error downloading x.gz:\nTried http://m/, got:\n<urlopen error>\n")
+    monkeypatch.setattr(fashion_mnist, "_download", fail)
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_ROOT", str(tmp_path))
+    monkeypatch.delenv("BUDGETVIT_FMNIST_DIR", raising=False)
+    with pytest.raises(FileNotFoundError) as e:
+        fashion_mnist.load("test")
+    assert str(e.value) == (f"Fashion-MNIST not found in {tmp_path} and could not be downloaded "
+                            f"(Error downloading x.gz: Tried http://m/, got: <urlopen error>); "
+                            f"install it with: apt-get install dataset-fashion-mnist")
+
+
 # ----------------------------------------------------------------------------- bench-data
 
 @needs_fmnist

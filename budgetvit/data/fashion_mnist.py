@@ -66,7 +66,8 @@ def _download(split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def load(split: str, root: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """(images uint8 (N, 1, 28, 28), labels int64 (N,)) of split 'train' or 'test'."""
-    folder = Path(root or os.environ.get("BUDGETVIT_FMNIST_DIR") or DEBIAN_ROOT)
+    given = root or os.environ.get("BUDGETVIT_FMNIST_DIR")
+    folder = Path(given or DEBIAN_ROOT)
     images, labels = (_find(folder, stem) for stem in FILES[split])
     if images and labels:
         x = torch.from_numpy(_read_idx(images).copy()).unsqueeze(1)
@@ -74,11 +75,14 @@ def load(split: str, root: str = "") -> tuple[torch.Tensor, torch.Tensor]:
         if len(x) != len(y):
             raise ConfigError(f"{images} holds {len(x)} images but {labels} {len(y)} labels")
         return x, y
-    if root:
-        raise FileNotFoundError(f"no Fashion-MNIST {split} files ({FILES[split][0]}[.gz]) in {root}")
+    if given:  # a folder named on purpose: no download elsewhere
+        where = root or f"{given} ($BUDGETVIT_FMNIST_DIR)"
+        raise FileNotFoundError(f"no Fashion-MNIST {split} files ({FILES[split][0]}[.gz]) in "
+                                f"{where}")
     try:
         return _download(split)
     except Exception as e:  # no network: say how to get the data instead
+        why = " ".join(str(e).split())  # torchvision's message spans lines: the error is one
         raise FileNotFoundError(
-            f"Fashion-MNIST not found in {folder} and could not be downloaded ({e}); "
+            f"Fashion-MNIST not found in {folder} and could not be downloaded ({why}); "
             f"install it with: apt-get install dataset-fashion-mnist") from None
