@@ -143,8 +143,10 @@ def markdown(results: dict) -> str:
     about = [f"- `{a}`: {r['about']}" for a, r in results["arms"].items() if r.get("about")]
     notes = [f"- {a}: {v}" for a, r in results["arms"].items() for v in r["violations"]]
     env = results.get("environment", {})
+    label = {"cuda": "torch built for CUDA"}  # (not a GPU: `gpus` lists those)
     tail = ["", *about, "", "Environment: " + "; ".join(
-        f"{k} {', '.join(v) if isinstance(v, list) else v}" for k, v in env.items()) if env else ""]
+        f"{label.get(k, k)} {(', '.join(v) or 'none') if isinstance(v, list) else v}"
+        for k, v in env.items()) if env else ""]
     if notes:
         tail += ["", "Rule violations:", *notes]
     return head + "\n".join(rows + tail).rstrip() + "\n"

@@ -75,7 +75,8 @@ class Progress:
     def update(self, spent: float, rec: dict) -> None:
         """spent: budget units used so far; rec: the latest log record."""
         left = max(0.0, self.budget - spent)
-        left_txt = fmt_duration(left) if self.unit == "seconds" else f"{left:.0f} steps"
+        left_txt = (fmt_duration(left) if self.unit == "seconds" else
+                    f"{left:.0f} step{'' if round(left) == 1 else 's'}")
         text = (f"{rec['img_size']}px {rec['img_per_s']:.0f} img/s loss {rec['loss']:.3f} "
                 f"lr {rec['lr']:.2e} left {left_txt}")
         if self.bar is not None:

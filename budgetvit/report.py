@@ -220,7 +220,8 @@ def add_arguments(p) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR",
                    help="run directories, or folders searched for them (e.g. a bench OUT)")
     p.add_argument("--out", help="where to write (default: the single RUN_DIR given, else ./report)")
-    p.add_argument("--ema", action="store_true", help="add a dashed EMA top-1 curve per run")
+    p.add_argument("--ema", action="store_true",
+                   help="add each run's EMA top-1 (a diamond: the EMA is evaluated at the end)")
     p.add_argument("--title", default="", help="title of the plots and the Markdown")
 
 

@@ -234,8 +234,10 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
             with guarded_output(lambda: self._stop("closed output")):
                 return self._run()
         except SignalOutsideLoop as e:
+            goal = ("go on from the newest checkpoint" if checkpoint.list_checkpoints(self.out)
+                    else "start again (nothing was saved yet)")
             self.say(f"stopped by {e} during the {self.phase}; rerun "
-                     f"{self.command or 'the same command'} to go on from the newest checkpoint")
+                     f"{self.command or 'the same command'} to {goal}")
             self.progress_close()
             return {"interrupted": True, "step": self.clock.steps}
         finally:

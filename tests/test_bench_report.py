@@ -259,6 +259,17 @@ def test_results_without_a_finished_run_name_a_split(tmp_path):
         (tmp_path / "results.md").read_text()
 
 
+def test_results_say_what_the_environment_lacks(tmp_path):
+    """No GPU reads "gpus none", and the CUDA version PyTorch was built for is not taken for
+    a GPU's."""
+    fake_run(tmp_path / "vit" / "seed0", 80.0)
+    bench.write_results(tmp_path, {"benchmark": "custom", "preset": "fmnist", "budget": "1m",
+                                   "environment": {"torch": "2.14.1", "cuda": "13.0",
+                                                   "gpus": []}})
+    assert ("Environment: torch 2.14.1; torch built for CUDA 13.0; gpus none" in
+            (tmp_path / "results.md").read_text())
+
+
 def test_runs_over_the_benchmark_limits_are_reported(tmp_path):
     fake_run(tmp_path / "vit" / "seed0", 50.0)
     caps = bench.BENCHMARKS["fmnist-cpu-5m"]

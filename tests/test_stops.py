@@ -43,8 +43,10 @@ def test_a_signal_outside_the_loop_stops_at_once_and_says_how_to_go_on(tmp_path,
     cfg = ("train.budget=4steps", "train.warmup_steps=1")
     trainer = Trainer(quick(*cfg), tmp_path, command="budgetvit train AGAIN")
     assert trainer.run()["interrupted"]
+    goal = ("start again (nothing was saved yet)" if phase == "warm-up" else
+            "go on from the newest checkpoint")
     assert (f"stopped by {signal.Signals(signum).name} during the {phase}; rerun budgetvit "
-            f"train AGAIN to go on from the newest checkpoint") in capsys.readouterr().out
+            f"train AGAIN to {goal}") in capsys.readouterr().out
     assert not (tmp_path / "summary.json").exists()
     assert bool(checkpoint.list_checkpoints(tmp_path)) == (phase != "warm-up")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
