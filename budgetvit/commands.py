@@ -71,6 +71,9 @@ def cmd_predict(args) -> int:
     from .evaluate import normalize
     ld = inference.load(args.checkpoint)
     model, _ = ld.chosen(args.no_ema)
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:  # all of them, before any prediction: not one per try
+        raise FileNotFoundError(f"no such image file: {', '.join(missing)}")
     size = args.img_size or ld.cfg.curriculum.final_size_px
     if size % model.cfg.patch_size:
         raise ConfigError(f"--img-size {size} is not a multiple of the patch size "
@@ -79,8 +82,6 @@ def cmd_predict(args) -> int:
     for path in args.images:
         try:
             img = open_rgb(path)
-        except FileNotFoundError:
-            raise
         except Exception as e:
             raise FileNotFoundError(f"cannot read image {path}: {e}") from None
         if model.cfg.in_chans == 1:

@@ -82,6 +82,8 @@ CASES = [
     (["export", "--checkpoint", "EMAEXPORT", "--out", "w.pt"], "ending in .safetensors"),
     (["predict", "--checkpoint", "/nonexistent/w.safetensors", "x.png"],
      "exported weights /nonexistent/w.safetensors do not exist"),
+    (["predict", "--checkpoint", "EMAEXPORT", "x.png", "AFILE", "y.jpg"],
+     "no such image file: x.png, y.jpg"),  # every one, before any prediction
     (["bench", "--seeds", "1", "--out", "AFILE"], "File exists"),
     (["bench", "--arm", "x: 'optim.lr=1"], "--arm x: No closing quotation"),
     (["bogus"], "invalid choice: 'bogus'"),
