@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train within a budget (no arguments: the fmnist default)")
     t.add_argument("--preset", default="fmnist", help="recipe name (default: fmnist)")
-    t.add_argument("--budget", help="training-time budget: 90s, 5m, 24h, 1d, or 500steps")
+    t.add_argument("--budget", help="training-time budget: 90s, 5m, 1h30m, 24h, 1d, or 500steps")
     t.add_argument("--out", help="run directory (default runs/PRESET); rerun to resume")
     t.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override config values, e.g. --set optim.lr=1e-3 data.path=/x")

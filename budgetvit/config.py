@@ -202,20 +202,29 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 COMPILE_SCOPES = ("blocks", "model")  # see Runtime.compiled
 
 
+_NUMBER = r"(\d+(?:\.\d+)?)"
+# Units largest first, each at most once: 90s, 5m, 1h30m, 5m00s (as the run's header prints).
+_DURATION = re.compile(r"\s*" + "".join(f"(?:{_NUMBER}\\s*{u})?" for u in "dhms") + r"\s*")
+
+
 def parse_budget(text: str) -> tuple[float, str]:
-    """'90s' -> (90.0, 'seconds'); '24h' -> (86400.0, 'seconds'); '500steps' -> (500, 'steps')."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|steps)\s*", str(text))
-    if not m:
-        raise ConfigError(f"train.budget: expected a duration like 90s, 5m, 24h, 1d or a step "
-                          f"count like 500steps, got {text!r}")
-    value, unit = float(m.group(1)), m.group(2)
+    """'90s' -> (90.0, 'seconds'); '1h30m' -> (5400.0, 'seconds'); '500steps' -> (500,
+    'steps')."""
+    steps = re.fullmatch(rf"\s*{_NUMBER}\s*steps\s*", str(text))
+    parts = _DURATION.fullmatch(str(text))
+    if steps is None and (parts is None or not any(parts.groups())):
+        raise ConfigError(f"train.budget: expected a duration like 90s, 5m, 1h30m, 24h, 1d or "
+                          f"a step count like 500steps, got {text!r}")
+    if steps is not None:
+        value, unit = float(steps.group(1)), "steps"
+    else:
+        value, unit = sum(float(n) * _UNITS[u] for n, u in zip(parts.groups(), "dhms")
+                          if n is not None), "seconds"
     if value <= 0:
         raise ConfigError(f"train.budget must be positive, got {text!r}")
-    if unit == "steps":
-        if value != int(value):
-            raise ConfigError(f"train.budget: step count must be whole, got {text!r}")
-        return value, "steps"
-    return value * _UNITS[unit], "seconds"
+    if unit == "steps" and value != int(value):
+        raise ConfigError(f"train.budget: step count must be whole, got {text!r}")
+    return value, unit
 
 
 def parse_stages(text: str) -> list[tuple[int, float]]:

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from budgetvit import curriculum
-from budgetvit.config import Config
+from budgetvit.config import Config, ConfigError, parse_budget
 from budgetvit.schedules import lr_at
 
 
@@ -72,3 +72,16 @@ def test_make_plan_for_each_mode():
     assert [s.size for s in plan] == [20, 24, 28]
     assert plan[1].start == pytest.approx(0.1) and plan[2].start == pytest.approx(0.3)
     assert curriculum.planned_sizes(cfg) == [20, 24, 28]
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("5m", 300), ("24h", 86400),
+                                           ("1d", 86400), ("1h30m", 5400), ("1d12h", 129600),
+                                           ("5m00s", 300), ("0m06s", 6), (" 2.5m ", 150)])
+def test_budgets_in_one_unit_or_several_as_headers_print_them(text, seconds):
+    assert parse_budget(text) == (seconds, "seconds")
+
+
+@pytest.mark.parametrize("text", ["", "m", "5x", "30m1h", "1h 30m", "-5m", "five minutes"])
+def test_budgets_that_are_no_duration_are_refused(text):
+    with pytest.raises(ConfigError, match="expected a duration like 90s, 5m, 1h30m"):
+        parse_budget(text)
