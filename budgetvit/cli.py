@@ -76,10 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA")
 
     i = sub.add_parser("info", help="parameters and forward GFLOPs of a model at several sizes")
-    i.add_argument("--model", default="vit_s16_local")
-    i.add_argument("--sizes", type=_sizes, default=[32, 64, 96, 128, 160, 192, 224])
-    i.add_argument("--num-classes", type=positive_int, default=1000)
-    i.add_argument("--in-chans", type=positive_int, default=3)
+    which = i.add_mutually_exclusive_group()
+    which.add_argument("--model", default="vit_s16_local", help="a model name (see Models)")
+    which.add_argument("--preset", help="a preset's model, with its overrides")
+    i.add_argument("--sizes", type=_sizes,
+                   help="image sizes (default: 32-224 px; a preset's curriculum sizes)")
+    i.add_argument("--num-classes", type=positive_int,
+                   help="default 1000 (10 for the fmnist preset)")
+    i.add_argument("--in-chans", type=positive_int, help="default 3 (1 for the fmnist preset)")
 
     s = sub.add_parser("speed", help="training-step throughput (images/s), optionally vs timm")
     s.add_argument("--model", default="vit_s16_local")

@@ -116,26 +116,34 @@ def cmd_export(args) -> int:
 
 
 def cmd_info(args) -> int:
+    from dataclasses import replace
+    from .config import model_shape
+    from .curriculum import planned_sizes
     from .models import count_params, create_model, forward_flops, model_config
-    try:
-        cfg = model_config(args.model, num_classes=args.num_classes, in_chans=args.in_chans)
+    from .models.registry import LOCAL, PLAIN
+    from .presets import get_preset
+    preset = get_preset(args.preset) if args.preset else None
+    grey = preset is not None and preset.data.dataset == "fashion_mnist"
+    classes = args.num_classes or (10 if grey else 1000)
+    chans = args.in_chans or (1 if grey else 3)
+    try:  # a preset's model as it trains (its overrides: the fmnist FFN is 1x wide)
+        cfg = (model_shape(preset, classes, chans) if preset else
+               model_config(args.model, num_classes=classes, in_chans=chans))
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    for s in args.sizes:
+    name = preset.model.name if preset else args.model
+    sizes = args.sizes or (planned_sizes(preset) if preset else [32, 64, 96, 128, 160, 192, 224])
+    for s in sizes:
         if s % cfg.patch_size:
             raise ConfigError(f"--sizes: {s} is not a multiple of the patch size {cfg.patch_size}")
-    base = args.model[:-6] if args.model.endswith("_local") else args.model
-    plain_params = count_params(create_model(base, num_classes=args.num_classes,
-                                             in_chans=args.in_chans))
-    local_params = count_params(create_model(base + "_local", num_classes=args.num_classes,
-                                             in_chans=args.in_chans))
-    print(f"{args.model}: dim {cfg.dim}, depth {cfg.depth}, heads {cfg.heads}, patch "
-          f"{cfg.patch_size}, ffn {cfg.ffn} ({cfg.act}), {args.num_classes} classes")
-    print(f"params: {count_params(create_model(cfg)):,}  "
-          f"(plain {base}: {plain_params:,}; locality {base}_local: {local_params:,}; "
-          f"difference {local_params - plain_params:+,})")
+    plain, local = (count_params(create_model(replace(cfg, **kind))) for kind in (PLAIN, LOCAL))
+    print(f"{name}{f' (preset {args.preset})' if preset else ''}: dim {cfg.dim}, depth "
+          f"{cfg.depth}, heads {cfg.heads}, patch {cfg.patch_size}, ffn {cfg.ffn} x"
+          f"{cfg.mlp_ratio:g} ({cfg.act}), {classes} classes, {chans} channel{'s' if chans > 1 else ''}")
+    print(f"params: {count_params(create_model(cfg)):,}  (the same shape plain: {plain:,}; "
+          f"with the locality FFN: {local:,}; difference {local - plain:+,})")
     print(f"{'size':>6} {'tokens':>7} {'fwd GFLOPs':>11}")
-    for s in args.sizes:
+    for s in sizes:
         tokens = (s // cfg.patch_size) ** 2 + 1
         print(f"{s:>6} {tokens:>7} {forward_flops(cfg, s) / 1e9:11.3f}")
     return 0

@@ -8,7 +8,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from budgetvit.cli import main
 from budgetvit.export import load_weights, save_weights
-from budgetvit.models import create_model, forward_flops, train_flops
+from budgetvit.models import (VisionTransformer, count_params, create_model, forward_flops,
+                              train_flops)
 
 
 @pytest.mark.parametrize("name", ["vit_ti16", "vit_ti16_local", "vit_micro4_local"])
@@ -32,12 +33,25 @@ def test_train_flops_are_three_forwards():
 def test_info_prints_counts_at_every_size(capsys):
     assert main(["info", "--model", "vit_s16_local"]) == 0
     out = capsys.readouterr().out
-    assert "22,193,512" in out and "plain vit_s16: 22,050,664" in out
+    assert "22,193,512" in out and "the same shape plain: 22,050,664" in out
     for size in (32, 64, 96, 128, 160, 192, 224):
         assert f"\n{size:>6} " in out
     gflops_224 = float(out.strip().splitlines()[-1].split()[-1])
     assert gflops_224 == pytest.approx(forward_flops(create_model("vit_s16_local").cfg, 224) / 1e9,
                                        abs=1e-3)
+
+
+def test_info_on_a_preset_counts_the_model_it_trains(capsys):
+    """The fmnist preset's model: vit_micro4_local with a 1x FFN, 10 classes, grey images, at
+    its curriculum sizes (the bare name would count a 4x FFN with 1000 classes)."""
+    from budgetvit.config import model_shape
+    from budgetvit.presets import get_preset
+    assert main(["info", "--preset", "fmnist"]) == 0
+    out = capsys.readouterr().out
+    trained = count_params(VisionTransformer(model_shape(get_preset("fmnist"), 10, 1)))
+    assert f"params: {trained:,}  " in out and "ffn local x1" in out
+    assert "10 classes, 1 channel\n" in out
+    assert [int(line.split()[0]) for line in out.splitlines()[3:]] == [16, 20, 24, 28]
 
 
 def test_safetensors_roundtrip(tmp_path):
