@@ -142,6 +142,9 @@ def run_speed(args) -> int:
           f"{f'on ({rt.compile_scope}, {rt.compile_mode})' if rt.compile else 'off'}"
           f"{f', drop path {args.drop_path:g}' if args.drop_path else ''}"
           f", median of {args.repeats} x {args.steps} steps")
+    if not rt.compile and (args.compile_mode, args.compile_scope) != ("default", "blocks"):
+        print("note: --compile-mode and --compile-scope apply with compile on (--compile on, or "
+              "--compile auto on a GPU)")
     header = f"{'size':>5} {'img/s':>9} {'MFU':>6} {'mem GiB':>8} {'warm-up s':>9}"
     if args.compare_timm:
         header += f" {'timm img/s':>11} {'ratio':>6}"

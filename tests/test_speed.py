@@ -134,6 +134,19 @@ def test_speed_command_compares_timm_and_trainer_on_cpu(capsys):
         assert ratio == pytest.approx(ours / timm_rate, rel=0.01)  # printed rounded
 
 
+def test_speed_says_when_compile_settings_do_not_apply(capsys):
+    """On the CPU compile is off unless asked for: a --compile-mode given there changes
+    nothing, and the output says so rather than print a table that seems to answer it."""
+    args = ["speed", "--model", "vit_micro4", "--sizes", "16", "--batch-size", "4", "--steps",
+            "1", "--repeats", "1", "--device", "cpu"]
+    assert main(args + ["--compile-mode", "reduce-overhead"]) == 0
+    header, note = capsys.readouterr().out.splitlines()[:2]
+    assert "compile off" in header
+    assert note.startswith("note: --compile-mode and --compile-scope apply with compile on")
+    assert main(args) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
 def test_speed_trainer_times_the_same_model_as_the_bare_loop():
     """The fmnist preset narrows the FFN; the trainer column must not inherit that."""
     args = argparse.Namespace(device="cpu", compile="off", compile_scope="blocks",
