@@ -8,6 +8,7 @@ their own files.
 """
 from __future__ import annotations
 
+import gc
 import math
 import random
 import signal
@@ -41,8 +42,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # SIGHUP: a close
 
 
 class SignalOutsideLoop(BaseException):
-    """A stop signal where there is no step to finish (warm-up, final checkpoint and
-    evaluation): raised by the handler, like KeyboardInterrupt, at once."""
+    """A stop (a signal, closed output) where there is no step to finish (warm-up, final
+    checkpoint and evaluation): raised at once, like KeyboardInterrupt. Args: what stopped
+    the run, and the phase it stopped."""
 
 
 def prepare_out_dir(out: str | Path) -> Path:
@@ -196,8 +198,11 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
         self._stop(signal.Signals(signum).name)
 
     def _stop(self, why: str) -> None:
+        if self.phase == "stopping":  # (a second signal while it says how to resume)
+            return
         if self.phase != "training loop":
-            raise SignalOutsideLoop(why)
+            stopped_in, self.phase = self.phase, "stopping"
+            raise SignalOutsideLoop(why, stopped_in)
         self.stop_signal = why  # the next sync point stops every rank at the same step
 
     def _rollback(self, first_bad: int, last_bad: int) -> None:
@@ -229,17 +234,22 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
         """Train (or resume) to the end of the budget. SIGTERM / SIGINT / SIGHUP, or output
         that nobody reads any more (output.py), stop it and say how to resume: in the loop at
         the next sync point, with a checkpoint; elsewhere at once."""
-        handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
+        # A signal set to be ignored stays so: SIGHUP under nohup, SIGINT in a background job.
+        handlers = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS
+                    if signal.getsignal(s) is not signal.SIG_IGN}
         try:
             with guarded_output(lambda: self._stop("closed output")):
-                return self._run()
-        except SignalOutsideLoop as e:
-            goal = ("go on from the newest checkpoint" if checkpoint.list_checkpoints(self.out)
-                    else "start again (nothing was saved yet)")
-            self.say(f"stopped by {e} during the {self.phase}; rerun "
-                     f"{self.command or 'the same command'} to {goal}")
-            self.progress_close()
-            return {"interrupted": True, "step": self.clock.steps}
+                try:
+                    return self._run()
+                except SignalOutsideLoop as e:
+                    goal = ("go on from the newest checkpoint"
+                            if checkpoint.list_checkpoints(self.out)
+                            else "start again (nothing was saved yet)")
+                    why, phase = e.args
+                    self.say(f"stopped by {why} during the {phase}; rerun "
+                             f"{self.command or 'the same command'} to {goal}")
+                    self.progress_close()
+                    return {"interrupted": True, "step": self.clock.steps}
         finally:
             for s, h in handlers.items():
                 signal.signal(s, h)
@@ -473,4 +483,5 @@ def train(cfg: Config, out: str | Path, command: str = "") -> dict:
         # collective's tensors, a deadlock at exit (seen under load, torch 2.11). The group's
         # own Python object releases the GIL as it goes.
         trainer.forward = None
+        gc.collect()  # (torch.compile's leftovers can hold the wrapper in reference cycles)
         distributed.shutdown(trainer.dist)

@@ -54,10 +54,33 @@ def test_a_signal_outside_the_loop_stops_at_once_and_says_how_to_go_on(tmp_path,
     assert train(quick(*cfg), tmp_path)["steps"] == 4
 
 
-def test_a_closed_terminal_stops_the_run_with_a_checkpoint(tmp_path, capsys):
-    """SIGHUP (the terminal or ssh session closed) during step 6: the run stops there, as on
-    SIGTERM, instead of dying with the steps since its last checkpoint."""
-    trainer = Trainer(quick("train.budget=40steps"), tmp_path, command="budgetvit train")
+def test_a_stop_in_the_warm_up_with_no_reader_left_ends_quietly(tmp_path, monkeypatch):
+    """SIGTERM in the warm-up while stdout's reader is gone (a closed terminal, a dead tee):
+    saying how to resume must not end the run in a BrokenPipeError instead."""
+    from budgetvit.warmup import WarmUp
+    real_steps = WarmUp._zero_lr_steps
+
+    def signalled(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_steps(*args)
+    monkeypatch.setattr(WarmUp, "_zero_lr_steps", signalled)
+    read, write = os.pipe()
+    os.close(read)
+    with open(write, "w", buffering=1) as gone:  # line-buffered: each line is written at once
+        monkeypatch.setattr(sys, "stdout", gone)
+        assert Trainer(quick("train.budget=4steps"), tmp_path).run() == {"interrupted": True,
+                                                                         "step": 0}
+
+
+@pytest.fixture
+def sighup():
+    """Sets SIGHUP's disposition for a test (pytest itself may run under nohup); restores it."""
+    before = signal.getsignal(signal.SIGHUP)
+    yield lambda disposition: signal.signal(signal.SIGHUP, disposition)
+    signal.signal(signal.SIGHUP, before)
+
+
+def hup_at_step_6(trainer):
     real_step = trainer.step
 
     def step(*a, **kw):
@@ -65,11 +88,29 @@ def test_a_closed_terminal_stops_the_run_with_a_checkpoint(tmp_path, capsys):
             os.kill(os.getpid(), signal.SIGHUP)
         return real_step(*a, **kw)
     trainer.step = step
+
+
+def test_a_closed_terminal_stops_the_run_with_a_checkpoint(tmp_path, capsys, sighup):
+    """SIGHUP (the terminal or ssh session closed) during step 6: the run stops there, as on
+    SIGTERM, instead of dying with the steps since its last checkpoint."""
+    sighup(signal.SIG_DFL)
+    trainer = Trainer(quick("train.budget=40steps"), tmp_path, command="budgetvit train")
+    hup_at_step_6(trainer)
     assert trainer.run() == {"interrupted": True, "step": 6}
     assert re.search(r"^stopped by SIGHUP at step 6 .*; checkpoint written\. Resume with: "
                      r"budgetvit train$", capsys.readouterr().out, re.M)
     assert checkpoint.list_checkpoints(tmp_path)[-1].name == "step_00000006.pt"
     assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # handler restored
+
+
+def test_a_run_under_nohup_ignores_sighup(tmp_path, sighup):
+    """nohup sets SIGHUP to be ignored, so that closing the terminal leaves the run going:
+    the trainer keeps that setting instead of stopping on it."""
+    sighup(signal.SIG_IGN)
+    trainer = Trainer(quick("train.budget=12steps"), tmp_path)
+    hup_at_step_6(trainer)
+    assert trainer.run()["steps"] == 12
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
 
 
 def test_stop_whose_checkpoint_fails_says_it_was_not_written(tmp_path, monkeypatch, capsys):
