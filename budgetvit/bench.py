@@ -145,7 +145,7 @@ def markdown(results: dict) -> str:
     env = results.get("environment", {})
     label = {"cuda": "torch built for CUDA"}  # (not a GPU: `gpus` lists those)
     tail = ["", *about, "", "Environment: " + "; ".join(
-        f"{label.get(k, k)} {(', '.join(v) or 'none') if isinstance(v, list) else v}"
+        f"{label.get(k, k)} {(', '.join(v) if isinstance(v, list) else v) or 'none'}"
         for k, v in env.items()) if env else ""]
     if notes:
         tail += ["", "Rule violations:", *notes]

@@ -71,7 +71,7 @@ def cmd_predict(args) -> int:
     from .evaluate import normalize
     ld = inference.load(args.checkpoint)
     model, _ = ld.chosen(args.no_ema)
-    missing = [p for p in args.images if not Path(p).is_file()]
+    missing = [p for p in args.images if not Path(p).exists()]
     if missing:  # all of them, before any prediction: not one per try
         raise FileNotFoundError(f"no such image file: {', '.join(missing)}")
     size = args.img_size or ld.cfg.curriculum.final_size_px

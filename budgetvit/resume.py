@@ -24,13 +24,14 @@ def check_resumable(model, data, state: dict, now: dict, out: Path) -> None:
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     saved = {k: tuple(v.shape) for k, v in state["model"].items()}
     if shapes != saved or state["classes"] != list(data.classes):
-        # The keys that can: a new budget, say, is no reason (the data's files may be).
+        what = "the model's shape" if shapes != saved else "the classes"
+        # The keys that can be why: a new budget, say, is none (the data's files may be).
         changed = [k for k in config_changes(now, was) if k.startswith(("model.", "data."))]
         raise ConfigError(
             f"--out {out} holds a run of {was['model']['name']} on {was['data']['dataset']} "
-            f"that this config cannot resume (the model's shape or the classes differ; "
-            f"changed: {', '.join(changed) or 'no model or data key: the data files'}); use "
-            f"another --out, or that run's config")
+            f"that this config cannot resume ({what} differs; changed: "
+            f"{', '.join(changed) or 'no model or data key'}); use another --out, or that "
+            f"run's config")
     images = state["data"].get("num_images", data.num_images)  # (older checkpoints lack it)
     reasons = [f"{sec}.{k} {was[sec].get(k, default)} -> {now[sec][k]}"
                for sec, k, default in [("train", "batch_size", None), ("data", "holdout", 0.0)]

@@ -56,7 +56,7 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
   $PY -c "import os, sysconfig; h = os.path.join(sysconfig.get_paths()['include'], 'Python.h')
 print('Python.h:', h if os.path.exists(h) else 'MISSING (torch.compile will fail)')"
   date -u
-  echo "fashion-mnist: ${BUDGETVIT_FMNIST_DIR:-MISSING: the training fails, CUDA tests skip}"
+  echo "fashion-mnist: ${BUDGETVIT_FMNIST_DIR:-MISSING: no training, CUDA tests skip}"
 } > "$LOG/check.txt" 2>&1
 if [ "${REQUIRE_CUDA:-1}" = 1 ] &&
    ! $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
@@ -88,11 +88,14 @@ step 150 "3/5 CUDA tests" \
   > "$LOG/cuda_tests.txt" 2>&1
 # 2 minutes of training (less if the steps before ran long: a cut run leaves no summary.json),
 # plus the warm-up that compiles its 4 sizes, start-up and two final evaluations.
-train_s=$((END - SECONDS - 130 < ${TRAIN_S:-120} ? END - SECONDS - 130 : ${TRAIN_S:-120}))
+want_s=${TRAIN_S:-120}
+[[ $want_s =~ ^[0-9]+$ ]] || { echo "TRAIN_S=$want_s: give whole seconds" >&2; want_s=120; }
+train_s=$((END - SECONDS - 130 < want_s ? END - SECONDS - 130 : want_s))
 if [ -z "${BUDGETVIT_FMNIST_DIR:-}" ]; then  # (no network: a download would only hang)
   echo "step 4/5 fmnist training: skipped, no Fashion-MNIST" | tee -a "$LOG/check.txt"
 elif ((train_s < 20)); then
-  echo "step 4/5 fmnist training: skipped, $((END - SECONDS))s left" | tee -a "$LOG/check.txt"
+  echo "step 4/5 fmnist training: skipped, $((END - SECONDS))s left, 150s needed" |
+    tee -a "$LOG/check.txt"
 else
   step $((train_s + 130)) "4/5 fmnist training, ${train_s}s budget" \
     $PY -m budgetvit train --budget "${train_s}s" --out "$RUN/fmnist" \

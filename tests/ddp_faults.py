@@ -51,10 +51,10 @@ wrappers = []  # weak references to the DDP wrappers made
 real_ddp, real_shutdown = torch.nn.parallel.DistributedDataParallel, distributed.shutdown
 
 
-def tracked_ddp(*args, **kwargs):
-    wrapper = real_ddp(*args, **kwargs)
-    wrappers.append(weakref.ref(wrapper))
-    return wrapper
+class TrackedDDP(real_ddp):  # a subclass: isinstance checks (dynamo's) still hold
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        wrappers.append(weakref.ref(self))
 
 
 def reporting_shutdown(d):
@@ -63,7 +63,7 @@ def reporting_shutdown(d):
     real_shutdown(d)
 
 
-torch.nn.parallel.DistributedDataParallel = tracked_ddp
+torch.nn.parallel.DistributedDataParallel = TrackedDDP
 distributed.shutdown = reporting_shutdown
 
 if __name__ == "__main__":

@@ -49,7 +49,11 @@ def finish(proc, timeout: float) -> str:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
                 time.sleep(pause)
-        output = proc.communicate(timeout=60)[0]
+        try:
+            output = proc.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output = proc.communicate()[0]
         pytest.fail(f"torchrun still running after {timeout} s; its output ends:\n"
                     f"{output[-8000:]}")
 

@@ -109,7 +109,9 @@ def run_check(log: Path, **env) -> subprocess.CompletedProcess:
 
 
 def test_check_skips_the_steps_past_its_deadline_and_still_prints_the_table(tmp_path):
-    done = run_check(tmp_path, REQUIRE_CUDA="0", DEVICE="cpu", DEADLINE_S="0")
+    # (TRAIN_S not a whole number of seconds: said, and the steps after it still reported)
+    done = run_check(tmp_path, REQUIRE_CUDA="0", DEVICE="cpu", DEADLINE_S="0", TRAIN_S="20s")
+    assert "TRAIN_S=20s: give whole seconds" in done.stderr
     check = (tmp_path / "check.txt").read_text()
     for name in ("1/5 imagenet-1gpu-24h warm-up", "2/5 speed table", "3/5 CUDA tests",
                  "4/5 fmnist training", "5/5 CUDA graphs", "5/5 whole-model compile"):

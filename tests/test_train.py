@@ -199,7 +199,7 @@ def test_rerun_with_another_model_shape_is_refused_in_one_line(tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert f"--out {tmp_path} holds a run of vit_micro4_local on fashion_mnist" in err
-    assert "differ; changed: model.mlp_ratio);" in err
+    assert "(the model's shape differs; changed: model.mlp_ratio);" in err
 
 
 def test_eval_predict_and_export_on_a_checkpoint(timed_run, tmp_path, capsys):

@@ -85,9 +85,11 @@ def cpu_seconds() -> float:
                         fields = f.read().rsplit(")", 1)[1].split()
                 except OSError:  # the process ended meanwhile
                     continue
-                pid = int(entry.name)  # the parent's pid at 1; utime and stime at 11, 12
+                # The parent's pid at 1; utime, stime, and those of its reaped children
+                # (workers a forkserver ended) at 11-14.
+                pid = int(entry.name)
                 children.setdefault(int(fields[1]), []).append(pid)
-                cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
+                cpu[pid] = sum(int(f) for f in fields[11:15]) / tick
         total = sum(os.times()[:4])  # this process, and its children that have ended
         todo = [os.getpid()]
         while todo:
