@@ -139,7 +139,8 @@ def cmd_info(args) -> int:
     plain, local = (count_params(create_model(replace(cfg, **kind))) for kind in (PLAIN, LOCAL))
     print(f"{name}{f' (preset {args.preset})' if preset else ''}: dim {cfg.dim}, depth "
           f"{cfg.depth}, heads {cfg.heads}, patch {cfg.patch_size}, ffn {cfg.ffn} x"
-          f"{cfg.mlp_ratio:g} ({cfg.act}), {classes} classes, {chans} channel{'s' if chans > 1 else ''}")
+          f"{cfg.mlp_ratio:g} ({cfg.act}), {classes} classes, {chans} channel"
+          f"{'s' if chans > 1 else ''}")
     print(f"params: {count_params(create_model(cfg)):,}  (the same shape plain: {plain:,}; "
           f"with the locality FFN: {local:,}; difference {local - plain:+,})")
     print(f"{'size':>6} {'tokens':>7} {'fwd GFLOPs':>11}")
