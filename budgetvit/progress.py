@@ -53,6 +53,7 @@ class Progress:
             self.bar = tqdm(total=round(budget), initial=round(start), unit=unit[0],
                             dynamic_ncols=True, bar_format="{percentage:3.0f}%|{bar}| {desc}")
         self._next_line = start  # when the output is no terminal: a line every 5% of budget
+        self._state = ""  # the latest record's size, rate, loss and lr, as the bar shows them
 
     def rewind(self, last_step: int, evals: list[dict]) -> None:
         """Back to the checkpoint of last_step (a resume, a rollback): drop the log records of
@@ -77,8 +78,9 @@ class Progress:
         left = max(0.0, self.budget - spent)
         left_txt = (fmt_duration(left) if self.unit == "seconds" else
                     f"{left:.0f} step{'' if round(left) == 1 else 's'}")
-        text = (f"{rec['img_size']}px {rec['img_per_s']:.0f} img/s loss {rec['loss']:.3f} "
-                f"lr {rec['lr']:.2e} left {left_txt}")
+        self._state = (f"{rec['img_size']}px {rec['img_per_s']:.0f} img/s "
+                       f"loss {rec['loss']:.3f} lr {rec['lr']:.2e}")
+        text = f"{self._state} left {left_txt}"
         if self.bar is not None:
             self.bar.n = min(round(spent), self.bar.total)
             self.bar.set_description_str(text, refresh=True)
@@ -109,8 +111,7 @@ class Progress:
         if self.bar is not None:
             if done:
                 self.bar.n = self.bar.total
-                self.bar.set_description_str(f"{self.bar.desc.split(' left ')[0]} done",
-                                             refresh=False)
+                self.bar.set_description_str(f"{self._state} done", refresh=False)
             self.bar.close()
         if self.tb is not None:
             self.tb.close()
