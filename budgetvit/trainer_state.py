@@ -72,14 +72,20 @@ class TrainerState:
             self.faults = dict(s["faults"])
 
     def rng_state(self) -> dict:
+        # This rank's own GPU only: a state per visible GPU would not restore where fewer are
+        # visible (CUDA_VISIBLE_DEVICES), and restoring it would touch every rank's GPUs.
         return {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if self.rt.cuda else None,
+                "cuda": torch.cuda.get_rng_state(self.rt.device) if self.rt.cuda else None,
                 "python": random.getstate()}
 
     def set_rng_state(self, rng: dict) -> None:
         torch.set_rng_state(rng["torch"])
-        if self.rt.cuda and rng["cuda"] is not None:
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        cuda = rng["cuda"]
+        if isinstance(cuda, list):  # (older checkpoints: one state per visible GPU)
+            index = self.rt.device.index or 0  # (the runtime's CUDA device has its index)
+            cuda = cuda[index] if index < len(cuda) else None
+        if self.rt.cuda and cuda is not None:
+            torch.cuda.set_rng_state(cuda, self.rt.device)
         random.setstate(rng["python"])
 
     def save_checkpoint(self) -> bool:

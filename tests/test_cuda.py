@@ -100,3 +100,14 @@ def test_nonfinite_steps_are_skipped_on_device_between_syncs(tmp_path):
     summary = trainer.run()
     assert summary["faults"]["nonfinite_steps"] == 1 and summary["faults"]["rollbacks"] == 0
     assert summary["images_seen"] == 23 * 64
+
+
+def test_a_checkpoint_restores_the_gpus_random_stream(tmp_path):
+    """The trainer's saved CUDA random state (dropout, mixup and erasing draw from it) is one
+    tensor, this GPU's, and restoring it repeats the GPU's draws exactly."""
+    trainer = Trainer(tiny_config("train.device=cuda", "train.compile=off"), tmp_path)
+    state = trainer.rng_state()
+    assert isinstance(state["cuda"], torch.Tensor)
+    first = torch.rand(1000, device="cuda")
+    trainer.set_rng_state(state)
+    assert torch.equal(torch.rand(1000, device="cuda"), first)

@@ -1,5 +1,5 @@
-"""Nothing lost under kills and full disks: SIGKILL chaos with exact resume, SIGTERM, and
-checkpoint write failures."""
+"""Nothing lost under kills and full disks: SIGKILL chaos with exact resume, SIGTERM,
+checkpoint write failures, and a GPU random state that restores where fewer GPUs are visible."""
 import errno
 import json
 import random
@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from budgetvit import checkpoint
 from budgetvit.train import Trainer
+from budgetvit.trainer_state import TrainerState
 
 from .conftest import needs_fmnist, tiny_config
 
@@ -212,3 +214,20 @@ def test_an_unreadable_checkpoint_file_is_named(tmp_path, monkeypatch):
     with pytest.raises(checkpoint.CheckpointError,
                        match=f"^cannot read checkpoint {path}: permission denied$"):
         checkpoint.load(path)
+
+
+def test_a_checkpoint_holds_and_restores_its_own_gpus_random_state(monkeypatch):
+    """The CUDA random state saved is this rank's GPU's alone, and goes back to that GPU: a
+    state per visible GPU would fail to restore where fewer are visible. An older checkpoint's
+    per-GPU list gives this GPU's entry, or nothing where it held too few."""
+    restored = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: f"state of {device}")
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device: restored.append((state, str(device))))
+    rank = SimpleNamespace(rt=SimpleNamespace(cuda=True, device=torch.device("cuda", 1)))
+    rng = TrainerState.rng_state(rank)
+    assert rng["cuda"] == "state of cuda:1"
+    TrainerState.set_rng_state(rank, rng)
+    TrainerState.set_rng_state(rank, dict(rng, cuda=["gpu 0", "gpu 1", "gpu 2"]))
+    TrainerState.set_rng_state(rank, dict(rng, cuda=["gpu 0"]))
+    assert restored == [("state of cuda:1", "cuda:1"), ("gpu 1", "cuda:1")]
