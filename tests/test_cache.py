@@ -233,13 +233,13 @@ def test_holdout_evaluates_the_same_train_images_with_both_loaders(trees, caches
     keep, held = holdout_rows(44, 0.25)
     assert len(held) == 11 and c.num_images == f.num_images == 33
     assert c.eval_split == f.eval_split == "holdout (0.25 of train, 11 images)"
-    assert f.val_samples == [all_train[i] for i in held]  # train/ images, not val/
+    assert list(f.val_samples) == [all_train[i] for i in held]  # train/ images, not val/
     labels = [label for _, label in all_train]
     for data in (c, f):
         ys = torch.cat([y for _, y in data.eval_batches(32, 4)])
         assert ys.tolist() == [labels[i] for i in held]
     # Training draws from the kept images only.
-    assert f.dataset.samples == [all_train[i] for i in keep]
+    assert list(f.dataset.samples) == [all_train[i] for i in keep]
     assert c.train_split.labels.tolist() == [labels[i] for i in keep]
     assert c.train_split.record(0) == cache.CacheSplit(caches[0], "train").record(int(keep[0]))
 

@@ -1,6 +1,6 @@
 """The training-data stream: FolderData on a real JPEG tree (a size change with workers running,
-the trainer's global RNG with 0 workers, exact resume at a curriculum stage boundary), and a
-dataset smaller than one batch."""
+the trainer's global RNG with 0 workers, exact resume at a curriculum stage boundary, the file
+list the workers read), and a dataset smaller than one batch."""
 import multiprocessing
 
 import pytest
@@ -8,7 +8,8 @@ import torch
 
 from budgetvit import checkpoint
 from budgetvit.config import AugSection
-from budgetvit.data.imagefolder import FolderData
+from budgetvit.data.imagefolder import FolderData, scan
+from budgetvit.data.sample_table import SampleTable
 from budgetvit.train import train
 
 from .conftest import crash_at_step, needs_fmnist, tiny_config, write_image_tree
@@ -133,3 +134,19 @@ def test_default_workers_share_the_usable_cpus_among_the_ranks(monkeypatch, cpus
     else:
         monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert imagefolder.default_workers() == workers
+
+
+def test_the_workers_file_list_is_a_table_that_reads_as_the_scan(tree):
+    """The paths and labels the workers read are those the scan found, in its order (a
+    non-ASCII name and a negative index included), held in arrays rather than a list."""
+    samples = scan(tree, "train")[0] + [("/data/ünïcode/ß/😀.jpg", 7)]
+    table = SampleTable(samples)
+    assert len(table) == len(samples) and list(table) == samples
+    assert table[-1] == samples[-1] and table[0] == samples[0]
+    with pytest.raises(IndexError, match=f"sample {len(samples)} of {len(samples)}"):
+        table[len(samples)]
+    data = folder(tree)
+    assert isinstance(data.dataset.samples, SampleTable)
+    assert list(data.dataset.samples) == scan(tree, "train")[0]
+    assert isinstance(data.eval_dataset().samples, SampleTable)
+    assert list(data.eval_dataset().samples) == scan(tree, "val")[0]

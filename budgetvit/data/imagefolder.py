@@ -23,6 +23,7 @@ from torchvision.transforms import v2
 
 from ..config import ConfigError
 from .holdout import describe, holdout_rows
+from .sample_table import SampleTable
 from .stream import DataStream, loader_generator, mix_seed
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -110,7 +111,9 @@ def readable(path: str) -> bool:
 
 class FolderDataset(Dataset):
     def __init__(self, samples, train: bool, aug, seed: int):
-        self.samples, self.train, self.aug, self.seed = samples, train, aug, seed
+        # (a table, not a list: read by every worker, a list would be copied into each)
+        self.samples = samples if isinstance(samples, SampleTable) else SampleTable(samples)
+        self.train, self.aug, self.seed = train, aug, seed
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -290,11 +293,12 @@ class FolderData(WorkerStream):
         train, self.classes, class_to_idx = scan(root, "train")
         if holdout:  # evaluate on a part of train/ instead (see holdout.py); val/ is unused
             keep, held = holdout_rows(len(train), holdout)
-            train, self.val_samples = [train[i] for i in keep], [train[i] for i in held]
+            train, val = [train[i] for i in keep], [train[i] for i in held]
             self.eval_split = describe(holdout, len(held))
         else:
-            self.val_samples, _, _ = scan(root, "val", class_to_idx)
+            val, _, _ = scan(root, "val", class_to_idx)
             self.eval_split = "val"
+        self.val_samples = SampleTable(val)
         # Found now rather than at the first evaluation, maybe hours into the budget. Stops at
         # the first image that opens: one decode where the split is sound.
         if not any(readable(path) for path, _ in self.val_samples):
@@ -317,8 +321,9 @@ class FolderEvalSplit(WorkerEval):
     def __init__(self, root: str, classes: list[str], *, seed: int, device, num_workers: int):
         self.classes, self.seed, self.device = list(classes), seed, device
         self.workers = default_workers(num_workers)
-        self.val_samples, _, _ = scan(root, "val", {c: i for i, c in enumerate(classes)},
-                                      lacks="the checkpoint's classes lack")
+        val, _, _ = scan(root, "val", {c: i for i, c in enumerate(classes)},
+                         lacks="the checkpoint's classes lack")
+        self.val_samples = SampleTable(val)
         self.eval_split, self.mean, self.std = "val", IMAGENET_MEAN, IMAGENET_STD
 
     def eval_dataset(self) -> FolderDataset:
