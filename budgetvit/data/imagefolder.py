@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 from ..config import ConfigError
 from .holdout import describe, holdout_rows
 from .sample_table import SampleTable
-from .stream import DataStream, loader_generator, mix_seed
+from .stream import DataStream, ignore_terminal_signals, loader_generator, mix_seed
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 EVAL_CROP = 0.875  # evaluation: resize the shorter side to size / 0.875, centre-crop size
@@ -210,7 +210,8 @@ class WorkerEval:
         batches = [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
         loader = DataLoader(ds, batch_sampler=batches, num_workers=min(self.workers, len(batches)),
                             collate_fn=self.collate, pin_memory=torch.cuda.is_available(),
-                            generator=loader_generator(self.seed))
+                            generator=loader_generator(self.seed),
+                            worker_init_fn=ignore_terminal_signals)
         left_out = 0
         for x, y, bad in loader:
             if bad.any():  # unreadable images are left out (a stand-in would score another twice)
@@ -274,6 +275,7 @@ class WorkerStream(DataStream, WorkerEval):
                           collate_fn=self.collate, pin_memory=torch.cuda.is_available(),
                           generator=loader_generator(self.seed, self.epoch, self.batch,
                                                      self.rank),
+                          worker_init_fn=ignore_terminal_signals,
                           persistent_workers=self.workers > 0,
                           prefetch_factor=self.prefetch_factor if self.workers > 0 else None)
 

@@ -6,6 +6,8 @@ all a checkpoint needs to resume the stream exactly.
 """
 from __future__ import annotations
 
+import signal
+
 import torch
 
 from ..config import ConfigError
@@ -17,6 +19,17 @@ def mix_seed(*parts: int) -> int:
     for p in parts:
         h = ((h ^ (int(p) & 0xFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
     return h
+
+
+def ignore_terminal_signals(worker_id: int) -> None:
+    """A loader worker's worker_init_fn. Ctrl-C and a closed terminal signal every process of
+    the terminal's group, and a worker would run the handler it inherited from the trainer,
+    which outside the training loop raises: a traceback from each worker, then the trainer
+    failing on a dead worker instead of saying how to resume. The trainer (or the command)
+    ends its workers as it stops. SIGTERM is left alone: it is how multiprocessing ends a
+    worker that will not stop, so ignoring it could hang the exit."""
+    for s in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)
 
 
 def loader_generator(*parts: int) -> torch.Generator:
