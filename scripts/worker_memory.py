@@ -7,7 +7,7 @@ paths of ImageNet's shape; no file is opened). Linux only (it reads /proc/self/s
 
 Each worker reads the (path, label) of every image it is given, in a shuffled order, as
 FolderDataset does; it reports the growth of its private memory (pages no longer shared with
-the trainer) from its first item to its last.
+the trainer) from its first batch to its last.
 """
 import argparse
 import time
