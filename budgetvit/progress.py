@@ -53,6 +53,7 @@ class Progress:
             self.bar = tqdm(total=round(budget), initial=round(start), unit=unit[0],
                             dynamic_ncols=True, bar_format="{percentage:3.0f}%|{bar}| {desc}")
         self._next_line = start  # when the output is no terminal: a line every 5% of budget
+        self._shown = start  # the budget spent as the last of those lines showed it
         self._state = ""  # the latest record's size, rate, loss and lr, as the bar shows them
 
     def rewind(self, last_step: int, evals: list[dict]) -> None:
@@ -86,6 +87,7 @@ class Progress:
             self.bar.set_description_str(text, refresh=True)
         elif spent >= self._next_line:
             print(f"[{100 * spent / self.budget:5.1f}%] step {rec['step']} {text}", flush=True)
+            self._shown = spent
             self._next_line = spent + 0.05 * self.budget
 
     def log(self, rec: dict) -> None:
@@ -113,6 +115,8 @@ class Progress:
                 self.bar.n = self.bar.total
                 self.bar.set_description_str(f"{self._state} done", refresh=False)
             self.bar.close()
+        elif done and self._shown < self.budget:  # (not where the last line showed 100%)
+            print(f"[100.0%] {self._state} done", flush=True)  # the lines' last, as the bar's
         if self.tb is not None:
             self.tb.close()
         self.log_file.close()

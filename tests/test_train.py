@@ -119,6 +119,23 @@ def test_a_terminal_shows_the_header_then_the_bar_then_the_summary(tmp_path, mon
     assert "px " in lines[bars[-2]] and not any("| ," in lines[i] for i in bars)
 
 
+def test_lines_for_a_log_file_end_at_100_percent_above_the_summary(tmp_path, capsys):
+    """Output that is no terminal gets a line every 5% of the budget (at a log step), and a
+    last one at 100% ("done") before the summary, as the bar ends; once only where the last
+    log step was at 100% already."""
+    train(quick("train.budget=14steps", "train.log_every=4"), tmp_path / "a")
+    lines = capsys.readouterr().out.splitlines()
+    progress = [line for line in lines if line.startswith("[")]
+    assert progress[-2].startswith("[ 85.7%] step 12 28px ")
+    assert re.fullmatch(r"\[100\.0%\] 28px \d+ img/s loss \S+ lr \S+ done", progress[-1])
+    assert lines.index(progress[-1]) < next(i for i, line in enumerate(lines)
+                                            if line.startswith("== fmnist"))
+    train(quick("train.budget=12steps", "train.log_every=4"), tmp_path / "b")
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert progress[-2].startswith("[ 66.7%] step 8 ")
+    assert progress[-1].startswith("[100.0%] step 12 ") and progress[-1].endswith("left 0 steps")
+
+
 def test_learns_fashion_mnist_within_a_step_budget(tmp_path, capsys):
     """Machine-independent learning check: 150 steps of a tiny ViT, far above chance (10%)."""
     summary = train(tiny_config("train.budget=150steps", "train.ema=false"), tmp_path)
