@@ -81,7 +81,7 @@ def cmd_predict(args) -> int:
     view = eval_view(ld.cfg.data.dataset, size)
     for path in args.images:
         try:
-            img = open_rgb(path)
+            img = open_rgb(path, upright=True)
         except Exception as e:
             raise FileNotFoundError(f"cannot read image {path}: {e}") from None
         if model.cfg.in_chans == 1:

@@ -249,6 +249,15 @@ def test_eval_predict_and_export_on_a_checkpoint(timed_run, tmp_path, capsys):
         assert ranked == [f"{ld.classes[i]} {100 * q:.1f}%"
                           for q, i in zip(top.values.tolist(), top.indices.tolist())]
 
+    # A photo stored on its side with an EXIF orientation that turns it upright (as a phone
+    # takes it): predicted as viewers show it.
+    sideways = Image.open(paths[0]).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: turn 90 degrees clockwise to show
+    sideways.save(tmp_path / "sideways.png", exif=exif)
+    assert main(["predict", "--checkpoint", str(out), str(tmp_path / "sideways.png")]) == 0
+    assert capsys.readouterr().out.split(": ")[1] == lines[0].split(": ")[1] + "\n"
+
     predicted = lines
     weights = tmp_path / "w.safetensors"
     assert main(["export", "--checkpoint", str(out), "--out", str(weights)]) == 0

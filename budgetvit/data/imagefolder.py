@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
@@ -92,13 +92,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_rgb(path: str) -> Image.Image:
-    """Decode any PIL-readable file to 8-bit RGB (grayscale, CMYK, 16-bit, palette included)."""
+def open_rgb(path: str, upright: bool = False) -> Image.Image:
+    """Decode any PIL-readable file to 8-bit RGB (grayscale, CMYK, 16-bit, palette included).
+    upright: turned as its EXIF orientation says, as a photo viewer shows a phone's photo
+    (predict); the loaders take images as stored, as torchvision's do."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # EXIF/ICC chatter from odd files is not our business
         with Image.open(path) as img:
             img.load()
-            return to_rgb(img)
+            return to_rgb(ImageOps.exif_transpose(img) if upright else img)
 
 
 def readable(path: str) -> bool:
