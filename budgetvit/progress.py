@@ -108,15 +108,17 @@ class Progress:
     def message(self, text: str) -> None:
         (self.bar.write if self.bar is not None else print)(text)
 
-    def close(self, done: bool = False) -> None:
-        """done: the budget is spent (the bar shows 100%, not the last log step's share)."""
+    def close(self, done_at_step: int | None = None) -> None:
+        """done_at_step: the budget is spent, at this step (the bar shows 100%, not the last
+        log step's share; the lines end with one at 100%)."""
+        done = f"{self._state} done".lstrip()  # (no state where no step was logged)
         if self.bar is not None:
-            if done:
+            if done_at_step is not None:
                 self.bar.n = self.bar.total
-                self.bar.set_description_str(f"{self._state} done", refresh=False)
+                self.bar.set_description_str(done, refresh=False)
             self.bar.close()
-        elif done and self._shown < self.budget:  # (not where the last line showed 100%)
-            print(f"[100.0%] {self._state} done", flush=True)  # the lines' last, as the bar's
+        elif done_at_step is not None and self._shown < self.budget:  # (not shown yet)
+            print(f"[100.0%] step {done_at_step} {done}", flush=True)
         if self.tb is not None:
             self.tb.close()
         self.log_file.close()

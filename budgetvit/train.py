@@ -390,7 +390,8 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
             # without evaluating this step twice.
             self.save_checkpoint()
         if self.dist.main:
-            self.progress.close(done=True)  # the bar's last line, then the summary below it
+            # The bar's last line, then the summary below it.
+            self.progress.close(done_at_step=self.clock.steps)
             return write_summary(self, final, time.perf_counter() - self.wall0)
         return {}
 

@@ -12,9 +12,8 @@
 # said so. The short table (scripts/gpu_summary.py, which reads the logs of a check cut short
 # too) is printed however the script ends. Full logs go to LOG_DIR (default: $OUT or ./gpu_logs),
 # 8 files at most. Without a C compiler or Python's headers (torch.compile's Triton needs
-# both) every step runs eager and the compile variants are skipped; COMPILE=off forces that.
-# A step is stopped with SIGINT (pytest's summary, Python's traceback), or SIGTERM where SIGINT
-# is ignored (a background job), then killed 15 s later.
+# both) the warm-up, speed and training steps run eager and the compile variants are skipped
+# (the CUDA tests that compile by design then fail); COMPILE=off forces that.
 #
 # Fashion-MNIST: $BUDGETVIT_FMNIST_DIR, else a copy carried in .fmnist/ (its four .gz files),
 # else /usr/share/datasets/fashion-mnist. A dry run on a CPU machine:
@@ -33,11 +32,6 @@ END=$((SECONDS + ${DEADLINE_S:-540}))
 trap '$PY scripts/gpu_summary.py "$LOG"; rm -rf "$RUN"' EXIT
 exec 3>&1  # the terminal: a step's own output goes to its log file
 
-# A process started with SIGINT ignored keeps it ignored: it would never stop politely.
-STOP_SIG=INT
-$PY -c "import signal, sys; sys.exit(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)" ||
-  STOP_SIG=TERM
-
 step() {  # step CAP_S NAME COMMAND...: run for at most min(CAP_S, time left); logs its end
   local cap=$1 name=$2 left=$((END - SECONDS)); shift 2
   local limit=$((left < cap ? left : cap)) start=$SECONDS
@@ -45,12 +39,16 @@ step() {  # step CAP_S NAME COMMAND...: run for at most min(CAP_S, time left); l
     echo "step $name: skipped, ${left}s left" | tee -a "$LOG/check.txt" >&3; return
   fi
   echo "== $name (at most ${limit}s)" >&3
-  timeout -s $STOP_SIG -k 15 "$limit" "$@"
+  # SIGINT first, so that pytest prints its summary and Python a traceback (GNU timeout gives
+  # its command SIGINT's default handling, even in a background job); KILL 15 s later.
+  timeout -s INT -k 15 "$limit" "$@"
   echo "step $name: exit $?, $((SECONDS - start))s of ${limit}s" | tee -a "$LOG/check.txt" >&3
 }
 
-# torch.compile's Triton builds its launcher with a C compiler and Python's headers.
-CC_FOUND=$( (${CC:-cc} --version || gcc --version || clang --version) 2>/dev/null | head -1)
+# torch.compile's Triton builds its launcher with a C compiler ($CC, else gcc, else clang, as
+# Triton looks for one) and Python's headers.
+if [ -n "${CC:-}" ]; then CC_FOUND=$(command -v "$CC"); else
+  CC_FOUND=$(command -v gcc || command -v clang); fi
 HEADERS=$($PY -c "import os, sysconfig; h = os.path.join(sysconfig.get_paths()['include'],
 'Python.h'); print(h if os.path.exists(h) else '')")
 COMPILE=${COMPILE:-auto}
@@ -66,7 +64,6 @@ torch.version.cuda, 'torchvision', torchvision.__version__, 'timm', timm.__versi
 torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
   echo "C compiler: ${CC_FOUND:-MISSING}"
   echo "Python.h: ${HEADERS:-MISSING}"
-  [ $STOP_SIG = TERM ] && echo "SIGINT is ignored here: steps are stopped with SIGTERM"
   date -u
   echo "fashion-mnist: ${BUDGETVIT_FMNIST_DIR:-MISSING: no training, CUDA tests skip}"
 } > "$LOG/check.txt" 2>&1
@@ -76,7 +73,7 @@ if [ "${REQUIRE_CUDA:-1}" = 1 ] &&
   exit 1
 fi
 if [ "$COMPILE" = off ]; then  # slower, but measured rather than failed
-  echo "compile off: every step runs eager, the compile variants are skipped" |
+  echo "compile off: warm-up, speed and training run eager; no compile variants" |
     tee -a "$LOG/check.txt"
 fi
 
@@ -96,7 +93,7 @@ cp "$RUN/warmup/summary.json" "$LOG/warmup_summary.json" 2>/dev/null
 # and drop path, on both sides.
 PRESET_SHAPE="--model vit_s16_local --batch-size 1024 --drop-path 0.1"
 SPEED=(--device "$DEV" --compile $COMPILE ${SPEED_ARGS:-$PRESET_SHAPE --steps 5 --repeats 3})
-step 170 "2/5 speed table (ours: blocks compiled; timm eager; bf16)" \
+step 170 "2/5 speed table (ours: compile $COMPILE; timm eager; bf16)" \
   $PY -m budgetvit speed --compare-timm ${SIZES:---sizes 64,96,128,160,192,224} "${SPEED[@]}" \
   > "$LOG/speed.txt" 2>&1
 step 150 "3/5 CUDA tests" \

@@ -122,18 +122,24 @@ def test_a_terminal_shows_the_header_then_the_bar_then_the_summary(tmp_path, mon
 def test_lines_for_a_log_file_end_at_100_percent_above_the_summary(tmp_path, capsys):
     """Output that is no terminal gets a line every 5% of the budget (at a log step), and a
     last one at 100% ("done") before the summary, as the bar ends; once only where the last
-    log step was at 100% already."""
+    log step was at 100% already, and without a state where no step was logged."""
     train(quick("train.budget=14steps", "train.log_every=4"), tmp_path / "a")
     lines = capsys.readouterr().out.splitlines()
     progress = [line for line in lines if line.startswith("[")]
     assert progress[-2].startswith("[ 85.7%] step 12 28px ")
-    assert re.fullmatch(r"\[100\.0%\] 28px \d+ img/s loss \S+ lr \S+ done", progress[-1])
+    assert re.fullmatch(r"\[100\.0%\] step 14 28px \d+ img/s loss \S+ lr \S+ done",
+                        progress[-1])
     assert lines.index(progress[-1]) < next(i for i, line in enumerate(lines)
                                             if line.startswith("== fmnist"))
     train(quick("train.budget=12steps", "train.log_every=4"), tmp_path / "b")
     progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
     assert progress[-2].startswith("[ 66.7%] step 8 ")
     assert progress[-1].startswith("[100.0%] step 12 ") and progress[-1].endswith("left 0 steps")
+    # A larger budget on a finished run's folder, with no log step left before its end.
+    train(quick("train.budget=8steps", "train.log_every=4"), tmp_path / "c")
+    train(quick("train.budget=10steps", "train.log_every=4"), tmp_path / "c")
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert progress[-1] == "[100.0%] step 10 done"
 
 
 def test_learns_fashion_mnist_within_a_step_budget(tmp_path, capsys):

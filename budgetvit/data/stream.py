@@ -26,8 +26,10 @@ def ignore_terminal_signals(worker_id: int) -> None:
     the terminal's group, and a worker would run the handler it inherited from the trainer,
     which outside the training loop raises: a traceback from each worker, then the trainer
     failing on a dead worker instead of saying how to resume. The trainer (or the command)
-    ends its workers as it stops. SIGTERM is left alone: it is how multiprocessing ends a
-    worker that will not stop, so ignoring it could hang the exit."""
+    ends its workers as it stops. SIGTERM keeps the handling inherited: ignored outright, it
+    hung the exit after an uncaught error (multiprocessing ends the workers still running
+    with it, then waits for them), and a worker that ended at once would fail the trainer,
+    which needs its batches until its checkpoint."""
     for s in (signal.SIGINT, signal.SIGHUP):
         signal.signal(s, signal.SIG_IGN)
 
