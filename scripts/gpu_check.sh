@@ -116,8 +116,8 @@ else
   cp "$RUN/fmnist/summary.json" "$LOG/fmnist_summary.json" 2>/dev/null
   cp "$RUN/fmnist/log.jsonl" "$LOG/fmnist_log.jsonl" 2>/dev/null
 fi
+[ "$COMPILE" = off ] && exit 0  # (the variants are compile settings)
 # Both variants append to speed.txt: each table starts with its own "device ..." line.
-[ "$COMPILE" = off ] && exit 0
 step 60 "5/5 CUDA graphs at the smallest size" \
   $PY -m budgetvit speed ${SMALL:---sizes 64} "${SPEED[@]}" --compile-mode reduce-overhead \
   >> "$LOG/speed.txt" 2>&1
