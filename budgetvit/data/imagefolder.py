@@ -112,10 +112,9 @@ def readable(path: str) -> bool:
 
 
 class FolderDataset(Dataset):
-    def __init__(self, samples, train: bool, aug, seed: int):
+    def __init__(self, samples: SampleTable, train: bool, aug, seed: int):
         # (a table, not a list: read by every worker, a list would be copied into each)
-        self.samples = samples if isinstance(samples, SampleTable) else SampleTable(samples)
-        self.train, self.aug, self.seed = train, aug, seed
+        self.samples, self.train, self.aug, self.seed = samples, train, aug, seed
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -312,7 +311,7 @@ class FolderData(WorkerStream):
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         super().__init__(len(train), batch_size=batch_size, seed=seed, device=device,
                          num_workers=num_workers, rank=rank, world=world, size=size)
-        self.dataset = FolderDataset(train, True, aug, seed)
+        self.dataset = FolderDataset(SampleTable(train), True, aug, seed)
 
     def eval_dataset(self) -> FolderDataset:
         return FolderDataset(self.val_samples, False, None, self.seed)
