@@ -58,8 +58,11 @@ def main():
     # ImageNet's shape: 1,000 class folders, names like n01440764/n01440764_10026.JPEG.
     samples = [(f"/data/imagenet/train/n{1440764 + c:08d}/n{1440764 + c:08d}_{i}.JPEG", c)
                for i in range(args.images) for c in [i % 1000]]
-    print(f"{args.images:,} files, {args.workers} workers, one epoch each way")
-    for name, held in (("list of tuples", samples), ("SampleTable", SampleTable(samples))):
+    table = SampleTable(samples)
+    size = (table.blob.nbytes + table.ends.nbytes + table.labels.nbytes) / 2**20
+    print(f"{args.images:,} files, {args.workers} workers, one epoch each way; the SampleTable "
+          f"takes {size:.0f} MiB in the trainer")
+    for name, held in (("list of tuples", samples), ("SampleTable", table)):
         start = time.perf_counter()
         grown = growth_per_worker(held, args.workers, args.batch)
         print(f"  {name:15s} each worker's private memory grew by "
