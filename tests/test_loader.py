@@ -1,10 +1,10 @@
 """The training-data stream: FolderData on a real JPEG tree (a size change with workers running,
 the trainer's global RNG with 0 workers, exact resume at a curriculum stage boundary, the file
-list the workers read, training and evaluation workers that leave Ctrl-C to the trainer), and
-a dataset smaller than one batch."""
+list the workers read, training and evaluation workers that leave stop signals to the
+trainer), and a dataset smaller than one batch."""
 import multiprocessing
-import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -156,41 +156,50 @@ def test_the_workers_file_list_is_a_table_that_reads_as_the_scan(tree):
     assert list(data.eval_dataset().samples) == scan(tree, "val")[0]
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)
+
+
 @pytest.fixture
 def trainers_handlers():
-    """SIGINT and SIGHUP handled as the trainer outside its loop would, by raising: a loader
+    """The stop signals handled as the trainer outside its loop would, by raising: a loader
     worker that ran this handler would die."""
     def trainers_handler(signum, frame):
         raise RuntimeError("the trainer's handler ran in a loader worker")
-    inherited = {s: signal.signal(s, trainers_handler) for s in (signal.SIGINT, signal.SIGHUP)}
+    inherited = {s: signal.signal(s, trainers_handler) for s in STOP_SIGNALS}
     yield
     for s, h in inherited.items():
         signal.signal(s, h)
 
 
-def ctrl_c_and_hang_up(workers) -> None:
-    """What a Ctrl-C and a closed terminal send every process of the terminal's group."""
-    for w in workers:
-        os.kill(w.pid, signal.SIGINT)
-        os.kill(w.pid, signal.SIGHUP)
+def signal_from_outside(workers) -> None:
+    """What a Ctrl-C, a closed terminal and Slurm's stop send every process: SIGINT, SIGHUP and
+    SIGTERM from another process (the `kill` command here)."""
+    for s in STOP_SIGNALS:
+        subprocess.run(["kill", f"-{s.name[3:]}", *(str(w.pid) for w in workers)], check=True)
     time.sleep(1)  # (a worker that died would be reported by the loader meanwhile)
     assert all(w.is_alive() for w in workers)
 
 
-def test_workers_leave_ctrl_c_and_a_closed_terminal_to_the_trainer(tree, trainers_handlers):
-    """A worker must not run the handler it inherited from the trainer (outside the training
-    loop it raises, and a dead worker fails the trainer before it can say how to resume): the
-    workers live on, and the batches keep coming."""
+def test_workers_leave_stop_signals_to_the_trainer(tree, trainers_handlers):
+    """A worker must not stop by itself (the trainer's handler raises outside the training
+    loop; PyTorch's own ends a worker on SIGTERM): a dead worker fails the trainer before it
+    can finish its step, checkpoint and say how to resume. The workers live on and the batches
+    keep coming; the trainer's own SIGTERM (its DataLoader's shutdown, multiprocessing's at
+    exit) still ends them at once."""
     data = folder(tree)
     for _ in range(2):  # one batch from each of the 2 workers: both have started
         data.next_batch()
-    ctrl_c_and_hang_up(data._it._workers)
+    workers = data._it._workers
+    signal_from_outside(workers)
     for _ in range(10):  # past the end of an epoch (36 images, batch 8)
         assert data.next_batch()[0].shape == (8, 3, 16, 16)
+    for w in workers:
+        w.terminate()
+        w.join(timeout=5)
+    assert [w.exitcode for w in workers] == [0, 0]
 
 
-def test_evaluation_workers_leave_ctrl_c_and_a_closed_terminal_to_the_trainer(
-        tree, trainers_handlers):
+def test_evaluation_workers_leave_stop_signals_to_the_trainer(tree, trainers_handlers):
     """The same for the workers of an evaluation (the final one runs outside the loop): every
     image is still evaluated."""
     others = set(multiprocessing.active_children())
@@ -198,6 +207,6 @@ def test_evaluation_workers_leave_ctrl_c_and_a_closed_terminal_to_the_trainer(
     labels = [next(batches)[1]]
     workers = set(multiprocessing.active_children()) - others
     assert len(workers) == 2
-    ctrl_c_and_hang_up(workers)
+    signal_from_outside(workers)
     labels += [y for _, y in batches]
     assert torch.cat(labels).tolist() == [label for _, label in scan(tree, "val")[0]]

@@ -5,6 +5,7 @@ import math
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 
@@ -205,6 +206,40 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step(tmp_path):
     state = checkpoint.load(checkpoint.list_checkpoints(out)[-1])
     assert state["clock"]["steps"] == step and state["world_size"] == 2
     assert not (out / "summary.json").exists()
+
+
+def test_sigterm_to_every_process_stops_a_run_with_loader_workers_cleanly(tmp_path):
+    """Slurm at a time limit (and `kill -- -PGID`) sends SIGTERM to every process of the job,
+    the loader workers too: the run must still stop at its next sync point with a checkpoint
+    and the resume hint, exit 0, rather than fail on a worker that died."""
+    from .conftest import write_image_tree
+    tree, out = write_image_tree(tmp_path / "tree"), tmp_path / "run"
+    command = [sys.executable, "-m", "budgetvit", "train", "--out", str(out), "--budget",
+               "2000steps", "--set", "data.dataset=imagefolder", f"data.path={tree}",
+               "data.num_workers=2", "train.batch_size=8", "train.log_every=4",
+               "curriculum.mode=off", "train.device=cpu", "train.compile=off"]
+    with open(tmp_path / "output", "w") as output:  # (a pipe would need reading meanwhile)
+        proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        log = out / "log.jsonl"
+        while time.time() < deadline and proc.poll() is None:
+            if log.exists() and len(log.read_text().splitlines()) >= 2:
+                break  # training, its workers running
+            time.sleep(0.1)
+        assert proc.poll() is None
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = (tmp_path / "output").read_text()
+    assert proc.returncode == 0 and "Traceback" not in text, text[-3000:]
+    step = int(re.search(r"stopped by SIGTERM at step (\d+) .*; checkpoint written\. Resume "
+                         r"with: budgetvit train --out ", text).group(1))
+    assert checkpoint.load(checkpoint.list_checkpoints(out)[-1])["clock"]["steps"] == step
 
 
 def test_the_resume_hint_under_torchrun_names_torchrun(tmp_path, monkeypatch):

@@ -24,7 +24,8 @@ from torchvision.transforms import v2
 from ..config import ConfigError
 from .holdout import describe, holdout_rows
 from .sample_table import SampleTable
-from .stream import DataStream, ignore_terminal_signals, loader_generator, mix_seed
+from .stream import DataStream, loader_generator, mix_seed
+from .worker_signals import leave_stops_to
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 EVAL_CROP = 0.875  # evaluation: resize the shorter side to size / 0.875, centre-crop size
@@ -212,7 +213,7 @@ class WorkerEval:
         loader = DataLoader(ds, batch_sampler=batches, num_workers=min(self.workers, len(batches)),
                             collate_fn=self.collate, pin_memory=torch.cuda.is_available(),
                             generator=loader_generator(self.seed),
-                            worker_init_fn=ignore_terminal_signals)
+                            worker_init_fn=leave_stops_to(os.getpid()))
         left_out = 0
         for x, y, bad in loader:
             if bad.any():  # unreadable images are left out (a stand-in would score another twice)
@@ -276,7 +277,7 @@ class WorkerStream(DataStream, WorkerEval):
                           collate_fn=self.collate, pin_memory=torch.cuda.is_available(),
                           generator=loader_generator(self.seed, self.epoch, self.batch,
                                                      self.rank),
-                          worker_init_fn=ignore_terminal_signals,
+                          worker_init_fn=leave_stops_to(os.getpid()),
                           persistent_workers=self.workers > 0,
                           prefetch_factor=self.prefetch_factor if self.workers > 0 else None)
 

@@ -6,8 +6,6 @@ all a checkpoint needs to resume the stream exactly.
 """
 from __future__ import annotations
 
-import signal
-
 import torch
 
 from ..config import ConfigError
@@ -19,19 +17,6 @@ def mix_seed(*parts: int) -> int:
     for p in parts:
         h = ((h ^ (int(p) & 0xFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
     return h
-
-
-def ignore_terminal_signals(worker_id: int) -> None:
-    """A loader worker's worker_init_fn. Ctrl-C and a closed terminal signal every process of
-    the terminal's group, and a worker would run the handler it inherited from the trainer,
-    which outside the training loop raises: a traceback from each worker, then the trainer
-    failing on a dead worker instead of saying how to resume. The trainer (or the command)
-    ends its workers as it stops. SIGTERM keeps the handling inherited: ignored outright, it
-    hung the exit after an uncaught error (multiprocessing ends the workers still running
-    with it, then waits for them), and a worker that ended at once would fail the trainer,
-    which needs its batches until its checkpoint."""
-    for s in (signal.SIGINT, signal.SIGHUP):
-        signal.signal(s, signal.SIG_IGN)
 
 
 def loader_generator(*parts: int) -> torch.Generator:
