@@ -199,6 +199,24 @@ def test_workers_leave_stop_signals_to_the_trainer(tree, trainers_handlers):
     assert [w.exitcode for w in workers] == [0, 0]
 
 
+def test_workers_signalled_as_they_start_live_on(tree, monkeypatch):
+    """A SIGTERM can reach workers before their worker_init_fn has run (every size change
+    starts new ones): held back until it has, it is then ignored as any other."""
+    from budgetvit.data import loader_workers
+    real = loader_workers._leave_stops_to
+
+    def slow_to_take_over(*args):
+        time.sleep(1)  # (forked workers: the test's stand-in needs no pickling)
+        real(*args)
+    monkeypatch.setattr(loader_workers, "_leave_stops_to", slow_to_take_over)
+    data = folder(tree)
+    with loader_workers.starting_workers():
+        batches = iter(data.make_loader())
+    subprocess.run(["kill", "-TERM", *(str(w.pid) for w in batches._workers)], check=True)
+    for _ in range(6):  # (the sampler is endless) past the end of an epoch (36 images, batch 8)
+        assert next(batches)[0].shape == (8, 3, 16, 16)
+
+
 def test_evaluation_workers_leave_stop_signals_to_the_trainer(tree, trainers_handlers):
     """The same for the workers of an evaluation (the final one runs outside the loop): every
     image is still evaluated."""

@@ -25,7 +25,7 @@ from ..config import ConfigError
 from .holdout import describe, holdout_rows
 from .sample_table import SampleTable
 from .stream import DataStream, loader_generator, mix_seed
-from .worker_signals import leave_stops_to
+from .loader_workers import starting_workers, worker_settings
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 EVAL_CROP = 0.875  # evaluation: resize the shorter side to size / 0.875, centre-crop size
@@ -210,12 +210,14 @@ class WorkerEval:
         ds = self.eval_dataset()
         keys = [(i, size, 0) for i in range(rank, len(ds), world)]
         batches = [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
-        loader = DataLoader(ds, batch_sampler=batches, num_workers=min(self.workers, len(batches)),
-                            collate_fn=self.collate, pin_memory=torch.cuda.is_available(),
+        loader = DataLoader(ds, batch_sampler=batches, collate_fn=self.collate,
+                            pin_memory=torch.cuda.is_available(),
                             generator=loader_generator(self.seed),
-                            worker_init_fn=leave_stops_to(os.getpid()))
+                            **worker_settings(min(self.workers, len(batches))))
+        with starting_workers():
+            loaded = iter(loader)
         left_out = 0
-        for x, y, bad in loader:
+        for x, y, bad in loaded:
             if bad.any():  # unreadable images are left out (a stand-in would score another twice)
                 keep = bad == READ
                 left_out += len(y) - int(keep.sum())
@@ -261,7 +263,8 @@ class WorkerStream(DataStream, WorkerEval):
     def next_from_workers(self):
         """The workers' next (x, y, bad) batch, counting bad images and the position."""
         if self._it is None:
-            self._it = iter(self.make_loader())
+            with starting_workers():
+                self._it = iter(self.make_loader())
         x, y, bad = next(self._it)
         if (bad == NO_IMAGE).any():
             raise ConfigError(f"{min(MAX_STAND_IN_TRIES, self.num_images)} unreadable training "
@@ -273,12 +276,11 @@ class WorkerStream(DataStream, WorkerEval):
 
     def make_loader(self) -> DataLoader:
         """Workers making this rank's batches from the current position on."""
-        return DataLoader(self.dataset, batch_sampler=self.sampler(), num_workers=self.workers,
+        return DataLoader(self.dataset, batch_sampler=self.sampler(),
                           collate_fn=self.collate, pin_memory=torch.cuda.is_available(),
                           generator=loader_generator(self.seed, self.epoch, self.batch,
                                                      self.rank),
-                          worker_init_fn=leave_stops_to(os.getpid()),
-                          persistent_workers=self.workers > 0,
+                          **worker_settings(self.workers), persistent_workers=self.workers > 0,
                           prefetch_factor=self.prefetch_factor if self.workers > 0 else None)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,66 @@
+"""How DataLoader workers are started: forked, and leaving stopping to the trainer.
+
+Ctrl-C and a closed terminal signal every process of the terminal's group (SIGINT, SIGHUP);
+Slurm at a time limit or preemption, and `kill -- -PGID`, send SIGTERM to every process of the
+job. A DataLoader worker would react on its own: SIGINT and SIGHUP run the handler inherited
+from the trainer, which outside the training loop raises (a traceback per worker); SIGTERM from
+anyone but the worker's parent kills it (PyTorch's worker handler). Either way the trainer then
+fails on a dead worker instead of finishing its step, writing its checkpoint and saying how to
+resume. So a worker ignores these signals, except the SIGTERM of the trainer itself, which is
+how the trainer (DataLoader shutdown, multiprocessing at exit) ends workers that have not
+stopped by themselves: ignored, that one would hang the trainer's exit. Workers are forked
+with SIGTERM blocked (`starting_workers`), so that one sent before their worker_init_fn runs
+waits for it rather than killing them.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import multiprocessing
+import os
+import signal
+import threading
+
+
+# Forked workers start at once and with the trainer's signal mask. Spawned ones, and
+# forkserver's (Python 3.14's default), start with no signal blocked and take seconds to
+# (re-)import what they run, at every size change and evaluation.
+START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+
+
+def worker_settings(workers: int) -> dict:
+    """DataLoader arguments for `workers` worker processes of this process, which leave
+    stopping to it (start them inside `starting_workers`)."""
+    if not workers:
+        return {"num_workers": 0}  # (DataLoader refuses a start method without workers)
+    return {"num_workers": workers, "multiprocessing_context": START_METHOD,
+            "worker_init_fn": functools.partial(_leave_stops_to, os.getpid())}
+
+
+@contextlib.contextmanager
+def starting_workers():
+    """Around the start of a DataLoader's workers (iter(loader)): forked, they take this
+    thread's signal mask, with SIGTERM blocked until their worker_init_fn takes it over."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:  # (a SIGTERM that came meanwhile is delivered here)
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _leave_stops_to(trainer_pid: int, worker_id: int) -> None:
+    for s in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # (macOS): PyTorch's SIGTERM handling stays
+        return
+    # Python handlers do not see who sent a signal: SIGTERM is blocked in this thread (and the
+    # threads it starts later) and taken by one that waits for it and reads the sender.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_exit_on_sigterm_from, args=(trainer_pid,), daemon=True,
+                     name="sigterm from the trainer").start()
+
+
+def _exit_on_sigterm_from(trainer_pid: int) -> None:
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != trainer_pid:
+        pass
+    os._exit(0)  # as PyTorch's handler does: the trainer has no use for the worker any more
