@@ -3,6 +3,7 @@ the trainer's global RNG with 0 workers, exact resume at a curriculum stage boun
 list the workers read, training and evaluation workers that leave stop signals to the
 trainer), and a dataset smaller than one batch."""
 import multiprocessing
+import os
 import signal
 import subprocess
 import time
@@ -199,22 +200,38 @@ def test_workers_leave_stop_signals_to_the_trainer(tree, trainers_handlers):
     assert [w.exitcode for w in workers] == [0, 0]
 
 
-def test_workers_signalled_as_they_start_live_on(tree, monkeypatch):
-    """A SIGTERM can reach workers before their worker_init_fn has run (every size change
-    starts new ones): held back until it has, it is then ignored as any other."""
+@pytest.mark.parametrize("loader", ["training", "evaluation"])
+def test_workers_signalled_as_they_start_live_on(tree, monkeypatch, loader):
+    """A SIGTERM can reach workers before their worker_init_fn has run (every size change and
+    evaluation starts new ones): held back until it has, it is then ignored as any other."""
     from budgetvit.data import loader_workers
     real = loader_workers._leave_stops_to
 
-    def slow_to_take_over(*args):
-        time.sleep(1)  # (forked workers: the test's stand-in needs no pickling)
+    def signalled_first(*args):  # (forked workers: the stand-in needs no pickling)
+        subprocess.run(["kill", "-TERM", str(os.getpid())], check=True)  # another process
         real(*args)
-    monkeypatch.setattr(loader_workers, "_leave_stops_to", slow_to_take_over)
+    monkeypatch.setattr(loader_workers, "_leave_stops_to", signalled_first)
     data = folder(tree)
-    with loader_workers.starting_workers():
-        batches = iter(data.make_loader())
-    subprocess.run(["kill", "-TERM", *(str(w.pid) for w in batches._workers)], check=True)
-    for _ in range(6):  # (the sampler is endless) past the end of an epoch (36 images, batch 8)
-        assert next(batches)[0].shape == (8, 3, 16, 16)
+    if loader == "training":
+        for _ in range(6):  # past the end of an epoch (36 images, batch 8)
+            assert data.next_batch()[0].shape == (8, 3, 16, 16)
+    else:
+        labels = [y for _, y in data.eval_batches(16, batch_size=4)]
+        assert torch.cat(labels).tolist() == [label for _, label in scan(tree, "val")[0]]
+
+
+def test_without_sigwaitinfo_workers_keep_pytorchs_sigterm(tree, monkeypatch):
+    """Where a thread cannot learn a signal's sender (macOS), workers must not be left with
+    SIGTERM blocked: the trainer's terminate() would not end them, and its exit would hang."""
+    from budgetvit.data import loader_workers
+    monkeypatch.setattr(loader_workers, "SENDER_KNOWN", False)
+    data = folder(tree)
+    data.next_batch()
+    workers = data._it._workers
+    for w in workers:
+        w.terminate()
+        w.join(timeout=5)
+    assert [w.exitcode for w in workers] == [0, 0]
 
 
 def test_evaluation_workers_leave_stop_signals_to_the_trainer(tree, trainers_handlers):

@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import multiprocessing
 import os
 import signal
 import threading
 
 
-# Forked workers start at once and with the trainer's signal mask. Spawned ones, and
-# forkserver's (Python 3.14's default), start with no signal blocked and take seconds to
-# (re-)import what they run, at every size change and evaluation.
-START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+# Linux: a thread can wait for SIGTERM and learn its sender (macOS has no sigwaitinfo, and
+# there workers keep PyTorch's handling). Forked workers start at once and with the trainer's
+# signal mask. Spawned ones, and forkserver's (Python 3.14's default), take the mask of a
+# fresh process and seconds to (re-)import what they run, at every size change and evaluation.
+SENDER_KNOWN = hasattr(signal, "sigwaitinfo")
+START_METHOD = "fork" if SENDER_KNOWN else None
 
 
 def worker_settings(workers: int) -> dict:
@@ -41,23 +42,27 @@ def worker_settings(workers: int) -> dict:
 def starting_workers():
     """Around the start of a DataLoader's workers (iter(loader)): forked, they take this
     thread's signal mask, with SIGTERM blocked until their worker_init_fn takes it over."""
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    try:
+    if not SENDER_KNOWN:
         yield
-    finally:  # (a SIGTERM that came meanwhile is delivered here)
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    try:  # (blocking can run a pending handler, which may raise: inside the try)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        yield
+    finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _leave_stops_to(trainer_pid: int, worker_id: int) -> None:
     for s in (signal.SIGINT, signal.SIGHUP):
         signal.signal(s, signal.SIG_IGN)
-    if not hasattr(signal, "sigwaitinfo"):  # (macOS): PyTorch's SIGTERM handling stays
-        return
-    # Python handlers do not see who sent a signal: SIGTERM is blocked in this thread (and the
-    # threads it starts later) and taken by one that waits for it and reads the sender.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    threading.Thread(target=_exit_on_sigterm_from, args=(trainer_pid,), daemon=True,
-                     name="sigterm from the trainer").start()
+    if SENDER_KNOWN:
+        # Python handlers do not see who sent a signal: SIGTERM stays blocked in this thread
+        # (as forked; and in the threads and programs it starts) and is taken by a thread that
+        # reads the sender.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        threading.Thread(target=_exit_on_sigterm_from, args=(trainer_pid,), daemon=True,
+                         name="sigterm from the trainer").start()
 
 
 def _exit_on_sigterm_from(trainer_pid: int) -> None:
