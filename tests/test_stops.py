@@ -211,8 +211,9 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step(tmp_path):
 def test_sigterm_to_every_process_stops_a_run_with_loader_workers_cleanly(tmp_path):
     """Slurm at a time limit (and `kill -- -PGID`) sends SIGTERM to every process of the job,
     the loader workers too: the run must still stop at its next sync point with a checkpoint
-    and the resume hint, exit 0, rather than fail on a worker that died."""
+    and the resume hint, exit 0, rather than fail on a worker that died; and end its workers."""
     from .conftest import write_image_tree
+    from .test_data_faults import _alive, _children
     tree, out = write_image_tree(tmp_path / "tree"), tmp_path / "run"
     command = [sys.executable, "-m", "budgetvit", "train", "--out", str(out), "--budget",
                "2000steps", "--set", "data.dataset=imagefolder", f"data.path={tree}",
@@ -228,7 +229,8 @@ def test_sigterm_to_every_process_stops_a_run_with_loader_workers_cleanly(tmp_pa
             if log.exists() and len(log.read_text().splitlines()) >= 2:
                 break  # training, its workers running
             time.sleep(0.1)
-        assert proc.poll() is None
+        workers = _children(proc.pid)
+        assert proc.poll() is None and len(workers) == 2
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
     finally:
@@ -240,6 +242,7 @@ def test_sigterm_to_every_process_stops_a_run_with_loader_workers_cleanly(tmp_pa
     step = int(re.search(r"stopped by SIGTERM at step (\d+) .*; checkpoint written\. Resume "
                          r"with: budgetvit train --out ", text).group(1))
     assert checkpoint.load(checkpoint.list_checkpoints(out)[-1])["clock"]["steps"] == step
+    assert not [pid for pid in workers if _alive(pid)]  # ended with the run
 
 
 def test_the_resume_hint_under_torchrun_names_torchrun(tmp_path, monkeypatch):
