@@ -223,6 +223,9 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
         self.lr_scale = scale * self.cfg.train.rollback_lr_factor
         # The clock keeps running: time lost to the fault is charged, as it would be anyway.
         self.clock.steps = state["clock"]["steps"]
+        # Steps to the next checkpoint count from here: the newest checkpoint written may be
+        # older than the last one tried (a failed write).
+        self._last_ckpt = (self._last_ckpt[0], self.clock.steps)
         if self.dist.main:  # the steps after the checkpoint will be logged again
             self.progress.rewind(self.clock.steps, self.evals)
         self.say(f"warning: {self.bad_run} non-finite steps in a row ({first_bad}-{last_bad});"

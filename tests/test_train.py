@@ -1,5 +1,6 @@
 """The trainer end to end on real Fashion-MNIST: summary contract, budget, curriculum,
 schedules, exact resume, eval / predict / export on a saved checkpoint, ImageFolder trees."""
+import errno
 import io
 import json
 import math
@@ -209,6 +210,36 @@ def test_each_rollback_lowers_the_lr_further(tmp_path, capsys):
     # No checkpoint is written inside the run of bad steps: each rollback goes back to step 0.
     assert re.findall(r"rolled back to step (\d+) with lr x([\d.]+)", said.out + said.err) == [
         ("0", "0.5"), ("0", "0.25"), ("0", "0.125")]
+
+
+def test_after_a_rollback_checkpoints_fall_due_from_the_step_rolled_back_to(tmp_path,
+                                                                             monkeypatch):
+    """The step-8 checkpoint cannot be written, steps 9-10 are non-finite: the run rolls back
+    to step 4, and its next checkpoint is due 4 steps later, at step 8, not 4 steps after the
+    failed write (step 12)."""
+    cfg = tiny_config("train.budget=14steps", "checkpoint.every_steps=4",
+                      "train.max_bad_steps=2", "data.holdout=0.02", "train.ema=false")
+    trainer = Trainer(cfg, tmp_path)
+    real_save, real_loss, saved = torch.save, trainer.loss_fn, []
+
+    def save(obj, f, *a, **k):
+        if obj["clock"]["steps"] == 8 and not saved.count(8):
+            saved.append(8)  # (a failed write, once)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        saved.append(obj["clock"]["steps"])
+        return real_save(obj, f, *a, **k)
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    bad = {9, 10}
+
+    def loss_fn(logits, y):  # steps 9 and 10 non-finite, the first time only
+        step = trainer.clock.steps + 1
+        scale = math.nan if step in bad else 1.0
+        bad.discard(step)
+        return real_loss(logits, y) * scale
+    trainer.loss_fn = loss_fn
+    summary = trainer.run()
+    assert summary["faults"] == {"nonfinite_steps": 2, "rollbacks": 1, "checkpoint_failures": 1}
+    assert saved == [0, 4, 8, 8, 12, 14, 14]  # (14: before and after the final evaluation)
 
 
 def test_rerun_with_another_model_shape_is_refused_in_one_line(tmp_path, capsys):
