@@ -1,5 +1,6 @@
 """Stopping a run: a signal outside the training loop, a stop whose final checkpoint fails,
-a stop amid non-finite steps, a signal to one rank of two, and the resume hint each gives."""
+a stop amid non-finite steps, a signal to one rank of two, SIGTERM to every process of a run
+with loader workers, and the resume hint each gives."""
 import errno
 import math
 import os

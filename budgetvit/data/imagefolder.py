@@ -23,9 +23,9 @@ from torchvision.transforms import v2
 
 from ..config import ConfigError
 from .holdout import describe, holdout_rows
+from .loader_workers import starting_workers, worker_settings
 from .sample_table import SampleTable
 from .stream import DataStream, loader_generator, mix_seed
-from .loader_workers import starting_workers, worker_settings
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 EVAL_CROP = 0.875  # evaluation: resize the shorter side to size / 0.875, centre-crop size
