@@ -20,6 +20,15 @@ pytestmark = [pytest.mark.cuda,
 COMPILE_SETTINGS = ["off", pytest.param("on", marks=pytest.mark.compile)]
 
 
+@pytest.fixture(autouse=True)
+def compile_only_where_marked(request, monkeypatch):
+    """A test that compiles (compile=auto does on a GPU) must say so with the mark."""
+    if request.node.get_closest_marker("compile") is None:
+        def unmarked(*args, **kwargs):
+            raise AssertionError("this test runs torch.compile: mark it `compile`")
+        monkeypatch.setattr(torch, "compile", unmarked)
+
+
 @needs_fmnist
 @pytest.mark.parametrize("compile_", COMPILE_SETTINGS)
 def test_training_step_never_waits_for_the_gpu(tmp_path, compile_):
@@ -95,8 +104,8 @@ def test_compiled_bf16_training_on_gpu(tmp_path):
 
 @needs_fmnist
 def test_nonfinite_steps_are_skipped_on_device_between_syncs(tmp_path):
-    cfg = tiny_config("train.budget=24steps", "train.device=cuda", "train.sync_every=8",
-                      "checkpoint.every_steps=8", "train.max_bad_steps=3")
+    cfg = tiny_config("train.budget=24steps", "train.device=cuda", "train.compile=off",
+                      "train.sync_every=8", "checkpoint.every_steps=8", "train.max_bad_steps=3")
     trainer = Trainer(cfg, tmp_path)
     real = trainer.loss_fn
     bad = {5}

@@ -119,8 +119,9 @@ def test_every_step_runs_with_the_checks_compile_setting(tmp_path, env, compile_
     setting (off where torch.compile could not build, or COMPILE=off), and without compile
     no compile variants."""
     fake = tmp_path / "python"  # records `python -m ...` commands instead of running them,
-    fake.write_text(  # and answers the Python.h probe with $FAKE_PYTHON_H
-        f'#!/bin/bash\nif [ "$1" = -m ]; then echo "$*" >> {tmp_path}/commands; exit 0; fi\n'
+    fake.write_text(  # an argument a line, and answers the Python.h probe with $FAKE_PYTHON_H
+        f'#!/bin/bash\nif [ "$1" = -m ]; then printf "%s\\n" "$@" ---'
+        f' >> {tmp_path}/commands; exit 0; fi\n'
         f'if [[ "$2" == *Python.h* ]]; then echo "$FAKE_PYTHON_H"; exit 0; fi\n'
         f'exec {sys.executable} "$@"\n')
     fake.chmod(0o755)
@@ -130,22 +131,24 @@ def test_every_step_runs_with_the_checks_compile_setting(tmp_path, env, compile_
     run_check(tmp_path / "log", **{"PYTHON": str(fake), "REQUIRE_CUDA": "0", "DEVICE": "cpu",
                                    "BUDGETVIT_FMNIST_DIR": str(fmnist), "CC": "/bin/true",
                                    "FAKE_PYTHON_H": "/usr/include/Python.h", **env})
-    commands = (tmp_path / "commands").read_text().splitlines()
-    trains = [c for c in commands if c.startswith("-m budgetvit train")]
-    speeds = [c for c in commands if c.startswith("-m budgetvit speed")]
+    commands = [c.strip("\n").split("\n")
+                for c in (tmp_path / "commands").read_text().split("---\n")[:-1]]
+    after = lambda c, option: c[c.index(option) + 1]  # noqa: E731 (the option's value)
+    trains = [c for c in commands if c[:3] == ["-m", "budgetvit", "train"]]
+    speeds = [c for c in commands if c[:3] == ["-m", "budgetvit", "speed"]]
     assert len(trains) == 2 and all(f"train.compile={compile_}" in c for c in trains)
-    assert all(f"--compile {compile_}" in c for c in speeds)
-    tests = [c for c in commands if c.startswith("-m pytest")]
-    assert len(tests) == 1 and tests[0].startswith(
-        "-m pytest -q -rs -m cuda " if compile_ == "auto" else
-        "-m pytest -q -rs -m cuda and not compile ")
+    assert all(after(c, "--compile") == compile_ for c in speeds)
+    tests = [c for c in commands if c[:2] == ["-m", "pytest"]]
+    marks = "cuda" if compile_ == "auto" else "cuda and not compile"  # (one argument)
+    assert len(tests) == 1 and tests[0][:7] == ["-m", "pytest", "-q", "-rs", "-m", marks,
+                                                "tests/test_cuda.py"]
     eager = "compile off: warm-up, speed and training run eager; no compile tests or variants"
     check = (tmp_path / "log/check.txt").read_text()
     if compile_ == "off":
         assert len(speeds) == 1 and eager in check
     else:
-        assert len(speeds) == 3 and "--compile-mode reduce-overhead" in speeds[1]
-        assert "--compile-scope model" in speeds[2]
+        assert len(speeds) == 3 and after(speeds[1], "--compile-mode") == "reduce-overhead"
+        assert after(speeds[2], "--compile-scope") == "model"
         assert "C compiler: /bin/true\nPython.h: /usr/include/Python.h\n" in check
 
 
