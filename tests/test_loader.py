@@ -181,6 +181,15 @@ def signal_from_outside(workers) -> None:
     assert all(w.is_alive() for w in workers)
 
 
+def ended_by_the_trainer(workers) -> None:
+    """The trainer's own SIGTERM (its DataLoader's shutdown, multiprocessing's at exit) ends
+    the workers at once."""
+    for w in workers:
+        w.terminate()
+        w.join(timeout=5)
+    assert [w.exitcode for w in workers] == [0, 0]
+
+
 def test_workers_leave_stop_signals_to_the_trainer(tree, trainers_handlers):
     """A worker must not stop by itself (the trainer's handler raises outside the training
     loop; PyTorch's own ends a worker on SIGTERM): a dead worker fails the trainer before it
@@ -194,10 +203,7 @@ def test_workers_leave_stop_signals_to_the_trainer(tree, trainers_handlers):
     signal_from_outside(workers)
     for _ in range(10):  # past the end of an epoch (36 images, batch 8)
         assert data.next_batch()[0].shape == (8, 3, 16, 16)
-    for w in workers:
-        w.terminate()
-        w.join(timeout=5)
-    assert [w.exitcode for w in workers] == [0, 0]
+    ended_by_the_trainer(workers)
 
 
 @pytest.mark.parametrize("loader", ["training", "evaluation"])
@@ -227,11 +233,7 @@ def test_without_sigwaitinfo_workers_keep_pytorchs_sigterm(tree, monkeypatch):
     monkeypatch.setattr(loader_workers, "SENDER_KNOWN", False)
     data = folder(tree)
     data.next_batch()
-    workers = data._it._workers
-    for w in workers:
-        w.terminate()
-        w.join(timeout=5)
-    assert [w.exitcode for w in workers] == [0, 0]
+    ended_by_the_trainer(data._it._workers)
 
 
 def test_evaluation_workers_leave_stop_signals_to_the_trainer(tree, trainers_handlers):

@@ -172,6 +172,15 @@ def test_a_stop_amid_non_finite_steps_writes_no_checkpoint_there(tmp_path, capsy
         ["step_00000000.pt", "step_00000004.pt"]
 
 
+def training(proc, out, log_lines: int, timeout: float = 90) -> None:
+    """Wait until the run in `out` (process proc) has logged log_lines lines, or ended."""
+    deadline, log = time.time() + timeout, out / "log.jsonl"
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= log_lines:
+            return
+        time.sleep(0.1)
+
+
 @pytest.mark.slow
 def test_a_signal_to_one_rank_stops_both_at_the_same_step(tmp_path):
     """torchrun, 2 CPU ranks: SIGTERM to rank 1 only. Every rank sees the stop at the same
@@ -182,12 +191,7 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step(tmp_path):
     # In a session of its own, so that a failing test can end the launcher and both ranks.
     proc = torchrun(2, out, "2000steps", "data.holdout=0.005", start_new_session=True)
     try:
-        deadline = time.time() + 90
-        log = out / "log.jsonl"
-        while time.time() < deadline and proc.poll() is None:
-            if log.exists() and len(log.read_text().splitlines()) >= 3:
-                break  # training, with the signal handlers installed
-            time.sleep(0.1)
+        training(proc, out, log_lines=3)  # (its signal handlers installed)
         victim = _worker_pid(proc.pid, 1)
         assert victim is not None and proc.poll() is None
         os.kill(victim, signal.SIGTERM)
@@ -224,12 +228,7 @@ def test_sigterm_to_every_process_stops_a_run_with_loader_workers_cleanly(tmp_pa
         proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
-        deadline = time.time() + 90
-        log = out / "log.jsonl"
-        while time.time() < deadline and proc.poll() is None:
-            if log.exists() and len(log.read_text().splitlines()) >= 2:
-                break  # training, its workers running
-            time.sleep(0.1)
+        training(proc, out, log_lines=2)  # (its workers running)
         workers = _children(proc.pid)
         assert proc.poll() is None and len(workers) == 2
         os.killpg(proc.pid, signal.SIGTERM)

@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 
 from ..config import ConfigError
 from .holdout import describe, holdout_rows
-from .loader_workers import starting_workers, worker_settings
+from .loader_workers import started, worker_settings
 from .sample_table import SampleTable
 from .stream import DataStream, loader_generator, mix_seed
 
@@ -214,10 +214,8 @@ class WorkerEval:
                             pin_memory=torch.cuda.is_available(),
                             generator=loader_generator(self.seed),
                             **worker_settings(min(self.workers, len(batches))))
-        with starting_workers():
-            loaded = iter(loader)
         left_out = 0
-        for x, y, bad in loaded:
+        for x, y, bad in started(loader):
             if bad.any():  # unreadable images are left out (a stand-in would score another twice)
                 keep = bad == READ
                 left_out += len(y) - int(keep.sum())
@@ -263,8 +261,7 @@ class WorkerStream(DataStream, WorkerEval):
     def next_from_workers(self):
         """The workers' next (x, y, bad) batch, counting bad images and the position."""
         if self._it is None:
-            with starting_workers():
-                self._it = iter(self.make_loader())
+            self._it = started(self.make_loader())
         x, y, bad = next(self._it)
         if (bad == NO_IMAGE).any():
             raise ConfigError(f"{min(MAX_STAND_IN_TRIES, self.num_images)} unreadable training "

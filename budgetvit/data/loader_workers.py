@@ -9,12 +9,11 @@ fails on a dead worker instead of finishing its step, writing its checkpoint and
 resume. So a worker ignores these signals, except the SIGTERM of the trainer itself, which is
 how the trainer (DataLoader shutdown, multiprocessing at exit) ends workers that have not
 stopped by themselves: ignored, that one would hang the trainer's exit. Workers are forked
-with SIGTERM blocked (`starting_workers`), so that one sent before their worker_init_fn runs
+with SIGTERM blocked (`started`), so that one sent before their worker_init_fn runs
 waits for it rather than killing them.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import signal
@@ -31,24 +30,22 @@ START_METHOD = "fork" if SENDER_KNOWN else None
 
 def worker_settings(workers: int) -> dict:
     """DataLoader arguments for `workers` worker processes of this process, which leave
-    stopping to it (start them inside `starting_workers`)."""
+    stopping to it (start them with `started`)."""
     if not workers:
         return {"num_workers": 0}  # (DataLoader refuses a start method without workers)
     return {"num_workers": workers, "multiprocessing_context": START_METHOD,
             "worker_init_fn": functools.partial(_leave_stops_to, os.getpid())}
 
 
-@contextlib.contextmanager
-def starting_workers():
-    """Around the start of a DataLoader's workers (iter(loader)): forked, they take this
-    thread's signal mask, with SIGTERM blocked until their worker_init_fn takes it over."""
+def started(loader):
+    """iter(loader), which starts its workers, with SIGTERM blocked meanwhile: forked, they
+    take this thread's signal mask and keep it blocked until their worker_init_fn takes over."""
     if not SENDER_KNOWN:
-        yield
-        return
+        return iter(loader)
     before = signal.pthread_sigmask(signal.SIG_BLOCK, ())
     try:  # (blocking can run a pending handler, which may raise: inside the try)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        yield
+        return iter(loader)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
