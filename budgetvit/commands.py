@@ -136,12 +136,15 @@ def cmd_info(args) -> int:
     for s in sizes:
         if s % cfg.patch_size:
             raise ConfigError(f"--sizes: {s} is not a multiple of the patch size {cfg.patch_size}")
-    plain, local = (count_params(create_model(replace(cfg, **kind))) for kind in (PLAIN, LOCAL))
+    def params(c) -> int:  # counted on the meta device: shapes only, no weights initialised
+        with torch.device("meta"):
+            return count_params(create_model(c))
+    plain, local = (params(replace(cfg, **kind)) for kind in (PLAIN, LOCAL))
     print(f"{name}{f' (preset {args.preset})' if preset else ''}: dim {cfg.dim}, depth "
           f"{cfg.depth}, heads {cfg.heads}, patch {cfg.patch_size}, ffn {cfg.ffn} x"
           f"{cfg.mlp_ratio:g} ({cfg.act}), {classes} classes, {chans} channel"
           f"{'s' if chans > 1 else ''}")
-    print(f"params: {count_params(create_model(cfg)):,}  (the same shape plain: {plain:,}; "
+    print(f"params: {params(cfg):,}  (the same shape plain: {plain:,}; "
           f"with the locality FFN: {local:,}; difference {local - plain:+,})")
     print(f"{'size':>6} {'tokens':>7} {'fwd GFLOPs':>11}")
     for s in sizes:
