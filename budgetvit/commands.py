@@ -10,8 +10,8 @@ from .config import ConfigError
 
 def cmd_eval(args) -> int:
     from . import inference
-    from .data import build_data
-    from .data.imagefolder import FolderEvalSplit, first_names
+    from .data import build_data, build_eval_split
+    from .data.imagefolder import first_names
     from .evaluate import evaluate
     from .runtime import check_device_option, resolve
     check_device_option(args.device)
@@ -26,11 +26,8 @@ def cmd_eval(args) -> int:
         if s % ld.model.cfg.patch_size:
             raise ConfigError(f"--img-size {s} is not a multiple of the patch size "
                               f"{ld.model.cfg.patch_size}")
-    if cfg.data.dataset == "imagefolder" and not cfg.data.holdout:
-        # val/ alone, labelled by the checkpoint's classes (a folder outside them is refused)
-        data = FolderEvalSplit(cfg.data.path, ld.classes, seed=cfg.train.seed, device=rt.device,
-                               num_workers=cfg.data.num_workers)
-    else:
+    data = build_eval_split(cfg, ld.classes, rt.device)
+    if data is None:
         data = build_data(cfg, rt.device)
         if list(data.classes) != list(ld.classes):  # labels would mean other classes
             ours, theirs = set(ld.classes), set(data.classes)

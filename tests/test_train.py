@@ -5,6 +5,7 @@ import io
 import json
 import math
 import re
+import shutil
 import sys
 
 import pytest
@@ -17,7 +18,7 @@ from budgetvit.evaluate import normalize
 from budgetvit.schedules import lr_at
 from budgetvit.train import Trainer, train
 
-from .conftest import (crash_at_step, fmnist_images, needs_fmnist, quick, tiny_config,
+from .conftest import (FMNIST, crash_at_step, fmnist_images, needs_fmnist, quick, tiny_config,
                        write_image_tree)
 
 pytestmark = needs_fmnist
@@ -266,6 +267,14 @@ def test_eval_predict_and_export_on_a_checkpoint(timed_run, tmp_path, capsys):
     assert set(rows) == {28, 16}
     assert float(rows[28][0]) == pytest.approx(s["top1"], abs=0.01)
     assert float(rows[28][2]) == pytest.approx(s["top1_ema"], abs=0.01)
+    # The test files alone are enough (on a machine the run was not trained on).
+    only_test = tmp_path / "fmnist-test"
+    only_test.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(FMNIST / name, only_test)
+    assert main(["eval", "--checkpoint", str(out), "--img-size", "28", "16",
+                 "--data-path", str(only_test)]) == 0
+    assert capsys.readouterr().out.strip().splitlines() == lines
 
     images, labels = fmnist_images(3)
     paths = []
@@ -312,7 +321,6 @@ def test_eval_predict_and_export_on_a_checkpoint(timed_run, tmp_path, capsys):
     assert lines[2].split() == ["28", rows[28][2], rows[28][3], "-", "-"]
 
     # A damaged newest checkpoint (in a copy of the run): named on stderr, the one before used.
-    import shutil
     shutil.copytree(out, tmp_path / "copy")
     older, newest = checkpoint.list_checkpoints(tmp_path / "copy")[-2:]
     newest.write_bytes(newest.read_bytes()[:1000])  # cut short

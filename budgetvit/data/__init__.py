@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from . import fashion_mnist, synthetic
 from .cache_loader import CacheData
-from .imagefolder import FolderData
-from .memory import MemoryData
+from .imagefolder import FolderData, FolderEvalSplit
+from .memory import MemoryData, MemoryEval
 
 
 def build_data(cfg, device, rank: int = 0, world: int = 1):
@@ -33,3 +33,20 @@ def build_data(cfg, device, rank: int = 0, world: int = 1):
                          **common)
     return FolderData(d.path, num_workers=d.num_workers, size=cfg.curriculum.final_size_px,
                       **common)
+
+
+def build_eval_split(cfg, classes: list[str], device):
+    """The evaluation split alone, for `budgetvit eval`: an ImageFolder's val/ labelled by a
+    trained model's `classes` (train/ need not exist) or Fashion-MNIST's test files. None where
+    the training split is needed too: a holdout is carved from it, and a cache or synthetic
+    data are read whole."""
+    d = cfg.data
+    if d.holdout:
+        return None
+    if d.dataset == "imagefolder":
+        return FolderEvalSplit(d.path, classes, seed=cfg.train.seed, device=device,
+                               num_workers=d.num_workers)
+    if d.dataset == "fashion_mnist":
+        return MemoryEval(fashion_mnist.load("test", d.path), classes=fashion_mnist.CLASSES,
+                          mean=fashion_mnist.MEAN, std=fashion_mnist.STD, device=device)
+    return None

@@ -15,22 +15,41 @@ from .holdout import describe, holdout_rows
 from .stream import DataStream, mix_seed
 
 
-class MemoryData(DataStream):
+class MemoryEval:
+    """An evaluation split held in memory: what `budgetvit eval` reads of Fashion-MNIST (its
+    test files alone) and what MemoryData evaluates on."""
+
+    def __init__(self, test: tuple[torch.Tensor, torch.Tensor], *, classes: list[str],
+                 mean: tuple, std: tuple, device, eval_split: str = "test"):
+        self.test_images, self.test_labels = test
+        self.classes, self.mean, self.std = classes, mean, std
+        self.device, self.eval_split = device, eval_split
+
+    def eval_batches(self, size: int, batch_size: int, rank: int = 0, world: int = 1):
+        """This rank's share of the evaluation split (every image exactly once over all ranks),
+        resized to `size`: yields (float (b, C, size, size) in [0, 1], labels) on the device."""
+        idx = torch.arange(rank, len(self.test_labels), world)
+        for part in idx.split(batch_size):
+            x = self.test_images[part].to(self.device)
+            yield augment.resize(x, size), self.test_labels[part].to(self.device)
+
+
+class MemoryData(DataStream, MemoryEval):
     def __init__(self, train: tuple[torch.Tensor, torch.Tensor],
                  test: tuple[torch.Tensor, torch.Tensor], *, classes: list[str],
                  mean: tuple, std: tuple, batch_size: int, seed: int, aug, device,
                  rank: int = 0, world: int = 1, holdout: float = 0.0):
-        self.eval_split = "test"
+        eval_split = "test"
         if holdout:  # evaluate on a part of train instead (see holdout.py); test is unused
             keep, held = (torch.from_numpy(r) for r in holdout_rows(len(train[1]), holdout))
             train, test = (train[0][keep], train[1][keep]), (train[0][held], train[1][held])
-            self.eval_split = describe(holdout, len(held))
+            eval_split = describe(holdout, len(held))
+        MemoryEval.__init__(self, test, classes=classes, mean=mean, std=std, device=device,
+                            eval_split=eval_split)
         self.images, self.labels = train[0].to(device), train[1].to(device)
-        self.test_images, self.test_labels = test
-        self.classes, self.mean, self.std = classes, mean, std
         self.num_classes, self.in_chans = len(classes), train[0].shape[1]
-        super().__init__(len(self.labels), batch_size, seed, device, rank, world,
-                         size=train[0].shape[-1])
+        DataStream.__init__(self, len(self.labels), batch_size, seed, device, rank, world,
+                            size=train[0].shape[-1])
         self.aug = aug
         self._perm_epoch, self._perm = -1, None
 
@@ -55,11 +74,3 @@ class MemoryData(DataStream):
                                       u[:, :5])
         self.advance()
         return x, self.labels[idx]
-
-    def eval_batches(self, size: int, batch_size: int, rank: int = 0, world: int = 1):
-        """This rank's share of the evaluation split (every image exactly once over all ranks),
-        resized to `size`: yields (float (b, C, size, size) in [0, 1], labels) on the device."""
-        idx = torch.arange(rank, len(self.test_labels), world)
-        for part in idx.split(batch_size):
-            x = self.test_images[part].to(self.device)
-            yield augment.resize(x, size), self.test_labels[part].to(self.device)
