@@ -271,7 +271,8 @@ def test_float_images_keep_their_grey_levels(tmp_path):
 
 def test_16_bit_images_of_either_byte_order_keep_their_grey_levels(tmp_path):
     """16-bit greyscale in any byte order (a big-endian TIFF opens as I;16B, which PIL's point()
-    refuses) and 32-bit integers: value v becomes v / 256 in 8 bits, never unreadable."""
+    refuses) and 32-bit integers within 16 bits: value v becomes v / 256 in 8 bits, never
+    unreadable."""
     from budgetvit.data.imagefolder import open_rgb, to_rgb
     ramp = np.linspace(0, 65535, 48 * 64).astype(np.uint16).reshape(48, 64)
     Image.fromarray(ramp.astype(">u2")).save(tmp_path / "big_endian.tiff")
@@ -281,6 +282,11 @@ def test_16_bit_images_of_either_byte_order_keep_their_grey_levels(tmp_path):
     assert rgb.shape == (48, 64, 3) and np.abs(rgb[..., 0] - ramp / 256).max() <= 1.0
     for mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         assert to_rgb(Image.new(mode, (4, 4), 50000)).getpixel((0, 0)) == (195,) * 3, mode
+    # Values beyond 16 bits (a 32-bit TIFF) span the 32-bit range: v / 2**23, not all white.
+    deep = np.linspace(0, 2 ** 31 - 1, 48 * 64).astype(np.int32).reshape(48, 64)
+    Image.fromarray(deep).save(tmp_path / "int32.tiff")
+    rgb = np.asarray(open_rgb(str(tmp_path / "int32.tiff"))).astype(np.float32)
+    assert np.abs(rgb[..., 0] - deep / 2 ** 23).max() <= 1.0
 
 
 def test_prepare_lists_a_dangling_symlink_and_finishes(tmp_path, capsys):

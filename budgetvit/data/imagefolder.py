@@ -84,8 +84,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """8-bit RGB from any PIL mode (grayscale, CMYK, 16-bit, float, palette, alpha); loads it."""
     if img.mode == "I" or img.mode.startswith("I;16"):  # 16/32-bit grayscale, any byte order
         # through mode I: point() refuses I;16B (big-endian TIFFs) and I;16L, and converting
-        # I;16N straight to L clips it
-        img = img.convert("I").point(lambda v: v / 256).convert("L")
+        # I;16N straight to L clips it. Mode I also holds 16-bit PNGs: values beyond 16 bits
+        # are taken to span the 32-bit range (negatives black), within 16 bits the 16-bit one.
+        img = img.convert("I")
+        scale = 2 ** 23 if img.getextrema()[1] > 65535 else 256
+        img = img.point(lambda v: v / scale).convert("L")
     elif img.mode == "F":  # 32-bit float: 0-1 when no value exceeds 1 (else taken as 0-255);
         if img.getextrema()[1] <= 1.0:  # converted as it is, 0-1 would be clipped to black
             img = img.point(lambda v: v * 255)
