@@ -6,6 +6,7 @@ continues the same plan (the paper's code forgot its stage on resume).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 
@@ -22,8 +23,10 @@ class Stage:
 def from_shares(pairs: list[tuple[int, float]]) -> list[Stage]:
     """[(size, share), ...] with shares summing to 1 -> contiguous stages covering [0, 1]."""
     stages, start = [], 0.0
-    for i, (size, share) in enumerate(pairs):
-        end = 1.0 if i == len(pairs) - 1 else start + share
+    for i, (size, _) in enumerate(pairs):
+        # Rounded so that the sum of shares 0.1 + 0.2 ends at 0.3 (not 0.30000000000000004,
+        # which would keep the step at exactly 30% of a step budget in the stage before).
+        end = 1.0 if i == len(pairs) - 1 else round(math.fsum(s for _, s in pairs[:i + 1]), 12)
         stages.append(Stage(size, start, end))
         start = end
     return stages

@@ -53,6 +53,17 @@ def test_paper_rule_converts_epochs_to_budget_shares():
     assert curriculum.size_at(plan, 1.0) == 24
 
 
+@pytest.mark.parametrize("shares, want", [((0.1, 0.2, 0.7), [10, 20, 70]),
+                                          ((0.1, 0.2, 0.3, 0.4), [10, 20, 30, 40]),
+                                          ((0.2, 0.2, 0.2, 0.4), [20, 20, 20, 40])])
+def test_stages_of_a_step_budget_get_their_shares_of_the_steps(shares, want):
+    """Step k of 100 trains at progress k / 100: a stage of share 0.2 gets 20 steps, even
+    where the shares' float sum ends a stage just above a step (0.1 + 0.2 > 0.3)."""
+    plan = curriculum.from_shares([(16 + 4 * i, share) for i, share in enumerate(shares)])
+    sizes = [curriculum.size_at(plan, k / 100) for k in range(100)]
+    assert [sizes.count(stage.size) for stage in plan] == want
+
+
 def test_paper_rule_truncates_when_budget_ends_early():
     shares = curriculum.paper_shares([16, 20, 24], 5.0, {16: 10.0, 20: 20.0, 24: 40.0}, 80.0)
     assert [s for s, _ in shares] == [16, 20]
