@@ -298,6 +298,8 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
                                      last_step=self.clock.steps if resumed else -1,
                                      evals=self.evals)
         if not resumed:
+            if self.dist.main:  # an earlier run's summary in this folder (checkpoints deleted)
+                (self.out / "summary.json").unlink(missing_ok=True)  # would pass for this one's
             self.save_checkpoint()  # step 0: there is always a state to roll back to
         self._last_ckpt = (self.clock.train_s, self.clock.steps)
         pending: list[tuple] = []  # (loss, ok, stage) of steps not yet read from the device

@@ -249,6 +249,29 @@ def test_fresh_run_replaces_the_logs_of_an_older_run(tmp_path):
     assert not any("old" in r for r in logs + evals)
 
 
+def test_fresh_run_removes_the_summary_of_an_older_run(tmp_path):
+    """Run A finished; its checkpoints were deleted and run B (another lr) started in the same
+    folder, and was killed in its final evaluation: the rerun evaluates B and reports B, not
+    A's summary left on disk (which has B's step count)."""
+    train(quick("train.budget=2steps", "optim.lr=1e-5"), tmp_path)
+    shutil.rmtree(tmp_path / "checkpoints")
+    b = quick("train.budget=2steps", "optim.lr=2e-3")
+    crashing = Trainer(b, tmp_path)
+    real_eval = crashing.run_eval
+
+    def run_eval(train_s, final=False):
+        if final:
+            raise Killed
+        return real_eval(train_s, final)
+    crashing.run_eval = run_eval
+    with pytest.raises(Killed):
+        crashing.run()
+    assert not (tmp_path / "summary.json").exists()
+    summary = train(quick("train.budget=2steps", "optim.lr=2e-3"), tmp_path)
+    assert summary["config"]["optim"]["lr"] == 2e-3
+    assert json.loads((tmp_path / "summary.json").read_text())["config"]["optim"]["lr"] == 2e-3
+
+
 def test_wall_time_counts_the_setup(tmp_path, monkeypatch):
     """summary.json's wall_time_s runs from the Trainer's construction, so slow setup (here a
     data scan made 2 s slower) is counted: it is the whole time from Trainer() to the summary,
