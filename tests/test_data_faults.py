@@ -146,6 +146,40 @@ def test_a_val_class_that_train_lacks_is_refused(tmp_path, capsys):
 
 
 @needs_fmnist
+def test_hidden_folders_and_files_are_not_data(tmp_path):
+    """Jupyter's .ipynb_checkpoints/ (as a class folder, and inside one) and macOS's ._x.jpg
+    resource forks: no class of their own, no samples (they would shift every label by one and
+    count as unreadable images)."""
+    root = write_image_tree(tmp_path / "tree", per_class_train=4, per_class_val=2)
+    a_jpeg = next((root / "train" / "bag").iterdir())
+    for hidden in (root / "train" / ".ipynb_checkpoints", root / "val" / ".ipynb_checkpoints",
+                   root / "train" / "coat" / ".ipynb_checkpoints"):
+        hidden.mkdir()
+        shutil.copy(a_jpeg, hidden / "copy.jpg")
+    (root / "train" / "bag" / "._resource.jpg").write_bytes(b"\0\5\26\7 Mac OS X")
+    data = folder(root, batch_size=4)
+    assert data.classes == ["bag", "coat", "sneaker"]
+    assert data.num_images == 12 and len(data.val_samples) == 6
+    assert main(["prepare", "--src", str(root), "--dst", str(tmp_path / "cache"), "--quiet"]) == 0
+    meta = cache.read_meta(tmp_path / "cache")
+    assert meta["classes"] == ["bag", "coat", "sneaker"] and meta["bad_files"] == 0
+
+
+@needs_fmnist
+def test_a_train_class_with_no_images_is_refused(tmp_path, capsys):
+    """train/boot empty (or holding hidden files alone): a class the model would never see,
+    refused naming it; val/ may still lack classes."""
+    root = write_image_tree(tmp_path / "tree", per_class_train=4, per_class_val=2)
+    (root / "train" / "boot").mkdir()
+    (root / "train" / "boot" / ".DS_Store").write_bytes(b"Bud1")
+    with pytest.raises(ConfigError, match=re.escape(
+            f"{root / 'train'} has class folders with no images: boot")):
+        folder(root, batch_size=4)
+    assert main(["prepare", "--src", str(root), "--dst", str(tmp_path / "cache"), "--quiet"]) == 2
+    assert one_line_error(capsys).endswith("/train has class folders with no images: boot")
+
+
+@needs_fmnist
 def test_eval_reads_val_alone_and_refuses_classes_the_checkpoint_lacks(tmp_path, capsys):
     """A run trained on bag/coat/sneaker, evaluated on a tree where coat is renamed jacket:
     its labels would mean another class, so exit 2 naming it. A copy of val/ alone (no

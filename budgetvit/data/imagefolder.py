@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 from torchvision.transforms import v2
 
 from ..config import ConfigError
@@ -54,29 +54,44 @@ def first_names(names: list[str], limit: int = 10) -> str:
     return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
 
 
+def visible(folder: Path, path: str) -> bool:
+    """An image file below folder with no hidden part in its path: Jupyter's
+    .ipynb_checkpoints/, macOS's ._name.jpg resource forks and the like are not data."""
+    rel = Path(path).relative_to(folder)
+    return (path.lower().endswith(IMG_EXTENSIONS) and
+            not any(part.startswith(".") for part in rel.parts))
+
+
 def scan(root: str | Path, split: str, class_to_idx: dict | None = None,
          lacks: str = "train/ lacks"):
     """[(path, label)] of root/split, and the class list (sorted folder names, from train, or
     those of class_to_idx: a class folder outside them is refused, the error saying that
-    "{lacks}: NAMES")."""
+    "{lacks}: NAMES"). Hidden folders and files are left out."""
     folder = Path(root) / split
     if not folder.is_dir():
         raise FileNotFoundError(f"no {split}/ folder in {root} (expected {folder}/<class>/<image>)")
+    found = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
     if class_to_idx is None:
-        classes, class_to_idx = find_classes(str(folder))
+        if not found:
+            raise FileNotFoundError(f"no class folders in {folder}")
+        classes, class_to_idx = found, {c: i for i, c in enumerate(found)}
     else:
         classes = sorted(class_to_idx, key=class_to_idx.get)
         # Images of a class train/ lacks would be dropped unseen (and the score would cover
         # only some of the split): a renamed or extra folder is a mistake to say, not skip.
-        extra = sorted(e.name for e in os.scandir(folder)
-                       if e.is_dir() and e.name not in class_to_idx)
+        extra = [name for name in found if name not in class_to_idx]
         if extra:
             raise ConfigError(f"{folder} has class folders that {lacks}: "
                               f"{first_names(extra)}")
-    samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS,
-                           allow_empty=True)
+    samples = make_dataset(str(folder), class_to_idx, allow_empty=True,
+                           is_valid_file=lambda path: visible(folder, path))
     if not samples:
         raise FileNotFoundError(f"no images in {folder}")
+    if split == "train":  # a class never trained on: an output the model cannot learn
+        empty = sorted(set(classes) - {classes[label] for _, label in samples})
+        if empty:
+            raise ConfigError(f"{folder} has class folders with no images: "
+                              f"{first_names(empty)}")
     return samples, classes, class_to_idx
 
 
