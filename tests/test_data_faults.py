@@ -470,9 +470,11 @@ def test_a_truncated_raw_idx_file_is_a_config_error_naming_it(tmp_path):
         fashion_mnist.load("train", root=str(tmp_path))
 
 
-def test_a_file_with_a_wrong_header_is_a_config_error_naming_it(tmp_path):
+@pytest.mark.parametrize("content", [b"<html>404 Not Found</html>\n", b"\0\0\x08", b""])
+def test_a_file_with_a_wrong_header_is_a_config_error_naming_it(tmp_path, content):
+    """A web page saved in its place, a file cut inside its header, an empty one."""
     _, y = write_fmnist(tmp_path)
-    y.write_bytes(gzip.compress(b"<html>404 Not Found</html>\n"))
+    y.write_bytes(gzip.compress(content))
     with pytest.raises(ConfigError,
                        match=f"^{re.escape(str(y))} is not an unsigned-byte IDX file$"):
         fashion_mnist.load("train", root=str(tmp_path))

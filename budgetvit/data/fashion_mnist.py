@@ -30,7 +30,7 @@ def _read_idx(path: Path) -> np.ndarray:
             data = f.read()
     except (OSError, EOFError) as e:  # gzip: BadGzipFile is an OSError, truncation EOFError
         raise ConfigError(f"cannot read {path} ({e}); copy or install it again") from None
-    header = 4 + 4 * data[3] if len(data) > 3 else 0
+    header = 4 + 4 * data[3] if len(data) > 3 else 4  # (too short for a header: refused)
     if data[:3] != b"\x00\x00\x08" or len(data) < header:
         raise ConfigError(f"{path} is not an unsigned-byte IDX file")
     dims = np.frombuffer(data, ">u4", count=data[3], offset=4).astype(int)
