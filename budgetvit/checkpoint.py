@@ -62,10 +62,7 @@ def save(state: dict, run_dir: str | Path, step: int, keep: int) -> Path:
         _fsync_dir(folder)
     finally:
         tmp.unlink(missing_ok=True)
-    # Checkpoints of later steps are ones a resume could not read and went on from an older
-    # one past. Not counted among the `keep`: with keep=1 they would take this one's slot. Not
-    # deleted either: the read may have failed for a passing reason (memory, a network disk).
-    for old in [p for p in list_checkpoints(run_dir) if step_of(p) <= step][:-keep]:
+    for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return final
 
@@ -112,4 +109,16 @@ def newest_loadable(run_dir: str | Path, warn=print) -> tuple[Path, dict] | None
 def load_latest(run_dir: str | Path, warn=print) -> dict | None:
     """The state of newest_loadable(run_dir), or None."""
     found = newest_loadable(run_dir, warn)
+    return found[1] if found else None
+
+
+def resume_state(run_dir: str | Path, warn=print) -> dict | None:
+    """The state of the newest checkpoint that loads, for a run to go on from. Newer ones that
+    do not load are renamed NAME.unreadable: out of the `keep` rotation (they would take the
+    slots of readable ones) and of later resumes, but kept, since the read may have failed for
+    a passing reason (memory, a network disk)."""
+    found = newest_loadable(run_dir, warn)
+    for path in list_checkpoints(run_dir):
+        if found is None or step_of(path) > step_of(found[0]):
+            path.rename(path.with_name(path.name + ".unreadable"))
     return found[1] if found else None

@@ -259,7 +259,7 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
 
     def _run(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
-        state = checkpoint.load_latest(self.out) if self.dist.main else None
+        state = checkpoint.resume_state(self.out) if self.dist.main else None
         resumed = distributed.broadcast_floats([float(state is not None)], self.dist,
                                                self.rt.device)[0] > 0
         if resumed:

@@ -16,7 +16,7 @@ from budgetvit import checkpoint
 from budgetvit.train import Trainer
 from budgetvit.trainer_state import TrainerState
 
-from .conftest import needs_fmnist, tiny_config
+from .conftest import crash_at_step, needs_fmnist, tiny_config
 
 pytestmark = needs_fmnist
 
@@ -178,10 +178,10 @@ def test_damaged_newest_checkpoint_falls_back_to_older(tmp_path, capsys):
     assert "trying an older checkpoint" in capsys.readouterr().out
 
 
-def test_an_unreadable_newer_checkpoint_does_not_take_the_keep_slot(tmp_path, monkeypatch):
-    """Resumed from step 1 past a step-3 checkpoint that did not read, with keep=1: the step-2
-    checkpoint written next is kept (it used to be deleted, leaving only step 3), and step 3
-    too (its read may have failed for a passing reason), until the run writes step 3 again."""
+def test_an_unreadable_newer_checkpoint_does_not_take_the_keep_slots(tmp_path, monkeypatch):
+    """Resumed from step 1 past a step-3 checkpoint that did not read, with keep=2: the step-3
+    file is set aside as unreadable (its read may have failed for a passing reason), and the
+    checkpoints written next, before and after step 3, keep both slots."""
     checkpoint.save({"v": 1}, tmp_path, step=1, keep=2)
     checkpoint.save({"v": 3}, tmp_path, step=3, keep=2)
     real_load = torch.load
@@ -190,12 +190,35 @@ def test_an_unreadable_newer_checkpoint_does_not_take_the_keep_slot(tmp_path, mo
         monkeypatch.setattr(checkpoint.torch, "load", real_load)
         raise MemoryError()
     monkeypatch.setattr(checkpoint.torch, "load", out_of_memory_once)
-    assert checkpoint.load_latest(tmp_path, warn=lambda m: None)["v"] == 1
-    checkpoint.save({"v": 2}, tmp_path, step=2, keep=1)
+    assert checkpoint.resume_state(tmp_path, warn=lambda m: None)["v"] == 1
     names = lambda: [p.name for p in checkpoint.list_checkpoints(tmp_path)]  # noqa: E731
-    assert names() == ["step_00000002.pt", "step_00000003.pt"]
-    checkpoint.save({"v": 4}, tmp_path, step=3, keep=1)  # the run passes step 3 again
-    assert names() == ["step_00000003.pt"] and checkpoint.load_latest(tmp_path)["v"] == 4
+    aside = tmp_path / "checkpoints" / "step_00000003.pt.unreadable"
+    assert names() == ["step_00000001.pt"] and checkpoint.load(aside)["v"] == 3
+    for step in (2, 4, 5):
+        checkpoint.save({"v": step}, tmp_path, step=step, keep=2)
+    assert names() == ["step_00000004.pt", "step_00000005.pt"] and aside.exists()
+    assert checkpoint.resume_state(tmp_path)["v"] == 5
+
+
+def test_a_run_with_no_readable_checkpoint_sets_them_all_aside(tmp_path):
+    damaged = checkpoint.save({"v": 1}, tmp_path, step=1, keep=2)
+    damaged.write_bytes(b"PK\3\4 cut short")
+    assert checkpoint.resume_state(tmp_path, warn=lambda m: None) is None
+    assert checkpoint.list_checkpoints(tmp_path) == []
+    assert damaged.with_name(damaged.name + ".unreadable").exists()
+
+
+@needs_fmnist
+def test_a_resumed_run_sets_a_damaged_newest_checkpoint_aside(tmp_path, capsys):
+    cfg = ("train.budget=8steps", "checkpoint.every_steps=2", "checkpoint.keep=2")
+    crash_at_step(tiny_config(*cfg), tmp_path, 5)
+    newest = checkpoint.list_checkpoints(tmp_path)[-1]
+    assert newest.name == "step_00000004.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    Trainer(tiny_config(*cfg), tmp_path).run()
+    assert f"cannot read checkpoint {newest}" in capsys.readouterr().out
+    assert [checkpoint.step_of(p) for p in checkpoint.list_checkpoints(tmp_path)] == [6, 8]
+    assert newest.with_name(newest.name + ".unreadable").exists()
 
 
 def test_keep_k_checkpoints(tmp_path):
