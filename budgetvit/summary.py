@@ -32,7 +32,7 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def write_summary(trainer, final: dict, wall_s: float) -> dict:
+def write_summary(trainer, final: dict, bad_images: int, wall_s: float) -> dict:
     t, clock = trainer, trainer.clock
     budget_s = clock.budget_s()
     summary = {
@@ -52,7 +52,7 @@ def write_summary(trainer, final: dict, wall_s: float) -> dict:
         "stages": t.stages,
         "plan": [s.to_dict() for s in t.plan],
         "final_lr": t.opt.param_groups[0]["lr"],
-        "bad_images": t.data.bad_images,
+        "bad_images": bad_images,
         "faults": t.faults,
         "evals": t.evals,
         "model": t.cfg.model.name, "model_config": t.model_cfg.to_dict(),

@@ -394,10 +394,11 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
             # Again, now holding the final evaluation: a larger --budget goes on from here
             # without evaluating this step twice.
             self.save_checkpoint()
+        bad_images = self.bad_images_total()
         if self.dist.main:
             # The bar's last line, then the summary below it.
             self.progress.close(done_at_step=self.clock.steps)
-            return write_summary(self, final, time.perf_counter() - self.wall0)
+            return write_summary(self, final, bad_images, time.perf_counter() - self.wall0)
         return {}
 
     def drain(self, pending: list[tuple]) -> None:

@@ -60,6 +60,8 @@ class TrainerState:
         elif self.dist.main:  # another world size: the other ranks keep their own seeds
             self.set_rng_state(s["rng"])
         self.data.load_state_dict(s["data"])
+        if not self.dist.main:  # the checkpoint's count is every rank's: rank 0 carries it on
+            self.data.bad_images = 0
         self.plan = [curriculum.Stage(**d) for d in s["plan"]]
         self.seconds_per_epoch = {int(k): v for k, v in s["seconds_per_epoch"].items()}
         self.images, self.stages = s["images"], copy.deepcopy(s["stages"])
@@ -88,6 +90,11 @@ class TrainerState:
             torch.cuda.set_rng_state(cuda, self.rt.device)
         random.setstate(rng["python"])
 
+    def bad_images_total(self) -> int:
+        """Unreadable training images met by every rank (each counts its share of a batch's)."""
+        return int(distributed.all_sum([float(self.data.bad_images)], self.dist,
+                                       self.rt.device)[0])
+
     def save_checkpoint(self) -> bool:
         """Write a checkpoint (rank 0); on a disk error keep the old one, warn, retry later.
         Whether it was written (on rank 0; True elsewhere)."""
@@ -96,8 +103,10 @@ class TrainerState:
             # Every rank's random state (dropout masks, mixup, erasing draw from it), so a
             # resume at the same world size continues every rank's stream exactly.
             every_rank = distributed.gather_to_main(self.rng_state(), self.dist)
+            bad_images = self.bad_images_total()
             if self.dist.main:
                 state = self.state_dict()
+                state["data"]["bad_images"] = bad_images
                 if every_rank:
                     state["rng_ranks"] = every_rank
                 try:

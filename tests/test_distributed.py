@@ -14,7 +14,7 @@ import torch
 
 from budgetvit import checkpoint
 
-from .conftest import needs_fmnist
+from .conftest import needs_fmnist, write_image_tree
 
 pytestmark = [needs_fmnist, pytest.mark.slow]
 
@@ -188,6 +188,21 @@ def test_resume_under_torchrun_continues_every_rank_exactly(tmp_path):
     a = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "straight")[-1])["model"]
     b = checkpoint.load(checkpoint.list_checkpoints(out)[-1])["model"]
     assert all(torch.equal(a[k], b[k]) for k in a), f"resumed from step {resumed_from}"
+
+
+def test_unreadable_images_are_counted_over_every_rank(tmp_path):
+    """6 of 36 training images are empty files; 3 steps of 12 are an epoch, which meets each
+    once, whichever rank's share of a batch holds it. The count goes on across a resume."""
+    root = write_image_tree(tmp_path / "tree")
+    for path in sorted((root / "train").rglob("*.jpg"))[::6]:
+        path.write_bytes(b"")
+    data = ("data.dataset=imagefolder", f"data.path={root}", "data.num_workers=0",
+            "train.batch_size=12")
+    for budget, bad in (("3steps", 6), ("6steps", 12)):  # the second resumes the first
+        proc = torchrun(2, tmp_path / "run", budget, *data)
+        output = finish(proc, 300)
+        assert proc.returncode == 0, output
+        assert json.loads((tmp_path / "run" / "summary.json").read_text())["bad_images"] == bad
 
 
 def test_bench_runs_each_arm_under_torchrun(tmp_path):
