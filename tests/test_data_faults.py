@@ -255,8 +255,8 @@ def test_a_missing_or_cut_shard_is_a_damaged_cache(caches, tmp_path, shard, cut)
         with open(path, "r+b") as f:
             f.truncate(size - cut)
         found = f"holds {size - cut} of {size} bytes"  # records fill a shard to its end
-    message = (f"the cache {dst} is damaged: {shard} {found}; delete it and run budgetvit "
-               f"prepare again")
+    message = (f"the cache {dst} is damaged: {shard} {found}; run budgetvit prepare again "
+               f"(the same --src and --dst) to make it anew")
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         CacheData(str(dst), batch_size=4, seed=0, aug=AUG, device="cpu", num_workers=0,
                   size=16)
@@ -264,6 +264,14 @@ def test_a_missing_or_cut_shard_is_a_damaged_cache(caches, tmp_path, shard, cut)
         cache.CacheSplit(dst, shard.split("-")[0])
     other = "val" if shard.startswith("train") else "train"
     assert len(cache.CacheSplit(dst, other)) == {"train": 44, "val": 15}[other]
+    # As the message says: prepare makes that shard again, as it was, and the cache reads.
+    meta = cache.read_meta(dst)
+    assert main(["prepare", "--src", meta["source"], "--dst", str(dst), "--quiet",
+                 "--max-size", "64", "--shard-size", "16"]) == 0
+    assert path.read_bytes() == (caches[0] / shard).read_bytes()
+    assert len(cache.CacheSplit(dst, shard.split("-")[0])) == {"train": 44, "val": 15}[
+        shard.split("-")[0]]
+    assert cache.read_meta(dst)["splits"] == meta["splits"]
 
 
 @needs_fmnist

@@ -156,7 +156,8 @@ class CacheSplit:
             if size is None or size < need[k]:
                 found = "is missing" if size is None else f"holds {size} of {need[k]} bytes"
                 raise ConfigError(f"the cache {self.root} is damaged: {path.name} {found}; "
-                                  f"delete it and run budgetvit prepare again")
+                                  f"run budgetvit prepare again (the same --src and --dst) "
+                                  f"to make it anew")
 
     def __len__(self) -> int:
         return len(self.index)

@@ -7,8 +7,9 @@ Each split's sorted file listing (the order torchvision's ImageFolder uses) is c
 --shard-size consecutive images. A worker process converts one shard: decode (JPEGs at reduced
 DCT scale when they are much larger than S), convert to RGB, resize so the shorter side is at
 most S, encode, append to the shard file; then it writes the shard, its index part and its
-receipt, each atomically, the receipt last. A shard counts as done when its receipt exists, so
-an interrupted run, rerun with the same arguments, converts only the missing shards, and the
+receipt, each atomically, the receipt last. A shard counts as done when its receipt exists and
+its file is as long as the receipt says, so an interrupted run (or a cache that lost a shard
+since), rerun with the same arguments, converts only the missing shards, and the
 result is byte-identical to an uninterrupted run (conversion is deterministic, and the layout
 does not depend on --workers). The last step merges the index parts and writes meta.json.
 
@@ -214,6 +215,15 @@ def _size(path: str) -> int:
         return -1
 
 
+def _shard_cut(dst: Path, receipt: Path) -> bool:
+    """Whether the shard of a receipt is missing or shorter than when it was made."""
+    if not receipt.exists():
+        return False
+    made = json.loads(receipt.read_text())
+    shard = dst / cache.shard_name(made["split"], made["shard"])
+    return _size(str(shard)) < made["bytes"]
+
+
 def _plan(src: Path, settings: dict, shard_size: int) -> tuple[dict, list[dict]]:
     """What this cache will hold (written to parts/plan.json) and the shard jobs."""
     train, classes, class_to_idx = scan(src, "train")
@@ -260,12 +270,19 @@ def prepare(src: str | Path, dst: str | Path, *, max_size: int = 256, encoding: 
     if plan_file.exists() and json.loads(plan_file.read_text()) != plan:
         raise ConfigError(f"{dst} was started from other files or settings; delete it or "
                           f"choose another --dst")
-    if (dst / cache.META).exists() and plan_file.exists():
-        return cache.read_meta(dst)  # already complete
-    cache.write_atomic(plan_file, json.dumps(plan, indent=1).encode())
 
     def receipt_path(job):
         return parts / f"{job['split']}-{job['shard']:05d}.json"
+
+    # A shard deleted or cut short after it was made (a copy that failed) is made again: its
+    # receipt goes, and so does meta.json until the cache is whole once more.
+    cut = [receipt_path(j) for j in jobs if _shard_cut(dst, receipt_path(j))]
+    if (dst / cache.META).exists() and plan_file.exists() and not cut:
+        return cache.read_meta(dst)  # already complete
+    (dst / cache.META).unlink(missing_ok=True)
+    for receipt in cut:
+        receipt.unlink()
+    cache.write_atomic(plan_file, json.dumps(plan, indent=1).encode())
 
     # Wall time of earlier, interrupted runs (up to their last finished shard) is kept in
     # parts/elapsed.json and added, so prepare_time_s is the whole preparation, not its last run.
