@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .arms import ABLATION, Arm, adhoc_arm, all_arms, arm_config, sweep_arms
-from .config import Config, ConfigError, apply_overrides, parse_budget, validate
+from .config import Config, ConfigError, apply_overrides, parse_budget, sets, validate
 from .summary import write_json_atomic
 
 COMMAND, HELP = "bench", "run arms x seeds under one budget; results.json + results.md"
@@ -256,8 +256,10 @@ def train_argv(base: Config, arm: Arm, seed: int, run_dir: Path, common: list[st
     seed, later ones winning."""
     budget, unit = parse_budget(base.train.budget)
     pre = [f"train.eval_every_s={budget / 5:g}"] if unit == "seconds" else []
-    return ["train", "--preset", base.preset, "--budget", base.train.budget, "--out",
-            str(run_dir), "--set", *pre, *common, *arm.overrides(base), f"train.seed={seed}"]
+    overrides = [*pre, *common, *arm.overrides(base), f"train.seed={seed}"]
+    # (`budgetvit train` refuses a --budget besides a --set budget: an arm's own budget, say)
+    flag = [] if sets(overrides, "train.budget") else ["--budget", base.train.budget]
+    return ["train", "--preset", base.preset, *flag, "--out", str(run_dir), "--set", *overrides]
 
 
 def _shell(argv: list[str]) -> str:

@@ -161,6 +161,11 @@ def _hints(section) -> dict:
     return typing.get_type_hints(type(section))
 
 
+def sets(pairs: list[str], key: str) -> bool:
+    """Whether ["section.key=value", ...] gives `key` a value."""
+    return any(pair.split("=", 1)[0].strip() == key for pair in pairs)
+
+
 def apply_overrides(cfg: Config, pairs: list[str]) -> Config:
     """Apply ["section.key=value", ...] to cfg in place; unknown keys fail with the choices."""
     for pair in pairs:

@@ -143,6 +143,20 @@ def test_adhoc_arms_run_after_named_ones_with_exactly_their_overrides(tmp_path, 
         f"{'base':30s} the base config", f"{'':30s} (no --set)"]
 
 
+def test_an_arm_with_its_own_budget_trains_with_it(tmp_path, capsys):
+    """`budgetvit train` refuses --budget besides --set train.budget, so the run of an arm
+    with a budget of its own is given that alone; the other arms get --budget."""
+    args = bench_args(preset="fmnist", budget="6steps", seeds="1", out=str(tmp_path),
+                      arm=["long: train.budget=9steps", "base:"])
+    _, _, base, chosen, _, common = bench.plan(args)
+    long, plain = (bench.train_argv(base, arm, 0, tmp_path / arm.name, common) for arm in chosen)
+    assert "--budget" not in long and plain[plain.index("--budget") + 1] == "6steps"
+    for argv, budget in ((long, "9steps"), (plain, "6steps")):
+        capsys.readouterr()
+        assert main([*argv, "--print-config"]) == 0
+        assert json.loads(capsys.readouterr().out)["train"]["budget"] == budget
+
+
 @pytest.mark.parametrize("finished", [True, False])
 def test_a_run_of_another_command_is_neither_skipped_nor_resumed(tmp_path, finished):
     out = tmp_path / "b"
