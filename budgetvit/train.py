@@ -461,6 +461,8 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
               f"world {self.dist.world}, budget {budget}\ncurriculum: {sizes}; "
               f"warm-up {self.clock.other_s.get('warmup', 0):.1f}s (not charged); "
               f"run dir {self.out}", flush=True)
+        for note in self.data.notes:
+            print(note, flush=True)
 
     def progress_close(self) -> None:
         if self.dist.main and getattr(self, "progress", None):  # (made after the warm-up)

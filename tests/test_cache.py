@@ -257,7 +257,21 @@ def test_cache_loader_resumes_exactly_with_workers(caches):
     for x, y in stream[3:]:
         xb, yb = b.next_batch()
         assert torch.equal(x, xb) and torch.equal(y, yb)
-    assert a.bad_images == 0 and a.skipped_files == 5
+    assert a.bad_images == 0
+
+
+def test_the_run_is_told_of_files_prepare_left_out_and_of_upsampled_images(caches):
+    """The dirty cache (64 px, 5 files left out): at 32 px evaluation views 37 px, which the
+    cache holds; at 64 px it views 73 px, more than the cache holds."""
+    common = dict(batch_size=8, seed=0, aug=AUG, device="cpu", num_workers=0)
+    left_out = (f"note: 5 files of the tree were left out by prepare (listed in "
+                f"{caches[1] / cache.BAD_FILES})")
+    assert CacheData(str(caches[1]), size=32, **common).notes == [left_out]
+    assert CacheData(str(caches[1]), size=64, **common).notes == [left_out, (
+        "warning: the cache's images are at most 64 px on their shorter side, and evaluation "
+        "at 64 px resizes them to 73 px: they are upsampled (prepare the cache with "
+        "--max-size 73 or more)")]
+    assert CacheData(str(caches[0]), size=56, **common).notes == []  # 56 / 0.875 = 64
 
 
 def test_a_size_change_restarts_the_cache_workers_where_a_resume_would(caches):
@@ -331,11 +345,12 @@ def test_crop_geometry_and_reduced_decoding(tmp_path):
     assert img.size == (128, 128) and out.size == (64, 64)
 
 
-def test_training_on_the_cache(caches, tmp_path):
+def test_training_on_the_cache(caches, tmp_path, capsys):
     cfg = tiny_config("data.dataset=cache", f"data.path={caches[1]}", "data.num_workers=0",
                       "train.batch_size=12", "train.budget=4steps", "train.eval_batch_size=5",
                       "curriculum.stages=16:0.5,32:0.5", "curriculum.final_size_px=32")
     summary = train(cfg, tmp_path / "run")
+    assert "\nnote: 5 files of the tree were left out by prepare" in capsys.readouterr().out
     assert summary["steps"] == 4 and [st["img_size"] for st in summary["stages"]] == [16, 32]
     assert summary["evals"][-1]["eval_images"] == 15
     state = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "run")[-1])

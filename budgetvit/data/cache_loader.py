@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
 from . import augment
-from .cache import CacheSplit
+from .cache import BAD_FILES, CacheSplit
 from .holdout import describe, holdout_rows
 from .imagefolder import (EVAL_CROP, IMAGENET_MEAN, IMAGENET_STD, WorkerStream, read_or_stand_in,
                           to_device)
@@ -171,7 +172,16 @@ class CacheData(WorkerStream):
         meta = self.train_split.meta
         self.classes, self.num_classes, self.in_chans = meta["classes"], meta["num_classes"], 3
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
-        self.skipped_files = meta["bad_files"]  # left out by prepare, listed in bad_files.tsv
+        self.notes = []
+        if meta["bad_files"]:
+            self.notes.append(f"note: {meta['bad_files']} files of the tree were left out by "
+                              f"prepare (listed in {Path(root) / BAD_FILES})")
+        view = round(size / EVAL_CROP)  # the shorter side evaluation resizes to
+        if meta["max_size"] < view:
+            self.notes.append(
+                f"warning: the cache's images are at most {meta['max_size']} px on their "
+                f"shorter side, and evaluation at {size} px resizes them to {view} px: they "
+                f"are upsampled (prepare the cache with --max-size {view} or more)")
         super().__init__(len(self.train_split), batch_size=batch_size, seed=seed, device=device,
                          num_workers=num_workers, rank=rank, world=world, size=size)
         self.dataset = CacheDataset(self.train_split, True, aug.crop_scale_min, aug.hflip, seed)
