@@ -331,6 +331,18 @@ def test_16_bit_images_of_either_byte_order_keep_their_grey_levels(tmp_path):
     assert np.abs(rgb[..., 0] - deep / 2 ** 23).max() <= 1.0
 
 
+def test_bad_file_names_with_tabs_or_line_breaks_stay_one_row(tmp_path):
+    root = write_image_tree(tmp_path / "tree", per_class_train=4, per_class_val=2)
+    for name in ("tab\there.jpg", "two\nlines.jpg", "back\\slash.jpg"):
+        (root / "train" / "bag" / name).write_bytes(b"not an image")
+    assert main(["prepare", "--src", str(root), "--dst", str(tmp_path / "cache"), "--quiet",
+                 "--max-size", "32"]) == 0
+    rows = (tmp_path / "cache" / cache.BAD_FILES).read_text().splitlines()
+    assert [row.split("\t")[0] for row in rows] == [
+        "path", "train/bag/back\\\\slash.jpg", "train/bag/tab\\there.jpg",
+        "train/bag/two\\nlines.jpg"]
+
+
 def test_prepare_lists_a_dangling_symlink_and_finishes(tmp_path, capsys):
     """train/bag/ghost.jpg points nowhere: prepare converts the rest and lists it as a bad
     file (planning the cache must not stat it to death)."""

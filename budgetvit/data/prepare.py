@@ -16,7 +16,8 @@ does not depend on --workers). The last step merges the index parts and writes m
 Bad source files never stop the run: CMYK, grayscale, palette, alpha, 16-bit and float images are
 converted to RGB; huge images are decoded at reduced scale and downscaled (PIL's decompression
 bomb limit is replaced by --max-pixels, checked after DCT scaling); truncated, empty and
-non-image files, and images above --max-pixels, are skipped and listed in bad_files.tsv.
+non-image files, and images above --max-pixels, are skipped and listed in bad_files.tsv (a tab,
+line break or backslash in a name written as \\t, \\n, \\\\).
 """
 from __future__ import annotations
 
@@ -359,7 +360,9 @@ def _finish(dst: Path, plan: dict, jobs: list[dict], receipt_path) -> dict:
         bad += [b for r in receipts for b in r["bad"]]
         splits[split] = {"images": len(index), "bad": sum(len(r["bad"]) for r in receipts),
                          "shards": len(mine), "bytes": sum(r["bytes"] for r in receipts)}
-    report = "".join(f"{rel}\t{reason}\n" for rel, reason in sorted(bad))
+    # A name may hold a tab or a line break (Linux allows them): escaped, a row stays a row.
+    escape = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+    report = "".join(f"{rel.translate(escape)}\t{reason}\n" for rel, reason in sorted(bad))
     cache.write_atomic(dst / cache.BAD_FILES,
                        ("path\treason\n" + report).encode(errors="surrogateescape"))
     for split, counts in splits.items():
