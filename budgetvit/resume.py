@@ -19,7 +19,8 @@ def check_resumable(model, data, state: dict, now: dict, out: Path) -> None:
     """A checkpoint of another model shape or class list cannot be resumed (say which keys
     differ rather than fail inside load_state_dict), nor one whose place in the data would
     mean another place in this config's: another batch size or number of training images,
-    or another holdout (the run would train on images it held out)."""
+    another holdout (the run would train on images it held out) or seed (the epoch's order is
+    drawn from it: the rest of the epoch would repeat some images and skip others)."""
     was = state["config"]
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     saved = {k: tuple(v.shape) for k, v in state["model"].items()}
@@ -34,7 +35,8 @@ def check_resumable(model, data, state: dict, now: dict, out: Path) -> None:
             f"run's config")
     images = state["data"].get("num_images", data.num_images)  # (older checkpoints lack it)
     reasons = [f"{sec}.{k} {was[sec].get(k, default)} -> {now[sec][k]}"
-               for sec, k, default in [("train", "batch_size", None), ("data", "holdout", 0.0)]
+               for sec, k, default in [("train", "batch_size", None), ("train", "seed", 0),
+                                       ("data", "holdout", 0.0)]
                if was[sec].get(k, default) != now[sec][k]]
     if images != data.num_images:
         reasons.append(f"{images} -> {data.num_images} training images")

@@ -102,10 +102,12 @@ def test_a_larger_budget_reads_the_paper_rule_again(tmp_path):
 @pytest.mark.parametrize("change, reason", [
     ("train.batch_size=32", "train.batch_size 64 -> 32"),
     ("data.holdout=0.1", "data.holdout 0.0 -> 0.1, 2000 -> 1800 training images"),
-    ("data.synthetic_images=1000", "2000 -> 1000 training images")])
+    ("data.synthetic_images=1000", "2000 -> 1000 training images"),
+    ("train.seed=7", "train.seed 0 -> 7")])
 def test_resume_that_would_move_the_data_position_is_refused(tmp_path, capsys, change, reason):
     """The checkpoint's place in the data (epoch, batch) counts batches of its batch size in
-    its training images: another batch size, image count or holdout would resume elsewhere
+    its training images in the seed's order: another batch size, image count, holdout or seed
+    would resume elsewhere
     (or train on held-out images), so it is one line and exit 2, not a traceback or a quietly
     wrong run."""
     def run(budget, *changes):
