@@ -209,7 +209,7 @@ COMPILE_SCOPES = ("blocks", "model")  # see Runtime.compiled
 
 _NUMBER = r"(\d+(?:\.\d+)?)"
 # Units largest first, each at most once: 90s, 5m, 1h30m, 5m00s (as the run's header prints).
-_DURATION = re.compile(r"\s*" + "".join(f"(?:{_NUMBER}\\s*{u})?" for u in "dhms") + r"\s*")
+_DURATION = re.compile(r"\s*" + "".join(f"(?:{_NUMBER}\\s*{u}\\s*)?" for u in "dhms"))
 
 
 def parse_budget(text: str) -> tuple[float, str]:
@@ -298,8 +298,9 @@ def validate(cfg: Config, paths: bool = True) -> None:
         raise ConfigError(f"model.dim={shape.dim} is not divisible by model.heads={shape.heads}")
     P = shape.patch_size
     if shape.base_img_size % P:
-        raise ConfigError(f"model.base_img_size={shape.base_img_size} is not a multiple of "
-                          f"model.patch_size={P}")
+        given = "" if m.base_img_size is not None else f" ({m.name}'s; set it to change it)"
+        raise ConfigError(f"model.base_img_size={shape.base_img_size}{given} is not a multiple "
+                          f"of model.patch_size={P}")
 
     _choice("data.dataset", d.dataset, ["fashion_mnist", "imagefolder", "cache", "synthetic"])
     if paths:
@@ -330,7 +331,9 @@ def validate(cfg: Config, paths: bool = True) -> None:
         for size, share in stages:
             sizes[f"curriculum.stages size {size}"] = size
             _range("curriculum.stages size", size, 1)
-            _range(f"curriculum.stages share of size {size}", share, 0, lo_open=True)
+            if share <= 0:
+                raise ConfigError(f"curriculum.stages gives size {size} a share of {share:g}; "
+                                  f"every share must be > 0")
         if abs(sum(s for _, s in stages) - 1.0) > 1e-6:
             raise ConfigError(f"curriculum.stages shares must sum to 1, got "
                               f"{sum(s for _, s in stages):g} in {c.stages!r}")

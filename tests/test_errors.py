@@ -44,6 +44,10 @@ CASES = [
     (["train", "--set", "curriculum.mode=paper", "curriculum.start_size_px=32"],
      "curriculum.final_size_px=28 is below curriculum.start_size_px=32"),
     (["train", "--set", "curriculum.stages=16:0.5,28:0.4"], "shares must sum to 1"),
+    (["train", "--set", "curriculum.stages=16:0,28:1"],
+     "curriculum.stages gives size 16 a share of 0; every share must be > 0"),
+    (["train", "--set", "model.patch_size=3"], "model.base_img_size=28 (vit_micro4_local's; set "
+     "it to change it) is not a multiple of model.patch_size=3"),
     (["train", "--set", "curriculum.stages=16-0.5"], "expected 'size:share,...'"),
     (["train", "--set", "curriculum.stages=16:0.5,24:0.5"], "must end at curriculum.final_size_px=28"),
     (["train", "--set", "curriculum.mode=grow"], "curriculum.mode='grow' is not allowed"),

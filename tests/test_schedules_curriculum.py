@@ -87,12 +87,13 @@ def test_make_plan_for_each_mode():
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("5m", 300), ("24h", 86400),
                                            ("1d", 86400), ("1h30m", 5400), ("1d12h", 129600),
-                                           ("5m00s", 300), ("0m06s", 6), (" 2.5m ", 150)])
+                                           ("5m00s", 300), ("0m06s", 6), (" 2.5m ", 150),
+                                           ("1h 30m", 5400), ("5 m", 300)])
 def test_budgets_in_one_unit_or_several_as_headers_print_them(text, seconds):
     assert parse_budget(text) == (seconds, "seconds")
 
 
-@pytest.mark.parametrize("text", ["", "m", "5x", "30m1h", "1h 30m", "-5m", "five minutes"])
+@pytest.mark.parametrize("text", ["", "m", "5x", "30m1h", "30m 1h", "-5m", "five minutes"])
 def test_budgets_that_are_no_duration_are_refused(text):
     with pytest.raises(ConfigError, match="expected a duration like 90s, 5m, 1h30m"):
         parse_budget(text)
