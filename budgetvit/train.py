@@ -455,12 +455,12 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
         sizes = " -> ".join(f"{s.size}px@{s.start:.0%}" for s in self.plan)
         budget = (fmt_duration(self.budget) if self.unit == "seconds"
                   else f"{self.budget:.0f} steps")
+        warmup = f"{self.clock.other_s.get('warmup', 0):.1f}s{' in all' if resumed else ''}"
         print(f"{'resuming' if resumed else 'training'} {self.cfg.model.name} "
               f"({count_params(self.model) / 1e6:.2f}M params) on {self.cfg.data.dataset}, "
               f"{self.data.num_images} images, device {self.rt.describe()}, "
               f"world {self.dist.world}, budget {budget}\ncurriculum: {sizes}; "
-              f"warm-up {self.clock.other_s.get('warmup', 0):.1f}s (not charged); "
-              f"run dir {self.out}", flush=True)
+              f"warm-up {warmup} (not charged); run dir {self.out}", flush=True)
         for note in self.data.notes:
             print(note, flush=True)
 
