@@ -219,6 +219,8 @@ def plan(args) -> tuple[str, Benchmark | None, Config, list[Arm], list[int], lis
     if args.benchmark and (args.preset or args.budget):
         raise ConfigError("--benchmark fixes the preset and budget; drop --preset/--budget, or "
                           "drop --benchmark for a custom bench")
+    if args.budget and sets(args.set, "train.budget"):
+        raise ConfigError("--budget and --set train.budget both give the budget; give one")
     bench = BENCHMARKS.get(name)
     base = get_preset(bench.preset if bench else args.preset or "fmnist")
     base.train.budget = bench.budget if bench else args.budget or base.train.budget

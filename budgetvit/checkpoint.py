@@ -62,7 +62,9 @@ def save(state: dict, run_dir: str | Path, step: int, keep: int) -> Path:
         _fsync_dir(folder)
     finally:
         tmp.unlink(missing_ok=True)
-    for old in list_checkpoints(run_dir)[:-keep]:
+    # Checkpoints of later steps are ones a rollback could not read and went back past (a
+    # resume sets them aside): not counted among the `keep`, nor deleted.
+    for old in [p for p in list_checkpoints(run_dir) if step_of(p) <= step][:-keep]:
         old.unlink(missing_ok=True)
     return final
 
@@ -113,12 +115,19 @@ def load_latest(run_dir: str | Path, warn=print) -> dict | None:
 
 
 def resume_state(run_dir: str | Path, warn=print) -> dict | None:
-    """The state of the newest checkpoint that loads, for a run to go on from. Newer ones that
-    do not load are renamed NAME.unreadable: out of the `keep` rotation (they would take the
-    slots of readable ones) and of later resumes, but kept, since the read may have failed for
-    a passing reason (memory, a network disk)."""
+    """The state of the newest checkpoint that loads, for a run to go on from (None: a run
+    with no checkpoint). Newer ones that do not load are renamed NAME.unreadable: out of the
+    `keep` rotation (once passed, they would take the slots of readable ones) and of later
+    resumes, but kept, since the read may have failed for a passing reason (memory, a network
+    disk). If none loads the run is not started over: that is for the user to decide."""
     found = newest_loadable(run_dir, warn)
+    if found is None:
+        if list_checkpoints(run_dir):
+            raise CheckpointError(
+                f"no checkpoint in {checkpoint_dir(run_dir)} reads (see the warnings above); "
+                f"rerun if the cause may pass, or move them away to start the run over")
+        return None
     for path in list_checkpoints(run_dir):
-        if found is None or step_of(path) > step_of(found[0]):
+        if step_of(path) > step_of(found[0]):
             path.rename(path.with_name(path.name + ".unreadable"))
-    return found[1] if found else None
+    return found[1]

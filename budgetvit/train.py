@@ -479,8 +479,9 @@ def train(cfg: Config, out: str | Path, command: str = "") -> dict:
                   f"{trainer.clock.steps}, plan {plan}", flush=True)
         return result
     except (torch.distributed.DistError, RuntimeError) as e:
-        if not trainer.dist.enabled or isinstance(e, TrainingStopped):
-            raise
+        if not trainer.dist.enabled or isinstance(e, (TrainingStopped,
+                                                      checkpoint.CheckpointError)):
+            raise  # (a rank's own error, not a lost peer's)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise TrainingStopped(
             f"rank {trainer.dist.rank}: lost contact with another process ({first}); the "

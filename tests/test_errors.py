@@ -64,6 +64,8 @@ CASES = [
     (["train", "--set", "checkpoint.keep=0"], "checkpoint.keep=0 must be >= 1"),
     (["train", "--budget", "5m", "--set", "train.budget=10m"],
      "--budget and --set train.budget both give the budget; give one"),
+    (["bench", "--budget", "5m", "--set", "train.budget=10m"],
+     "--budget and --set train.budget both give the budget; give one"),
     (["train", "--budget", "5s", "--out", "/proc/budgetvit-run"], "--out /proc/budgetvit-run is not writable"),
     (["eval", "--checkpoint", "/nonexistent/ckpt.pt"], "checkpoint /nonexistent/ckpt.pt does not exist"),
     (["eval", "--checkpoint", "CORRUPT"], "corrupt.pt: not a PyTorch checkpoint"),  # (text)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from budgetvit import checkpoint
+from budgetvit.cli import main
 from budgetvit.train import Trainer
 from budgetvit.trainer_state import TrainerState
 
@@ -200,12 +201,47 @@ def test_an_unreadable_newer_checkpoint_does_not_take_the_keep_slots(tmp_path, m
     assert checkpoint.resume_state(tmp_path)["v"] == 5
 
 
-def test_a_run_with_no_readable_checkpoint_sets_them_all_aside(tmp_path):
-    damaged = checkpoint.save({"v": 1}, tmp_path, step=1, keep=2)
-    damaged.write_bytes(b"PK\3\4 cut short")
-    assert checkpoint.resume_state(tmp_path, warn=lambda m: None) is None
-    assert checkpoint.list_checkpoints(tmp_path) == []
-    assert damaged.with_name(damaged.name + ".unreadable").exists()
+@needs_fmnist
+def test_a_run_with_no_readable_checkpoint_is_not_started_over(tmp_path, capsys, monkeypatch):
+    """Every checkpoint fails to read (a network disk away): the rerun stops, exit 2, and
+    leaves the run as it was for a retry: checkpoints in place, its summary kept."""
+    args = ["train", "--budget", "2steps", "--out", str(tmp_path), "--set", "model.dim=32",
+            "model.depth=1", "model.heads=2", "train.batch_size=32", "data.holdout=0.02"]
+    assert main(args) == 0
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+
+    def out_of_memory(*a, **k):
+        raise MemoryError()
+    monkeypatch.setattr(checkpoint.torch, "load", out_of_memory)
+    capsys.readouterr()
+    assert main(args[:2] + ["3steps"] + args[3:]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"error: no checkpoint in {tmp_path / 'checkpoints'} reads (see the "
+                        f"warnings above); rerun if the cause may pass, or move them away to "
+                        f"start the run over\n"), err
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+    assert (tmp_path / "summary.json").exists()
+
+
+def test_a_checkpoint_a_rollback_went_back_past_does_not_take_the_keep_slot(tmp_path,
+                                                                          monkeypatch):
+    """A rollback (which reads without setting aside) went back to step 1 past a step-3
+    checkpoint that did not read: with keep=1 the step-2 checkpoint written next is kept, and
+    step 3 too, until the run writes step 3 again."""
+    checkpoint.save({"v": 1}, tmp_path, step=1, keep=2)
+    checkpoint.save({"v": 3}, tmp_path, step=3, keep=2)
+    real_load = torch.load
+
+    def out_of_memory_once(path, *a, **k):
+        monkeypatch.setattr(checkpoint.torch, "load", real_load)
+        raise MemoryError()
+    monkeypatch.setattr(checkpoint.torch, "load", out_of_memory_once)
+    assert checkpoint.load_latest(tmp_path, warn=lambda m: None)["v"] == 1
+    checkpoint.save({"v": 2}, tmp_path, step=2, keep=1)
+    names = lambda: [p.name for p in checkpoint.list_checkpoints(tmp_path)]  # noqa: E731
+    assert names() == ["step_00000002.pt", "step_00000003.pt"]
+    checkpoint.save({"v": 4}, tmp_path, step=3, keep=1)
+    assert names() == ["step_00000003.pt"] and checkpoint.load_latest(tmp_path)["v"] == 4
 
 
 @needs_fmnist

@@ -4,7 +4,7 @@
     CACHE/train-00000.bin ...    shards: encoded images back to back, memory-mapped to read
     CACHE/train.idx.npy          one index_dtype() row per image, in ImageFolder order
     CACHE/val-00000.bin, val.idx.npy   (when the source tree has val/)
-    CACHE/bad_files.tsv          source files left out: relative path <TAB> reason
+    CACHE/bad_files.tsv          source files left out: relative path <TAB> reason (escaped)
     CACHE/parts/                 one index part + receipt per finished shard (makes it resumable),
                                  elapsed.json: seconds spent by all runs so far
 

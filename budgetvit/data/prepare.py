@@ -17,7 +17,7 @@ Bad source files never stop the run: CMYK, grayscale, palette, alpha, 16-bit and
 converted to RGB; huge images are decoded at reduced scale and downscaled (PIL's decompression
 bomb limit is replaced by --max-pixels, checked after DCT scaling); truncated, empty and
 non-image files, and images above --max-pixels, are skipped and listed in bad_files.tsv (a tab,
-line break or backslash in a name written as \\t, \\n, \\\\).
+line break, carriage return or backslash in a name written as \\t, \\n, \\r, \\\\).
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ def loader_generator(*parts: int) -> torch.Generator:
 
 class DataStream:
     prefetch_batches = 0  # batches a (re)started stream may have ready before they are asked for
-    notes: list[str] = []  # lines for the run's header: what the user should know of the data
+    notes: tuple[str, ...] = ()  # lines for the run's header: what to know of the data
 
     def __init__(self, num_images: int, batch_size: int, seed: int, device, rank: int,
                  world: int, size: int):
