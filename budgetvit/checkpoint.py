@@ -31,6 +31,10 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if PATTERN.search(p.name))
 
 
+def path_of(run_dir: str | Path, step: int) -> Path:
+    return checkpoint_dir(run_dir) / f"step_{step:08d}.pt"
+
+
 def step_of(path: Path) -> int:
     return int(PATTERN.search(path.name).group(1))
 
@@ -51,7 +55,7 @@ def save(state: dict, run_dir: str | Path, step: int, keep: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".step_*.tmp*"):  # left by a process killed mid-write
         stale.unlink(missing_ok=True)
-    final = folder / f"step_{step:08d}.pt"
+    final = path_of(run_dir, step)
     tmp = folder / f".{final.name}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as f:

@@ -260,11 +260,12 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
     def _run(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
         state = checkpoint.resume_state(self.out) if self.dist.main else None
-        resumed = distributed.broadcast_floats([float(state is not None)], self.dist,
-                                               self.rt.device)[0] > 0
+        step = distributed.broadcast_floats([state["clock"]["steps"] if state else -1.0],
+                                            self.dist, self.rt.device)[0]
+        resumed = step >= 0
         if resumed:
-            if not self.dist.main:  # rank 0 read it; the others read the same file
-                state = checkpoint.load_latest(self.out)
+            if not self.dist.main:  # the file rank 0 read: an older one would desync the ranks
+                state = checkpoint.load(checkpoint.path_of(self.out, int(step)))
             resume.check_resumable(self.model, self.data, state, cfg.to_dict(), self.out)
             self.load_state_dict(state)
             if self.clock.progress(self.clock.train_s) >= 1.0:

@@ -6,7 +6,9 @@ processes shows, each on rank 1 only, switched on by environment variables
 - FAULT_OVERFLOW_STEP: rank 1's loss is infinite at this step, as one rank's fp16 forward can
   overflow alone;
 - FAULT_LATE_SIGTERM=1: rank 1 gets SIGTERM as its clock stops at the end of the budget, after
-  the ranks' last shared decision.
+  the ranks' last shared decision;
+- FAULT_UNREADABLE=NAME: rank 1 cannot read the checkpoint file NAME (a network disk's fault
+  on one node).
 
 With none of them it is the plain CLI, but for two things: on SIGUSR1 every rank prints its
 threads' stacks (what test_distributed.finish shows of a job that hangs), and each rank says
@@ -46,6 +48,15 @@ if RANK1 and os.environ.get("FAULT_LATE_SIGTERM"):
             os.kill(os.getpid(), signal.SIGTERM)
         real(clock)
     patch(budget.BudgetClock, "stop", stop)
+
+if RANK1 and os.environ.get("FAULT_UNREADABLE"):
+    real_load = torch.load
+
+    def load(path, *a, **k):
+        if os.path.basename(path) == os.environ["FAULT_UNREADABLE"]:
+            raise MemoryError()
+        return real_load(path, *a, **k)
+    torch.load = load
 
 wrappers = []  # weak references to the DDP wrappers made
 real_ddp, real_shutdown = torch.nn.parallel.DistributedDataParallel, distributed.shutdown

@@ -190,6 +190,21 @@ def test_resume_under_torchrun_continues_every_rank_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), f"resumed from step {resumed_from}"
 
 
+def test_a_rank_that_cannot_read_rank_0s_checkpoint_stops_the_job(tmp_path):
+    """Rank 1 fails to read the step-4 checkpoint rank 0 resumes from: the job stops naming
+    it, rather than rank 1 going on from step 2 with other weights than rank 0's."""
+    args = ("checkpoint.every_steps=2", "checkpoint.keep=3")
+    proc = torchrun(2, tmp_path / "run", "4steps", *args)
+    output = finish(proc, 300)
+    assert proc.returncode == 0, output
+    proc = torchrun(2, tmp_path / "run", "6steps", *args,
+                    env={"FAULT_UNREADABLE": "step_00000004.pt"})
+    output = finish(proc, 300)
+    assert proc.returncode != 0, output
+    assert f"cannot read checkpoint {tmp_path / 'run' / 'checkpoints' / 'step_00000004.pt'}" \
+        in output, output[-3000:]
+
+
 def test_unreadable_images_are_counted_over_every_rank(tmp_path):
     """6 of 36 training images are empty files; 3 steps of 12 are an epoch, which meets each
     once, whichever rank's share of a batch holds it. The count goes on across a resume."""
