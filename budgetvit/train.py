@@ -213,7 +213,7 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
             raise TrainingStopped(
                 f"non-finite loss or gradient in steps {first_bad}-{last_bad} after "
                 f"{self.cfg.train.max_rollbacks} rollbacks; lower optim.lr or check the data")
-        state = checkpoint.load_latest(self.out)
+        state = self.read_checkpoint(checkpoint.load_latest)
         if state is None:
             raise TrainingStopped("non-finite steps and no checkpoint to roll back to")
         faults, scale = dict(self.faults), min(self.lr_scale, state["lr_scale"])
@@ -259,13 +259,9 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
 
     def _run(self) -> dict:
         cfg, t = self.cfg, self.cfg.train
-        state = checkpoint.resume_state(self.out) if self.dist.main else None
-        step = distributed.broadcast_floats([state["clock"]["steps"] if state else -1.0],
-                                            self.dist, self.rt.device)[0]
-        resumed = step >= 0
+        state = self.read_checkpoint(checkpoint.resume_state)
+        resumed = state is not None
         if resumed:
-            if not self.dist.main:  # the file rank 0 read: an older one would desync the ranks
-                state = checkpoint.load(checkpoint.path_of(self.out, int(step)))
             resume.check_resumable(self.model, self.data, state, cfg.to_dict(), self.out)
             self.load_state_dict(state)
             if self.clock.progress(self.clock.train_s) >= 1.0:

@@ -90,6 +90,17 @@ class TrainerState:
             torch.cuda.set_rng_state(cuda, self.rt.device)
         random.setstate(rng["python"])
 
+    def read_checkpoint(self, read) -> dict | None:
+        """The state read(run dir) gives rank 0, on every rank: the others load the very file
+        (reading for themselves, one whose read of it failed would go on from an older one, out
+        of step with the rest). None where rank 0 found none."""
+        state = read(self.out) if self.dist.main else None
+        step = distributed.broadcast_floats([state["clock"]["steps"] if state else -1.0],
+                                            self.dist, self.rt.device)[0]
+        if step >= 0 and not self.dist.main:
+            state = checkpoint.load(checkpoint.path_of(self.out, int(step)))
+        return state
+
     def bad_images_total(self) -> int:
         """Unreadable training images met by every rank (each counts its share of a batch's)."""
         return int(distributed.all_sum([float(self.data.bad_images)], self.dist,
