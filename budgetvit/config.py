@@ -193,7 +193,8 @@ def from_dict(d: dict) -> Config:
         hints = _hints(section)
         for key, value in d.get(name, {}).items():
             if key not in hints:
-                raise ConfigError(f"unknown config key '{name}.{key}'")
+                raise ConfigError(f"unknown config key '{name}.{key}' in a saved config "
+                                  f"(written by another version of budgetvit?)")
             setattr(section, key, _parse(str(value), hints[key], f"{name}.{key}")
                     if value is not None else None)
     return cfg

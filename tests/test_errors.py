@@ -3,6 +3,7 @@ work started. Also: a crafted pickle checkpoint is refused instead of run."""
 import json
 import os
 import pickle
+import re
 
 import pytest
 import torch
@@ -190,6 +191,11 @@ def test_config_roundtrips_through_dict():
     again = from_dict(cfg.to_dict())
     assert again == cfg
     validate(again)
+    saved = cfg.to_dict()
+    saved["train"]["gone"] = 1  # a key a later version removed
+    with pytest.raises(ConfigError, match=re.escape(
+            "unknown config key 'train.gone' in a saved config (written by another version")):
+        from_dict(saved)
 
 
 def test_imagenet_presets_are_shown_without_their_data(capsys):
