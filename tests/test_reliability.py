@@ -179,10 +179,9 @@ def test_damaged_newest_checkpoint_falls_back_to_older(tmp_path, capsys):
     assert "trying an older checkpoint" in capsys.readouterr().out
 
 
-def test_an_unreadable_newer_checkpoint_does_not_take_the_keep_slots(tmp_path, monkeypatch):
-    """Resumed from step 1 past a step-3 checkpoint that did not read, with keep=2: the step-3
-    file is set aside as unreadable (its read may have failed for a passing reason), and the
-    checkpoints written next, before and after step 3, keep both slots."""
+def step_3_fails_to_read_once(tmp_path, monkeypatch) -> None:
+    """Checkpoints of steps 1 and 3; the next read, step 3's, fails (as it can for a passing
+    reason: memory, a network disk)."""
     checkpoint.save({"v": 1}, tmp_path, step=1, keep=2)
     checkpoint.save({"v": 3}, tmp_path, step=3, keep=2)
     real_load = torch.load
@@ -191,13 +190,23 @@ def test_an_unreadable_newer_checkpoint_does_not_take_the_keep_slots(tmp_path, m
         monkeypatch.setattr(checkpoint.torch, "load", real_load)
         raise MemoryError()
     monkeypatch.setattr(checkpoint.torch, "load", out_of_memory_once)
+
+
+def names(run_dir) -> list[str]:
+    return [p.name for p in checkpoint.list_checkpoints(run_dir)]
+
+
+def test_an_unreadable_newer_checkpoint_does_not_take_the_keep_slots(tmp_path, monkeypatch):
+    """Resumed from step 1 past a step-3 checkpoint that did not read, with keep=2: the step-3
+    file is set aside as unreadable (its read may have failed for a passing reason), and the
+    checkpoints written next, before and after step 3, keep both slots."""
+    step_3_fails_to_read_once(tmp_path, monkeypatch)
     assert checkpoint.resume_state(tmp_path, warn=lambda m: None)["v"] == 1
-    names = lambda: [p.name for p in checkpoint.list_checkpoints(tmp_path)]  # noqa: E731
     aside = tmp_path / "checkpoints" / "step_00000003.pt.unreadable"
-    assert names() == ["step_00000001.pt"] and checkpoint.load(aside)["v"] == 3
+    assert names(tmp_path) == ["step_00000001.pt"] and checkpoint.load(aside)["v"] == 3
     for step in (2, 4, 5):
         checkpoint.save({"v": step}, tmp_path, step=step, keep=2)
-    assert names() == ["step_00000004.pt", "step_00000005.pt"] and aside.exists()
+    assert names(tmp_path) == ["step_00000004.pt", "step_00000005.pt"] and aside.exists()
     assert checkpoint.resume_state(tmp_path)["v"] == 5
 
 
@@ -228,20 +237,12 @@ def test_a_checkpoint_a_rollback_went_back_past_does_not_take_the_keep_slot(tmp_
     """A rollback (which reads without setting aside) went back to step 1 past a step-3
     checkpoint that did not read: with keep=1 the step-2 checkpoint written next is kept, and
     step 3 too, until the run writes step 3 again."""
-    checkpoint.save({"v": 1}, tmp_path, step=1, keep=2)
-    checkpoint.save({"v": 3}, tmp_path, step=3, keep=2)
-    real_load = torch.load
-
-    def out_of_memory_once(path, *a, **k):
-        monkeypatch.setattr(checkpoint.torch, "load", real_load)
-        raise MemoryError()
-    monkeypatch.setattr(checkpoint.torch, "load", out_of_memory_once)
+    step_3_fails_to_read_once(tmp_path, monkeypatch)
     assert checkpoint.load_latest(tmp_path, warn=lambda m: None)["v"] == 1
     checkpoint.save({"v": 2}, tmp_path, step=2, keep=1)
-    names = lambda: [p.name for p in checkpoint.list_checkpoints(tmp_path)]  # noqa: E731
-    assert names() == ["step_00000002.pt", "step_00000003.pt"]
+    assert names(tmp_path) == ["step_00000002.pt", "step_00000003.pt"]
     checkpoint.save({"v": 4}, tmp_path, step=3, keep=1)
-    assert names() == ["step_00000003.pt"] and checkpoint.load_latest(tmp_path)["v"] == 4
+    assert names(tmp_path) == ["step_00000003.pt"] and checkpoint.load_latest(tmp_path)["v"] == 4
 
 
 @needs_fmnist
