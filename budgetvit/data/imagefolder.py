@@ -54,12 +54,12 @@ def first_names(names: list[str], limit: int = 10) -> str:
     return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
 
 
-def visible(folder: Path, path: str) -> bool:
-    """An image file below folder with no hidden part in its path: Jupyter's
-    .ipynb_checkpoints/, macOS's ._name.jpg resource forks and the like are not data."""
-    rel = Path(path).relative_to(folder)
-    return (path.lower().endswith(IMG_EXTENSIONS) and
-            not any(part.startswith(".") for part in rel.parts))
+def visible_image(path: str, below: int) -> bool:
+    """Whether path is an image file with no hidden part (a name starting with ".") past its
+    first `below` characters: Jupyter's .ipynb_checkpoints/, macOS's ._name.jpg resource forks
+    and the like are not data. (Tests on the string: a Path per file, 30x slower, would add
+    seconds to the scan of ImageNet's 1.28M files.)"""
+    return path.lower().endswith(IMG_EXTENSIONS) and os.sep + "." not in path[below:]
 
 
 def scan(root: str | Path, split: str, class_to_idx: dict | None = None,
@@ -83,8 +83,9 @@ def scan(root: str | Path, split: str, class_to_idx: dict | None = None,
         if extra:
             raise ConfigError(f"{folder} has class folders that {lacks}: "
                               f"{first_names(extra)}")
+    below = len(str(folder))  # (make_dataset's paths start with it, then a separator)
     samples = make_dataset(str(folder), class_to_idx, allow_empty=True,
-                           is_valid_file=lambda path: visible(folder, path))
+                           is_valid_file=lambda path: visible_image(path, below))
     if not samples:
         raise FileNotFoundError(f"no images in {folder}")
     if split == "train":  # a class never trained on: an output the model cannot learn
