@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .arms import ABLATION, Arm, adhoc_arm, all_arms, arm_config, sweep_arms
-from .config import Config, ConfigError, apply_overrides, parse_budget, sets, validate
+from .config import (Config, ConfigError, apply_overrides, check_one_budget, parse_budget, sets,
+                     validate)
 from .summary import write_json_atomic
 
 COMMAND, HELP = "bench", "run arms x seeds under one budget; results.json + results.md"
@@ -219,8 +220,7 @@ def plan(args) -> tuple[str, Benchmark | None, Config, list[Arm], list[int], lis
     if args.benchmark and (args.preset or args.budget):
         raise ConfigError("--benchmark fixes the preset and budget; drop --preset/--budget, or "
                           "drop --benchmark for a custom bench")
-    if args.budget and sets(args.set, "train.budget"):
-        raise ConfigError("--budget and --set train.budget both give the budget; give one")
+    check_one_budget(args.budget, args.set)
     bench = BENCHMARKS.get(name)
     base = get_preset(bench.preset if bench else args.preset or "fmnist")
     base.train.budget = bench.budget if bench else args.budget or base.train.budget

@@ -124,14 +124,14 @@ def resume_state(run_dir: str | Path, warn=print) -> dict | None:
     `keep` rotation (once passed, they would take the slots of readable ones) and of later
     resumes, but kept, since the read may have failed for a passing reason (memory, a network
     disk). If none loads the run is not started over: that is for the user to decide."""
-    found = newest_loadable(run_dir, warn)
+    paths, found = list_checkpoints(run_dir), newest_loadable(run_dir, warn)
     if found is None:
-        if list_checkpoints(run_dir):
+        if paths:
             raise CheckpointError(
                 f"no checkpoint in {checkpoint_dir(run_dir)} reads (see the warnings above); "
                 f"rerun if the cause may pass, or move them away to start the run over")
         return None
-    for path in list_checkpoints(run_dir):
+    for path in paths:
         if step_of(path) > step_of(found[0]):
             path.rename(path.with_name(path.name + ".unreadable"))
     return found[1]

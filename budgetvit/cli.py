@@ -121,13 +121,12 @@ def command_modules():
 
 
 def cmd_train(args) -> int:
-    from .config import apply_overrides, sets, validate
+    from .config import apply_overrides, check_one_budget, validate
     from .presets import get_preset
     from .train import TrainingStopped, train
     cfg = get_preset(args.preset)
+    check_one_budget(args.budget, args.set or [])
     if args.budget:
-        if sets(args.set or [], "train.budget"):
-            raise ConfigError("--budget and --set train.budget both give the budget; give one")
         cfg.train.budget = args.budget
     apply_overrides(cfg, args.set)
     validate(cfg, paths=not args.print_config)

@@ -166,6 +166,12 @@ def sets(pairs: list[str], key: str) -> bool:
     return any(pair.split("=", 1)[0].strip() == key for pair in pairs)
 
 
+def check_one_budget(budget: str | None, pairs: list[str]) -> None:
+    """--budget and --set train.budget are one setting: both given is refused (which wins?)."""
+    if budget and sets(pairs, "train.budget"):
+        raise ConfigError("--budget and --set train.budget both give the budget; give one")
+
+
 def apply_overrides(cfg: Config, pairs: list[str]) -> Config:
     """Apply ["section.key=value", ...] to cfg in place; unknown keys fail with the choices."""
     for pair in pairs:

@@ -277,7 +277,7 @@ def prepare(src: str | Path, dst: str | Path, *, max_size: int = 256, encoding: 
 
     # A shard deleted or cut short after it was made (a copy that failed) is made again: its
     # receipt goes, and so does meta.json until the cache is whole once more.
-    cut = [receipt_path(j) for j in jobs if _shard_cut(dst, receipt_path(j))]
+    cut = [r for r in map(receipt_path, jobs) if _shard_cut(dst, r)]
     if (dst / cache.META).exists() and plan_file.exists() and not cut:
         return cache.read_meta(dst)  # already complete
     (dst / cache.META).unlink(missing_ok=True)
