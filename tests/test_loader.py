@@ -207,14 +207,16 @@ def test_workers_leave_stop_signals_to_the_trainer(tree, trainers_handlers):
 
 
 @pytest.mark.parametrize("loader", ["training", "evaluation"])
-def test_workers_signalled_as_they_start_live_on(tree, monkeypatch, loader):
-    """A SIGTERM can reach workers before their worker_init_fn has run (every size change and
-    evaluation starts new ones): held back until it has, it is then ignored as any other."""
+def test_workers_signalled_as_they_start_live_on(tree, monkeypatch, loader, trainers_handlers):
+    """A stop signal can reach workers before their worker_init_fn has run (every size change
+    and evaluation starts new ones; a SIGINT would run the trainer's handler, which can raise):
+    held back until it has, it is then ignored as any other."""
     from budgetvit.data import loader_workers
     real = loader_workers._leave_stops_to
 
     def signalled_first(*args):  # (forked workers: the stand-in needs no pickling)
-        subprocess.run(["kill", "-TERM", str(os.getpid())], check=True)  # another process
+        for s in STOP_SIGNALS:  # from another process
+            subprocess.run(["kill", f"-{s.name[3:]}", str(os.getpid())], check=True)
         real(*args)
     monkeypatch.setattr(loader_workers, "_leave_stops_to", signalled_first)
     data = folder(tree)

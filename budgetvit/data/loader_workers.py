@@ -9,8 +9,8 @@ fails on a dead worker instead of finishing its step, writing its checkpoint and
 resume. So a worker ignores these signals, except the SIGTERM of the trainer itself, which is
 how the trainer (DataLoader shutdown, multiprocessing at exit) ends workers that have not
 stopped by themselves: ignored, that one would hang the trainer's exit. Workers are forked
-with SIGTERM blocked (`started`), so that one sent before their worker_init_fn runs
-waits for it rather than killing them.
+with these signals blocked (`started`), so that one sent before their worker_init_fn runs
+waits for it (and is then dropped, or taken as the trainer's) rather than killing them.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import threading
 # fresh process and seconds to (re-)import what they run, at every size change and evaluation.
 SENDER_KNOWN = hasattr(signal, "sigwaitinfo")
 START_METHOD = "fork" if SENDER_KNOWN else None
+IGNORED = {signal.SIGINT, signal.SIGHUP}
 
 
 def worker_settings(workers: int) -> dict:
@@ -38,21 +39,22 @@ def worker_settings(workers: int) -> dict:
 
 
 def started(loader):
-    """iter(loader), which starts its workers, with SIGTERM blocked meanwhile: forked, they
-    take this thread's signal mask and keep it blocked until their worker_init_fn takes over."""
-    if not SENDER_KNOWN:
-        return iter(loader)
+    """iter(loader), which starts its workers, with the stop signals blocked meanwhile: forked,
+    they take this thread's signal mask and keep them blocked until their worker_init_fn takes
+    over (a SIGINT there would run the trainer's handler, which can raise)."""
     before = signal.pthread_sigmask(signal.SIG_BLOCK, ())
     try:  # (blocking can run a pending handler, which may raise: inside the try)
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        signal.pthread_sigmask(signal.SIG_BLOCK, IGNORED | ({signal.SIGTERM} if SENDER_KNOWN
+                                                             else set()))
         return iter(loader)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _leave_stops_to(trainer_pid: int, worker_id: int) -> None:
-    for s in (signal.SIGINT, signal.SIGHUP):
+    for s in IGNORED:
         signal.signal(s, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, IGNORED)  # (one sent meanwhile is dropped)
     if SENDER_KNOWN:
         # Python handlers do not see who sent a signal: SIGTERM stays blocked in this thread
         # (as forked; and in the threads and programs it starts) and is taken by a thread that
