@@ -32,8 +32,16 @@ def peak_for_name(name: str) -> float | None:
 
 def peak_flops(device: torch.device) -> float | None:
     """Peak bf16 FLOP/s of this device (env BUDGETVIT_PEAK_TFLOPS wins), None if unknown."""
-    if os.environ.get("BUDGETVIT_PEAK_TFLOPS"):
-        return float(os.environ["BUDGETVIT_PEAK_TFLOPS"]) * 1e12
+    given = os.environ.get("BUDGETVIT_PEAK_TFLOPS")
+    if given:
+        try:
+            tflops = float(given)
+        except ValueError:
+            tflops = 0.0
+        if not 0 < tflops < float("inf"):  # (nan too)
+            raise ConfigError(f"BUDGETVIT_PEAK_TFLOPS={given}: give the GPU's peak dense bf16 "
+                              f"rate in TFLOP/s, e.g. 989")
+        return tflops * 1e12
     if device.type != "cuda":
         return None
     return peak_for_name(torch.cuda.get_device_name(device))
@@ -134,5 +142,7 @@ def resolve(train_cfg, local_rank: int = 0) -> Runtime:
         bf16 = cuda and torch.cuda.is_bf16_supported(including_emulation=False)
         precision = "bf16" if bf16 else "fp16" if cuda else "fp32"
     amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if cuda and amp is not None:  # the float32 matmuls left outside autocast on tensor cores
+        torch.set_float32_matmul_precision("high")  # (fp32 runs keep full precision)
     compile_on = train_cfg.compile == "on" or (train_cfg.compile == "auto" and cuda)
     return Runtime(device, amp, compile_on, train_cfg.compile_scope, train_cfg.compile_mode)

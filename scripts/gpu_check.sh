@@ -22,8 +22,8 @@
 #   WARMUP_ARGS="--set model.name=vit_micro4_local train.batch_size=32 curriculum.start_size_px=16 curriculum.step_px=4 curriculum.final_size_px=24" \
 #   bash scripts/gpu_check.sh /tmp/gpu_dry
 set -uo pipefail
+LOG=$(realpath -m "${1:-${OUT:-gpu_logs}}")  # (where the caller is, before the cd)
 cd "$(dirname "$0")/.."
-LOG=${1:-${OUT:-gpu_logs}}
 mkdir -p "$LOG"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1
 PY=${PYTHON:-python3}

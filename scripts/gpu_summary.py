@@ -27,18 +27,23 @@ def row(label: str, text: str) -> None:
     print(f"{label:<32} {text}")
 
 
-def speed_tables() -> list[tuple[str, dict, str]]:
+def speed_tables() -> tuple[list[tuple[str, dict, str]], str]:
     """[(header, {size: [size, img/s, MFU, mem, warm-up(, timm img/s, ratio)]}, last line)],
-    one per `speed` run in speed.txt (each begins with its "device ..." line)."""
-    tables = []
+    one per `speed` run in speed.txt (each begins with its "device ..." line); and the last
+    line before the first header (a library's warning, or the error that stopped step 2 before
+    it printed one), which opens no table."""
+    tables, before = [], ""
     for line in lines("speed.txt"):
         parts = line.split()
-        if line.startswith("device ") or not tables:  # (an error before any header too)
+        if line.startswith("device "):
             tables.append((line, {}, line))
+        elif not tables:
+            before = line
+            continue
         elif parts and parts[0].isdigit():
             tables[-1][1][int(parts[0])] = parts
         tables[-1] = (*tables[-1][:2], line)
-    return tables
+    return tables, before
 
 
 check = lines("check.txt")
@@ -49,11 +54,11 @@ for line in check[1:]:
 # Step 5's compile variants append to speed.txt: the main table is the first that is not one
 # of them (none where step 2 was skipped); the others are compared with it.
 variant = re.compile(r"compile on \((model|.*reduce-overhead)")
-tables = speed_tables()
+tables, before = speed_tables()
 main = next((t for t in tables if not variant.search(t[0])), None)
 rows = main[1] if main else {}
 if not rows:
-    row("speed table", f"MISSING; last line: {main[2] if main else 'no speed table'}")
+    row("speed table", f"MISSING; last line: {main[2] if main else before or 'no speed table'}")
 else:
     row("speed table", main[0])
     for size, r in sorted(rows.items()):

@@ -65,6 +65,16 @@ def test_summary_reads_every_log(tmp_path):
         "39.1s for 32px, 64px (cold caches; target <= 180s), batch 1024")
 
 
+def test_a_warning_before_the_speed_tables_header_is_no_table(tmp_path):
+    """speed.txt holds stderr too: a library's warning printed before the header."""
+    (tmp_path / "speed.txt").write_text("FutureWarning: pynvml is deprecated\n  import pynvml\n"
+                                        + SPEED)
+    lines = summary_of(tmp_path)
+    assert row(lines, "speed table").startswith("device NVIDIA H200")
+    assert row(lines, "  64 px / 224 px") == "4.17x"
+    assert row(lines, "  64 px, blocks, reduce-overhead").endswith("(default: 50000.0 img/s)")
+
+
 def test_summary_says_what_is_missing(tmp_path):
     (tmp_path / "cuda_tests.txt").write_text("....\nTimeout\n")  # cut before pytest's last line
     (tmp_path / "fmnist_summary.json").write_text(json.dumps({  # a step budget: no overrun
@@ -95,6 +105,10 @@ def test_summary_keeps_the_variants_when_the_speed_table_failed(tmp_path):
     assert row(lines, "  64 px, blocks, reduce-overhead") == (
         "60000.0 img/s, MFU 48.0%, warm-up 30.0 s (no default row)")
     assert not any(" px / " in line for line in lines)
+    # Failed before its header: that error, not the variant's table, is what is missing.
+    (tmp_path / "speed.txt").write_text("\n".join([
+        "Traceback", "ValueError: bad", variant_header, variant_cols, variant_row]))
+    assert row(summary_of(tmp_path), "speed table") == "MISSING; last line: ValueError: bad"
     # Step 2 skipped by the deadline: the variant is not taken for the speed table.
     (tmp_path / "speed.txt").write_text("\n".join([variant_header, variant_cols, variant_row]))
     lines = summary_of(tmp_path)
@@ -102,9 +116,9 @@ def test_summary_keeps_the_variants_when_the_speed_table_failed(tmp_path):
     assert row(lines, "  64 px, blocks, reduce-overhead").endswith("(no default row)")
 
 
-def run_check(log: Path, **env) -> subprocess.CompletedProcess:
+def run_check(log: Path, cwd=None, **env) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(ROOT / "scripts/gpu_check.sh"), str(log)],
-                          env={**os.environ, "PYTHON": sys.executable, **env},
+                          env={**os.environ, "PYTHON": sys.executable, **env}, cwd=cwd,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -168,10 +182,11 @@ def test_check_skips_the_steps_past_its_deadline_and_still_prints_the_table(tmp_
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
 def test_check_stops_at_once_without_a_gpu(tmp_path):
-    done = run_check(tmp_path)
+    done = run_check(Path("logs"), cwd=tmp_path)  # (relative: to where it is run from)
     assert done.returncode == 1
     assert "no CUDA GPU visible to PyTorch: stopping before any work" in done.stdout
-    assert not (tmp_path / "speed.txt").exists()
+    assert "torch " in (tmp_path / "logs" / "check.txt").read_text()
+    assert not (tmp_path / "logs" / "speed.txt").exists()
     assert "== budgetvit GPU check:" in done.stdout  # the table is printed all the same
 
 

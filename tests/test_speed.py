@@ -10,7 +10,7 @@ from torch._dynamo.utils import counters
 
 from budgetvit import checkpoint, speed
 from budgetvit.cli import main
-from budgetvit.config import model_shape
+from budgetvit.config import ConfigError, model_shape
 from budgetvit.models import create_model, forward_flops
 from budgetvit.runtime import Runtime, mfu, peak_flops, peak_for_name
 from budgetvit.train import Trainer
@@ -54,6 +54,10 @@ def test_peak_table_and_override(monkeypatch):
     assert peak_flops(torch.device("cpu")) is None
     monkeypatch.setenv("BUDGETVIT_PEAK_TFLOPS", "123.5")
     assert peak_flops(torch.device("cpu")) == pytest.approx(123.5e12)
+    for bad in ("abc", "0", "-5", "nan", "inf"):
+        monkeypatch.setenv("BUDGETVIT_PEAK_TFLOPS", bad)
+        with pytest.raises(ConfigError, match=f"BUDGETVIT_PEAK_TFLOPS={bad}: give the GPU's"):
+            peak_flops(torch.device("cpu"))
 
 
 @needs_fmnist
