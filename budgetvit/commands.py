@@ -1,6 +1,7 @@
 """The smaller subcommands: eval, predict, export, info, speed."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -64,6 +65,7 @@ def eval_view(dataset: str, size: int):
 
 def cmd_predict(args) -> int:
     from . import inference
+    from .cli import EXIT_USAGE
     from .data.imagefolder import open_rgb
     from .evaluate import normalize
     ld = inference.load(args.checkpoint)
@@ -76,11 +78,14 @@ def cmd_predict(args) -> int:
         raise ConfigError(f"--img-size {size} is not a multiple of the patch size "
                           f"{model.cfg.patch_size}")
     view = eval_view(ld.cfg.data.dataset, size)
+    unreadable = 0
     for path in args.images:
         try:
             img = open_rgb(path, upright=True)
-        except Exception as e:
-            raise FileNotFoundError(f"cannot read image {path}: {e}") from None
+        except Exception as e:  # said, and the other images still predicted
+            print(f"error: cannot read image {path}: {e}", file=sys.stderr)
+            unreadable += 1
+            continue
         if model.cfg.in_chans == 1:
             img = img.convert("L")
         x = normalize(view(img), ld.mean, ld.std)
@@ -90,7 +95,7 @@ def cmd_predict(args) -> int:
         ranked = ", ".join(f"{ld.classes[i]} {100 * p:.1f}%"
                            for p, i in zip(top.values.tolist(), top.indices.tolist()))
         print(f"{path}: {ranked}")
-    return 0
+    return EXIT_USAGE if unreadable else 0
 
 
 def cmd_export(args) -> int:
@@ -103,7 +108,11 @@ def cmd_export(args) -> int:
                           f"beside it, as model.json)")
     ld = inference.load(args.checkpoint)
     model, weights = ld.chosen(args.no_ema)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # (a file where a folder of the path should be)
+        raise ConfigError(f"--out {out}: cannot make its folder {out.parent} "
+                          f"({e.strerror or e})") from None
     # What predict / eval need to use the weights as the run's own evaluation did.
     meta = {"weights": weights, "step": ld.step, "classes": ld.classes, "mean": list(ld.mean),
             "std": list(ld.std), "config": ld.cfg.to_dict()}

@@ -52,6 +52,8 @@ def load(path: str | Path, device="cpu") -> Loaded:
     else:
         file, state = path, checkpoint.load(path)  # (a missing file: CheckpointError)
     try:
+        if not isinstance(state, dict):  # (torch.save of a bare tensor, say)
+            raise TypeError(f"it holds a {type(state).__name__}")
         mcfg = ViTConfig(**state["model_config"])
         model = VisionTransformer(mcfg)
         model.load_state_dict(state["model"])
@@ -59,13 +61,16 @@ def load(path: str | Path, device="cpu") -> Loaded:
         if state.get("ema") is not None:
             ema = VisionTransformer(mcfg)
             ema.load_state_dict(state["ema"]["weights"])
-    except (KeyError, TypeError, RuntimeError) as e:
-        raise checkpoint.CheckpointError(f"{path} is not a budgetvit checkpoint ({e})") from None
+        cfg, classes, step = from_dict(state["config"]), state["classes"], state["clock"]["steps"]
+        mean, std = tuple(state["mean"]), tuple(state["std"])
+    except (KeyError, TypeError, ValueError, RuntimeError, ConfigError) as e:
+        why = " ".join(str(e).split())  # (load_state_dict's message spans lines)
+        raise checkpoint.CheckpointError(f"{path} is not a budgetvit checkpoint "
+                                         f"({type(e).__name__}: {why})") from None
     for m in (model, ema):
         if m is not None:
             m.to(device).eval()
-    return Loaded(model, ema, from_dict(state["config"]), state["classes"],
-                  tuple(state["mean"]), tuple(state["std"]), state["clock"]["steps"], file)
+    return Loaded(model, ema, cfg, classes, mean, std, step, file)
 
 
 def load_exported(path: Path, device="cpu") -> Loaded:

@@ -452,3 +452,19 @@ def test_bench_data_with_a_batch_larger_than_the_tree_exits_2_promptly(trees):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == "error: --batch-size 64 exceeds the 44 training images"
+
+
+@needs_fmnist
+def test_bench_data_on_a_tree_with_unreadable_images_names_the_baseline(tmp_path, capsys):
+    """Plain torchvision stops at the first unreadable image; the loader does not."""
+    root = write_image_tree(tmp_path / "tree")  # 12 train images a class, 36 in all
+    for path in (root / "train" / "bag").iterdir():  # a third of every batch of 32
+        path.write_bytes(b"")
+    args = ["bench-data", "--src", str(root), "--sizes", "16", "--workers", "1",
+            "--batch-size", "32", "--batches", "1", "--warmup", "0", "--repeats", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the torchvision baseline stopped at an unreadable image (")
+    assert err.endswith("--skip-baseline times FolderData alone") and len(err.splitlines()) == 1
+    assert main([*args, "--skip-baseline"]) == 0
+    assert "| 16 | nan |" in capsys.readouterr().out

@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from PIL import Image
 
 from budgetvit.cli import main
 from budgetvit.config import Config, ConfigError, apply_overrides, from_dict, validate
@@ -93,7 +94,11 @@ CASES = [
      "exported weights /nonexistent/w.safetensors do not exist"),
     (["predict", "--checkpoint", "EMAEXPORT", "x.png", "AFILE", "y.jpg"],
      "no such image file: x.png, y.jpg"),  # every one, before any prediction
-    (["bench", "--seeds", "1", "--out", "AFILE"], "File exists"),
+    (["bench", "--seeds", "1", "--out", "AFILE"], "afile is a file, not a folder"),
+    (["eval", "--checkpoint", "TENSOR"], "is not a budgetvit checkpoint (TypeError: it holds a"),
+    (["eval", "--checkpoint", "HEADLESS"],  # (load_state_dict's message on one line)
+     "is not a budgetvit checkpoint (RuntimeError: Error(s) in loading state_dict"),
+    (["export", "--checkpoint", "EMAEXPORT", "--out", "INAFILE"], "cannot make its folder"),
     (["bench", "--arm", "x: 'optim.lr=1"], "--arm x: No closing quotation"),
     (["bogus"], "invalid choice: 'bogus'"),
     (["train", "--budget", "2steps", "--set", "train.batch_size=100000"],  # refused after the
@@ -130,8 +135,13 @@ def bad_files(tmp_path):
     cut = exports["CUTEXPORT"]
     cut.write_bytes(cut.read_bytes()[:5000])
     exports["GARBLEDEXPORT"].with_suffix(".json").write_bytes(b"\xff{ not json")
+    tensor, headless = tmp_path / "tensor.pt", tmp_path / "headless.pt"
+    torch.save(torch.zeros(3), tensor)
+    torch.save({"model_config": model.cfg.to_dict(), "model": {
+        k: v for k, v in model.state_dict().items() if not k.startswith("head.")}}, headless)
     return {"CORRUPT": str(corrupt), "CRAFTED": str(crafted), "EMPTYDIR": str(empty),
-            "AFILE": str(afile), "OLDEXPORT": str(old),
+            "AFILE": str(afile), "OLDEXPORT": str(old), "TENSOR": str(tensor),
+            "HEADLESS": str(headless), "INAFILE": str(afile / "w.safetensors"),
             **{name: str(p) for name, p in exports.items()}}
 
 
@@ -150,6 +160,16 @@ def test_malformed_input_gives_one_line_and_exit_2(args, fragment, bad_files, ca
     assert err.startswith("error: ")
     assert fragment in err
     assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_predict_goes_on_past_an_unreadable_image(bad_files, tmp_path, capsys):
+    image = tmp_path / "plain.png"
+    Image.new("L", (28, 28), 128).save(image)
+    assert run_cli(["predict", "--checkpoint", bad_files["EMAEXPORT"], bad_files["AFILE"],
+                    str(image)]) == 2
+    said = capsys.readouterr()
+    assert said.err.startswith(f"error: cannot read image {bad_files['AFILE']}: ")
+    assert said.out.startswith(f"{image}: ") and "%" in said.out
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

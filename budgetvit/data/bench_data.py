@@ -43,13 +43,14 @@ def add_arguments(p) -> None:
     p.add_argument("--sizes", default="64,128,224", help="image sizes (default 64,128,224)")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="loader processes, for both pipelines (default: one per usable CPU)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="default: 128")
     p.add_argument("--batches", type=int,
                    help="timed batches per run (default: max(20, 4 x workers))")
     p.add_argument("--warmup", type=int,
                    help="untimed batches first (default: 2 x workers + 1, so that every "
                         "worker is past its start-up and the prefetch queues are settled)")
-    p.add_argument("--repeats", type=int, default=2, help="runs per pipeline and size (best)")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="runs per pipeline and size, the best kept (default: 2)")
     p.add_argument("--crop-scale-min", type=float, default=0.08,
                    help="random-resized-crop area range [s, 1] (default 0.08, torchvision's)")
     p.add_argument("--randaugment", type=int, default=0, metavar="OPS",
@@ -238,8 +239,15 @@ def run(args) -> int:
             # than the tree, where the baseline's loader would yield nothing, forever.
             data = make_loader(tree, cache_dir, holdout, args, device)
             if not args.skip_baseline:
-                base.append(timed(baseline_batches(tree, size, args, device), device,
-                                  args.warmup, args.batches))
+                try:
+                    base.append(timed(baseline_batches(tree, size, args, device), device,
+                                      args.warmup, args.batches))
+                except OSError as e:  # (PIL's UnidentifiedImageError is one)
+                    # Plain ImageFolder has no way past an unreadable image; the loader has.
+                    last = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+                    raise ConfigError(f"the torchvision baseline stopped at an unreadable "
+                                      f"image ({last}); --skip-baseline times {name} "
+                                      f"alone") from None
             ours.append(timed(loader_batches(data, size), device, args.warmup, args.batches))
             del data  # shuts its workers down before the next pipeline starts
         (b, bc), (o, oc) = [best_of(runs) if runs else nan for runs in (base, ours)]
