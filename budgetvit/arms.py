@@ -130,12 +130,12 @@ def adhoc_arm(spec: str, taken: set[str]) -> Arm:
     return Arm(name, f"--set {' '.join(sets)}" if sets else "the base config", lambda c: sets)
 
 
-def arm_config(base: Config, arm: Arm, check: bool = True) -> Config | None:
-    """The arm's full config, validated (but for the data paths, the base's); an invalid one
+def arm_config(base: Config, arm: Arm, check: bool = True, paths: bool = False) -> Config | None:
+    """The arm's full config, validated (its data paths too with `paths`); an invalid one
     raises (check) or gives None."""
     try:
         cfg = apply_overrides(copy.deepcopy(base), arm.overrides(base))
-        validate(cfg, paths=False)
+        validate(cfg, paths=paths)
     except ConfigError as e:
         if check:
             raise ConfigError(f"arm {arm.name}: {e}") from None

@@ -28,7 +28,9 @@ from pathlib import Path
 from .arms import ABLATION, Arm, adhoc_arm, all_arms, arm_config, sweep_arms
 from .config import (Config, ConfigError, apply_overrides, check_one_budget, parse_budget, sets,
                      validate)
-from .summary import write_json_atomic
+from .folder_lock import folder_lock
+from .output import guarded_output
+from .summary import read_json, write_json_atomic
 
 COMMAND, HELP = "bench", "run arms x seeds under one budget; results.json + results.md"
 
@@ -61,7 +63,7 @@ BENCHMARKS = {
 # ---------------------------------------------------------------- aggregation (pure)
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(path) if path.exists() else {}
 
 
 def _stats(values: list[float]) -> dict | None:
@@ -74,6 +76,9 @@ def _stats(values: list[float]) -> dict | None:
 def _violations(seed: int, s: dict, caps: Benchmark | None) -> list[str]:
     """A named benchmark's limits that this run's summary broke (BENCHMARK.md rules 1, 2)."""
     out = []
+    if caps and s.get("world_size", 1) > max(1, caps.gpus):
+        out.append(f"seed{seed}: {s['world_size']} processes; the benchmark allows "
+                   f"{max(1, caps.gpus)}")
     if caps and caps.warmup_cap_s and s.get("warmup_time_s", 0) > caps.warmup_cap_s:
         out.append(f"seed{seed}: warm-up {s['warmup_time_s']:.0f}s over the "
                    f"{caps.warmup_cap_s:.0f}s cap")
@@ -115,7 +120,7 @@ def collect(out_dir: Path) -> dict[str, dict[int, dict]]:
     for path in sorted(Path(out_dir).glob("*/seed*/summary.json")):
         if re.fullmatch(r"seed\d+", path.parent.name):
             found.setdefault(path.parent.parent.name, {})[int(path.parent.name[4:])] = \
-                json.loads(path.read_text())
+                read_json(path)
     order = _read_json(Path(out_dir) / "bench.json").get("arms", [])
     return {a: found[a] for a in [*[a for a in order if a in found], *sorted(set(found) - set(order))]}
 
@@ -143,11 +148,20 @@ def markdown(results: dict) -> str:
                     f"{r['train_time_s'] / 60:.2f} min |")
     about = [f"- `{a}`: {r['about']}" for a, r in results["arms"].items() if r.get("about")]
     notes = [f"- {a}: {v}" for a, r in results["arms"].items() for v in r["violations"]]
-    env = results.get("environment", {})
     label = {"cuda": "torch built for CUDA"}  # (not a GPU: `gpus` lists those)
-    tail = ["", *about, "", "Environment: " + "; ".join(
+    described = lambda env: "; ".join(  # noqa: E731
         f"{label.get(k, k)} {(', '.join(v) if isinstance(v, list) else v) or 'none'}"
-        for k, v in env.items()) if env else ""]
+        for k, v in env.items())
+    machines = results.get("environments") or [results.get("environment") or {}]
+    if len(machines) > 1:  # resumed elsewhere: a run may have been timed on any of them
+        where = ["The runs in this folder ran on several machines:",
+                 *(f"- {described(env)}" for env in machines)]
+    else:
+        where = [f"Environment: {described(machines[0])}" if machines[0] else ""]
+    tail = ["", *about, "", *where]
+    if results.get("failed"):
+        tail += ["", "Failed runs (no summary.json; see each one's train.log): " +
+                 ", ".join(results["failed"])]
     if notes:
         tail += ["", "Rule violations:", *notes]
     return head + "\n".join(rows + tail).rstrip() + "\n"
@@ -160,7 +174,7 @@ def write_results(out_dir: Path, meta: dict, caps: Benchmark | None = None,
         r["about"] = (about or {}).get(name, "")
     results = {**meta, "arms": arms}
     write_json_atomic(out_dir / "results.json", results)
-    (out_dir / "results.md").write_text(markdown(results))
+    (out_dir / "results.md").write_text(markdown(results), encoding="utf-8")
     return results
 
 
@@ -180,7 +194,9 @@ def environment() -> dict:
     try:
         q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
                             "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
-        env["gpus"] = [line.strip() for line in q.stdout.splitlines() if line.strip()]
+        # (its complaints, "No devices were found", are no GPU)
+        env["gpus"] = [line.strip() for line in q.stdout.splitlines()
+                       if line.strip() and q.returncode == 0]
     except (OSError, subprocess.SubprocessError):
         env["gpus"] = []
     return env
@@ -240,7 +256,7 @@ def plan(args) -> tuple[str, Benchmark | None, Config, list[Arm], list[int], lis
         raise ConfigError(f"benchmark {name} fixes {', '.join(sorted(keys & pinned))}; drop "
                           f"them from --set/--arm, or make a custom bench with --preset and "
                           f"--budget")
-    names = [a.strip() for a in (args.arms or "").split(",") if a.strip()]
+    names = list(dict.fromkeys(a.strip() for a in (args.arms or "").split(",") if a.strip()))
     for a in names:
         if a not in known:
             raise ConfigError(f"unknown arm {a!r}; choose from: {', '.join(known)}")
@@ -248,7 +264,11 @@ def plan(args) -> tuple[str, Benchmark | None, Config, list[Arm], list[int], lis
     if not chosen:
         chosen = sweep_arms(base) if args.sweep else list(ABLATION)
     for arm in chosen:
-        arm_config(base, arm)
+        arm_config(base, arm, paths=not args.list)
+    if bench and args.nproc_per_node > max(1, bench.gpus):
+        raise ConfigError(f"--nproc-per-node {args.nproc_per_node}: benchmark {name} allows "
+                          f"{max(1, bench.gpus)} process(es) per run; make a custom bench with "
+                          f"--preset and --budget")
     return name, bench, base, chosen, _seeds(args.seeds), common
 
 
@@ -256,7 +276,7 @@ def train_argv(base: Config, arm: Arm, seed: int, run_dir: Path, common: list[st
     """The run's `budgetvit train` arguments: evaluation every fifth of a time budget (so the
     time-to-accuracy curve exists; not charged), then --set values, the arm's own keys and the
     seed, later ones winning."""
-    budget, unit = parse_budget(base.train.budget)
+    budget, unit = parse_budget(arm_config(base, arm).train.budget)  # (an arm's own, if set)
     pre = [f"train.eval_every_s={budget / 5:g}"] if unit == "seconds" else []
     overrides = [*pre, *common, *arm.overrides(base), f"train.seed={seed}"]
     # (`budgetvit train` refuses a --budget besides a --set budget: an arm's own budget, say)
@@ -264,8 +284,11 @@ def train_argv(base: Config, arm: Arm, seed: int, run_dir: Path, common: list[st
     return ["train", "--preset", base.preset, *flag, "--out", str(run_dir), "--set", *overrides]
 
 
-def _shell(argv: list[str]) -> str:
-    return "budgetvit " + " ".join(map(shlex.quote, argv))
+def _shell(argv: list[str], nproc: int = 1) -> str:
+    """A budgetvit command line as one would type it (under torchrun for nproc > 1)."""
+    head = f"torchrun --standalone --nproc_per_node={nproc} -m budgetvit" if nproc > 1 else \
+        "budgetvit"
+    return f"{head} {' '.join(map(shlex.quote, argv))}"
 
 
 def _same_arm(recorded: str, argv: list[str]) -> bool:
@@ -274,7 +297,8 @@ def _same_arm(recorded: str, argv: list[str]) -> bool:
     def drop_out_and_seed(a: list[str]) -> list[str]:
         i = a.index("--out")
         return [x for x in a[:i] + a[i + 2:] if not x.startswith("train.seed=")]
-    return drop_out_and_seed(shlex.split(recorded)[1:]) == drop_out_and_seed(argv)
+    words = shlex.split(recorded)
+    return drop_out_and_seed(words[words.index("train"):]) == drop_out_and_seed(argv)
 
 
 def bench_command(args, out: Path) -> str:
@@ -365,8 +389,18 @@ def run(args) -> int:
     argvs = [train_argv(base, a, k, d, common) for a, k, d in runs]
     if args.dry_run:
         for argv in argvs:
-            print(_shell(argv))
+            print(_shell(argv, args.nproc_per_node))
         return 0
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
+    with folder_lock(out), guarded_output(lambda: None):
+        # (guarded: output nobody reads any more, a closed pipe, ends no bench: each run
+        # writes its own train.log, and the bench its results files)
+        return _bench(args, out, name, bench, base, arms, runs, argvs, common)
+
+
+def _bench(args, out: Path, name: str, bench: Benchmark | None, base: Config, arms: list[Arm],
+           runs: list, argvs: list[list[str]], common: list[str]) -> int:
     # A bench folder holds one comparison: same benchmark, preset, budget and --set values.
     meta = {"benchmark": name, "preset": base.preset, "budget": base.train.budget, "set": common,
             "nproc_per_node": args.nproc_per_node}
@@ -376,25 +410,34 @@ def run(args) -> int:
                           f" this one is {json.dumps(meta)}; use another --out")
     # An arm name may be reused only for the same overrides: a run of another command resumed
     # or skipped as done, or new seeds pooled with its old ones, would mix two configs in one arm.
-    for (arm, _, _), argv in zip(runs, argvs):
+    held = lambda d: (d / "summary.json").exists() or (d / "checkpoints").exists()  # noqa: E731
+    for (arm, seed, run_dir), argv in zip(runs, argvs):
         for key, was in old.get("runs", {}).items():
             ran = out / key
-            held = (ran / "summary.json").exists() or (ran / "checkpoints").exists()
-            if key.rpartition("/seed")[0] == arm.name and held and not _same_arm(was, argv):
+            if key.rpartition("/seed")[0] == arm.name and held(ran) and not _same_arm(was, argv):
                 raise ConfigError(f"{ran} was run as `{was}`; this bench would run "
                                   f"`{_shell(argv)}`: use another --out or arm name")
+        # A run the bench has no record of (a `budgetvit train` of one's own): its command is
+        # unknown, so it would be pooled with this arm's runs unchecked.
+        if held(run_dir) and f"{arm.name}/seed{seed}" not in old.get("runs", {}):
+            raise ConfigError(f"{run_dir} holds a run this bench did not start (bench.json has "
+                              f"no record of it); move it away, or use another --out")
     env_info = environment()
     _check_hardware(name, bench, env_info)
-    out.mkdir(parents=True, exist_ok=True)
+    # Every machine the bench's calls ran on (a bench resumed elsewhere has runs of each).
+    machines = old.get("environments") or ([old["environment"]] if "environment" in old else [])
+    if env_info not in machines:
+        machines.append(env_info)
     record = {**meta, "arms": list(dict.fromkeys([*old.get("arms", []), *(a.name for a in arms)])),
               "commands": [*old.get("commands", []), bench_command(args, out)],
               "runs": dict(old.get("runs", {})), "environment": env_info,
+              "environments": machines,
               # what each arm is, kept for an --arm of an earlier call (this one may lack it)
               "about": {**old.get("about", {}), **{a.name: a.about for a in arms}}}
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(bench.env if bench else {})}
     failed = []
     for i, ((arm, seed, run_dir), argv) in enumerate(zip(runs, argvs), 1):
-        record["runs"][f"{arm.name}/seed{seed}"] = _shell(argv)
+        record["runs"][f"{arm.name}/seed{seed}"] = _shell(argv, args.nproc_per_node)
         write_json_atomic(out / "bench.json", record)
         status = _run_one(f"[{i}/{len(runs)}] {arm.name} seed {seed}:", argv, run_dir, env,
                           args.nproc_per_node)
@@ -404,7 +447,8 @@ def run(args) -> int:
             failed.append(f"{arm.name}/seed{seed}")
     about = {**{a.name: a.about for a in all_arms(base).values()}, **record["about"]}
     rules = dataclasses.asdict(bench) if bench else None
-    results = write_results(out, {**meta, "rules": rules, "environment": env_info}, bench, about)
+    results = write_results(out, {**meta, "rules": rules, "environment": env_info,
+                                  "environments": machines, "failed": failed}, bench, about)
     from .report import is_run, write_report
     seed_no = lambda d: int(d.name[4:]) if d.name[4:].isdigit() else -1  # noqa: E731
     dirs = [d for a in record["arms"] for d in sorted((out / a).glob("seed*"), key=seed_no)

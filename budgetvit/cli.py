@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError
 from .config import COMPILE_MODES, COMPILE_SCOPES, ConfigError
+from .presets import PRESETS
 
 EXIT_USAGE = 2
 
@@ -47,8 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", parser_class=Parser)
 
     t = sub.add_parser("train", help="train within a budget (no arguments: the fmnist default)")
-    t.add_argument("--preset", default="fmnist", help="recipe name (default: fmnist)")
-    t.add_argument("--budget", help="training-time budget: 90s, 5m, 1h30m, 24h, 1d, or 500steps")
+    t.add_argument("--preset", default="fmnist",
+                   help=f"recipe name: {', '.join(PRESETS)} (default: fmnist)")
+    t.add_argument("--budget", help="training-time budget: 90s, 5m, 1h30m, 24h, 1d, or 500steps "
+                   "(default: the preset's)")
     t.add_argument("--out", help="run directory (default runs/PRESET); rerun to resume")
     t.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override config values, e.g. --set optim.lr=1e-3 data.path=/x")
@@ -77,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="parameters and forward GFLOPs of a model at several sizes")
     which = i.add_mutually_exclusive_group()
-    which.add_argument("--model", default="vit_s16_local", help="a model name (see Models)")
+    which.add_argument("--model", default="vit_s16_local",
+                       help="a model name (see Models; default: vit_s16_local)")
     which.add_argument("--preset", help="a preset's model, with its overrides")
     i.add_argument("--sizes", type=_sizes,
                    help="image sizes (default: 32-224 px; a preset's curriculum sizes)")
@@ -86,12 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--in-chans", type=positive_int, help="default 3 (1 for the fmnist preset)")
 
     s = sub.add_parser("speed", help="training-step throughput (images/s), optionally vs timm")
-    s.add_argument("--model", default="vit_s16_local")
+    s.add_argument("--model", default="vit_s16_local", help="default: vit_s16_local")
     s.add_argument("--img-size", "--sizes", dest="sizes", type=_sizes, default=[224],
-                   help="one or several sizes, e.g. 64,128,224")
-    s.add_argument("--batch-size", type=positive_int, default=64)
-    s.add_argument("--steps", type=positive_int, default=10, help="timed steps per repeat")
-    s.add_argument("--repeats", type=positive_int, default=3)
+                   help="one or several sizes, e.g. 64,128,224 (default: 224)")
+    s.add_argument("--batch-size", type=positive_int, default=64, help="default: 64")
+    s.add_argument("--steps", type=positive_int, default=10,
+                   help="timed steps per repeat (default: 10)")
+    s.add_argument("--repeats", type=positive_int, default=3,
+                   help="timed blocks; the median is reported (default: 3)")
     s.add_argument("--compare-timm", action="store_true",
                    help="also time timm's same-shaped ViT in the same run")
     s.add_argument("--drop-path", type=float, default=0.0, metavar="RATE",
@@ -123,6 +129,7 @@ def command_modules():
 def cmd_train(args) -> int:
     from .config import apply_overrides, check_one_budget, validate
     from .presets import get_preset
+    from .folder_lock import LOCK_NAME
     from .train import TrainingStopped, train
     cfg = get_preset(args.preset)
     check_one_budget(args.budget, args.set or [])
@@ -146,9 +153,11 @@ def cmd_train(args) -> int:
         return 1
     except BaseException:
         # A run refused before it wrote anything (a batch larger than the dataset, no GPU)
-        # leaves no empty folders behind; rmdir stops at the first that is not empty.
+        # leaves no empty folders behind (but for the lock this process made); rmdir stops at
+        # the first that is not empty.
         for d in created:
             try:
+                (d / LOCK_NAME).unlink(missing_ok=True)
                 d.rmdir()
             except OSError:
                 break

@@ -18,6 +18,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .summary import read_json
+
 if TYPE_CHECKING:  # imported where a figure is drawn: train and speed run without matplotlib
     from matplotlib.figure import Figure
 
@@ -35,8 +37,12 @@ def discover(paths) -> list[Path]:
     """Run directories among `paths`: each path is a run dir itself, or a folder searched
     recursively (a run dir's own subfolders, e.g. checkpoints/, are not searched)."""
     found: list[Path] = []
+    seen: set[Path] = set()  # folders reached again through a symbolic link
 
     def walk(d: Path) -> None:
+        if d.resolve() in seen:
+            return
+        seen.add(d.resolve())
         if is_run(d):
             found.append(d)
             return
@@ -46,9 +52,9 @@ def discover(paths) -> list[Path]:
     for p in map(Path, paths):
         if not p.is_dir():
             from .config import ConfigError
-            raise ConfigError(f"not a directory: {p}")
+            raise ConfigError(f"{'not a directory' if p.exists() else 'no such directory'}: {p}")
         walk(p)
-    return list(dict.fromkeys(found))
+    return found
 
 
 def _timeline(path: Path) -> list[dict]:
@@ -70,7 +76,7 @@ def _timeline(path: Path) -> list[dict]:
 
 
 def load_run(d: Path, name: str) -> dict:
-    summary = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
+    summary = read_json(d / "summary.json") if (d / "summary.json").exists() else {}
     evals = _timeline(d / "eval.jsonl") or summary.get("evals", [])
     return {"name": name, "dir": d, "summary": summary, "log": _timeline(d / "log.jsonl"),
             "evals": evals}
@@ -212,7 +218,8 @@ def write_report(dirs: list[Path], out: Path, ema: bool = False, title: str = ""
     for fig, path in ((time_to_accuracy_figure(runs, ema, title), paths[0]),
                       (schedule_figure(runs, title), paths[1])):
         fig.savefig(path, dpi=120)
-    paths[2].write_text(markdown(runs, title, tuple(p.name for p in paths[:2])))
+    paths[2].write_text(markdown(runs, title, tuple(p.name for p in paths[:2])),
+                       encoding="utf-8")
     return paths
 
 

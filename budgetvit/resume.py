@@ -69,5 +69,8 @@ def finished_summary(out: Path, steps: int) -> dict | None:
     path = out / "summary.json"
     if not path.exists():
         return None
-    summary = json.loads(path.read_text())
+    try:
+        summary = json.loads(path.read_text())
+    except ValueError:  # damaged: the run writes it again
+        return None
     return summary if summary.get("steps") == steps else None

@@ -26,6 +26,17 @@ def code_version() -> str:
         return __version__
 
 
+def read_json(path: Path):
+    """A JSON file of a run or bench folder; one that does not parse (a disk filled, an
+    editor's save) is a ConfigError naming it, not a traceback."""
+    from .config import ConfigError
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:  # (JSONDecodeError is a ValueError)
+        raise ConfigError(f"{path} is not valid JSON ({e}); delete it (rerunning a run's "
+                          f"command writes its summary.json again)") from None
+
+
 def write_json_atomic(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")

@@ -8,8 +8,10 @@ their own files.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
+import os
 import random
 import signal
 import time
@@ -24,6 +26,7 @@ from .config import Config, ConfigError, from_dict, model_shape, parse_budget, v
 from .data import augment, build_data
 from .ema import EMA
 from .evaluate import evaluate, normalize
+from .folder_lock import folder_lock
 from .models import VisionTransformer, count_params, param_groups
 from .output import guarded_output
 from .progress import Progress, fmt_duration
@@ -467,6 +470,14 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
 
 
 def train(cfg: Config, out: str | Path, command: str = "") -> dict:
+    """Train in `out` (resuming what it holds), with the folder locked against a second run;
+    under torchrun rank 0 holds the lock for the job (its other ranks share the folder)."""
+    main = int(os.environ.get("RANK", "0")) == 0
+    with folder_lock(Path(out)) if main else contextlib.nullcontext():
+        return _train(cfg, out, command)
+
+
+def _train(cfg: Config, out: str | Path, command: str) -> dict:
     trainer = Trainer(cfg, out, command)
     try:
         result = trainer.run()
