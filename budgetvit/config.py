@@ -107,8 +107,9 @@ class TrainSection:
 
 @dataclass
 class CheckpointSection:
-    every_s: float = 600.0  # training seconds between checkpoints (0 = off)
-    every_steps: int = 0  # steps between checkpoints (0 = off)
+    # Periodic checkpoints (0 = none; step 0, the end and a stop are always written):
+    every_s: float = 600.0  # training seconds between checkpoints
+    every_steps: int = 0  # steps between checkpoints
     keep: int = 2  # newest checkpoints kept on disk
 
 
