@@ -17,9 +17,10 @@ LOCK_NAME = ".lock"
 @contextmanager
 def folder_lock(folder: Path, option: str = "--out"):
     """Hold FOLDER/.lock (created with the folder) while the block runs; raise ConfigError if
-    another process holds it. The kernel lets go when the holder exits, however it ends. Where
-    the folder cannot be written or the file system has no locks, the block runs unguarded
-    (the run's own writability check then names the problem)."""
+    another process holds it. A POSIX record lock: the kernel lets go when the holder exits,
+    however it ends, and processes it forks (loader workers, which outlive a SIGKILLed trainer
+    by a few seconds) do not hold it. Where the folder cannot be written or the file system
+    has no locks, the block runs unguarded (the run's writability check names the problem)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
@@ -30,8 +31,8 @@ def folder_lock(folder: Path, option: str = "--out"):
         return
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):  # (held: EAGAIN or EACCES, as the OS has it)
             holder = os.pread(fd, 20, 0).decode(errors="replace").strip() or "?"
             raise ConfigError(f"{option} {folder} is in use by another budgetvit process (pid "
                               f"{holder}); wait for it to end, or use another {option}") from None

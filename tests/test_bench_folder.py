@@ -2,9 +2,11 @@
 processes than a named benchmark allows, calls on several machines, failed runs, a reader that
 went away; and the plan's per-arm details (evaluation interval, torchrun commands)."""
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,18 +78,54 @@ def test_a_run_the_bench_did_not_start_is_refused(tmp_path, monkeypatch):
     assert not (out / "results.json").exists()
 
 
+HOLD = """
+import sys, time
+from pathlib import Path
+from budgetvit.folder_lock import folder_lock
+with folder_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def holder(folder: Path, seconds: float = 60) -> subprocess.Popen:
+    """Another process holding the folder's lock, as a live bench or run does."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), str(seconds)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
 def test_a_folder_in_use_is_refused_by_bench_and_train(tmp_path, capsys):
     out = tmp_path / "b"
-    with folder_lock(out):  # as a live bench or run holds it
+    proc = holder(out)
+    try:
         assert main(["bench", "--preset", "fmnist", "--budget", "6steps", "--arms", "vit",
                      "--seeds", "1", "--out", str(out)]) == 2
         err = capsys.readouterr().err
-        assert f"error: --out {out} is in use by another budgetvit process (pid {os.getpid()})" \
+        assert f"error: --out {out} is in use by another budgetvit process (pid {proc.pid})" \
             in err and not (out / "bench.json").exists()
         assert main(["train", "--budget", "2steps", "--out", str(out)]) == 2
         assert f"--out {out} is in use" in capsys.readouterr().err
-    with folder_lock(out):  # let go at the end of the block
+    finally:
+        proc.kill()
+        proc.wait()
+    with folder_lock(out):  # free once its holder is gone, however it ended
         pass
+
+
+def test_processes_forked_by_the_holder_do_not_hold_the_lock(tmp_path):
+    """Loader workers are forked and outlive a SIGKILLed trainer by a few seconds: a rerun
+    must not be refused meanwhile."""
+    ctx = multiprocessing.get_context("fork")
+    with folder_lock(tmp_path):
+        child = ctx.Process(target=time.sleep, args=(30,))
+        child.start()
+    try:
+        holder(tmp_path, 0).wait(timeout=60)  # another process takes it
+    finally:
+        child.kill()
+        child.join()
 
 
 def test_a_train_refused_in_a_new_folder_leaves_no_folder(tmp_path, capsys):
