@@ -154,7 +154,7 @@ def markdown(results: dict) -> str:
         for k, v in env.items())
     machines = results.get("environments") or [results.get("environment") or {}]
     if len(machines) > 1:  # resumed elsewhere: a run may have been timed on any of them
-        where = ["The runs in this folder ran on several machines:",
+        where = ["The runs in this folder ran in several environments:",
                  *(f"- {described(env)}" for env in machines)]
     else:
         where = [f"Environment: {described(machines[0])}" if machines[0] else ""]
@@ -195,8 +195,8 @@ def environment() -> dict:
         q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
                             "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
         # (its complaints, "No devices were found", are no GPU)
-        env["gpus"] = [line.strip() for line in q.stdout.splitlines()
-                       if line.strip() and q.returncode == 0]
+        env["gpus"] = ([line.strip() for line in q.stdout.splitlines() if line.strip()]
+                       if q.returncode == 0 else [])
     except (OSError, subprocess.SubprocessError):
         env["gpus"] = []
     return env
@@ -296,7 +296,9 @@ def _same_arm(recorded: str, argv: list[str]) -> bool:
     --out points (the same folder may be named relative or absolute)."""
     def drop_out_and_seed(a: list[str]) -> list[str]:
         i = a.index("--out")
-        return [x for x in a[:i] + a[i + 2:] if not x.startswith("train.seed=")]
+        # (the bench's own evaluation interval: an earlier version took it from the base budget)
+        return [x for x in a[:i] + a[i + 2:]
+                if not x.startswith(("train.seed=", "train.eval_every_s="))]
     words = shlex.split(recorded)
     return drop_out_and_seed(words[words.index("train"):]) == drop_out_and_seed(argv)
 
@@ -416,7 +418,8 @@ def _bench(args, out: Path, name: str, bench: Benchmark | None, base: Config, ar
             ran = out / key
             if key.rpartition("/seed")[0] == arm.name and held(ran) and not _same_arm(was, argv):
                 raise ConfigError(f"{ran} was run as `{was}`; this bench would run "
-                                  f"`{_shell(argv)}`: use another --out or arm name")
+                                  f"`{_shell(argv, args.nproc_per_node)}`: use another --out "
+                                  f"or arm name")
         # A run the bench has no record of (a `budgetvit train` of one's own): its command is
         # unknown, so it would be pooled with this arm's runs unchecked.
         if held(run_dir) and f"{arm.name}/seed{seed}" not in old.get("runs", {}):
@@ -424,10 +427,8 @@ def _bench(args, out: Path, name: str, bench: Benchmark | None, base: Config, ar
                               f"no record of it); move it away, or use another --out")
     env_info = environment()
     _check_hardware(name, bench, env_info)
-    # Every machine the bench's calls ran on (a bench resumed elsewhere has runs of each).
+    # Every environment a run of the folder ran in (a bench resumed elsewhere has runs in each)
     machines = old.get("environments") or ([old["environment"]] if "environment" in old else [])
-    if env_info not in machines:
-        machines.append(env_info)
     record = {**meta, "arms": list(dict.fromkeys([*old.get("arms", []), *(a.name for a in arms)])),
               "commands": [*old.get("commands", []), bench_command(args, out)],
               "runs": dict(old.get("runs", {})), "environment": env_info,
@@ -438,6 +439,8 @@ def _bench(args, out: Path, name: str, bench: Benchmark | None, base: Config, ar
     failed = []
     for i, ((arm, seed, run_dir), argv) in enumerate(zip(runs, argvs), 1):
         record["runs"][f"{arm.name}/seed{seed}"] = _shell(argv, args.nproc_per_node)
+        if not (run_dir / "summary.json").exists() and env_info not in machines:  # runs here
+            machines.append(env_info)
         write_json_atomic(out / "bench.json", record)
         status = _run_one(f"[{i}/{len(runs)}] {arm.name} seed {seed}:", argv, run_dir, env,
                           args.nproc_per_node)

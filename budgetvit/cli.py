@@ -129,7 +129,6 @@ def command_modules():
 def cmd_train(args) -> int:
     from .config import apply_overrides, check_one_budget, validate
     from .presets import get_preset
-    from .folder_lock import LOCK_NAME
     from .train import TrainingStopped, train
     cfg = get_preset(args.preset)
     check_one_budget(args.budget, args.set or [])
@@ -153,11 +152,9 @@ def cmd_train(args) -> int:
         return 1
     except BaseException:
         # A run refused before it wrote anything (a batch larger than the dataset, no GPU)
-        # leaves no empty folders behind (but for the lock this process made); rmdir stops at
-        # the first that is not empty.
+        # leaves no empty folders behind; rmdir stops at the first that is not empty.
         for d in created:
             try:
-                (d / LOCK_NAME).unlink(missing_ok=True)
                 d.rmdir()
             except OSError:
                 break

@@ -25,6 +25,12 @@ class Dist:
         return self.world > 1
 
 
+def is_main_process() -> bool:
+    """Whether this process runs alone or is rank 0 of its torchrun job, as init() reads it
+    (before the group is joined)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) == 1 or int(os.environ["RANK"]) == 0
+
+
 def init(device_kind: str, timeout_s: float = 300.0) -> Dist:
     """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU), if any."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -63,7 +63,9 @@ def load(path: str | Path, device="cpu") -> Loaded:
             ema.load_state_dict(state["ema"]["weights"])
         cfg, classes, step = from_dict(state["config"]), state["classes"], state["clock"]["steps"]
         mean, std = tuple(state["mean"]), tuple(state["std"])
-    except (KeyError, TypeError, ValueError, RuntimeError, ConfigError) as e:
+    except ConfigError:
+        raise  # (a saved config of another version: its message says so)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
         why = " ".join(str(e).split())  # (load_state_dict's message spans lines)
         raise checkpoint.CheckpointError(f"{path} is not a budgetvit checkpoint "
                                          f"({type(e).__name__}: {why})") from None

@@ -142,7 +142,8 @@ def resolve(train_cfg, local_rank: int = 0) -> Runtime:
         bf16 = cuda and torch.cuda.is_bf16_supported(including_emulation=False)
         precision = "bf16" if bf16 else "fp16" if cuda else "fp32"
     amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    if cuda and amp is not None:  # the float32 matmuls left outside autocast on tensor cores
-        torch.set_float32_matmul_precision("high")  # (fp32 runs keep full precision)
+    if cuda:  # with autocast, TF32 for the float32 matmuls left outside it; fp32 runs keep
+        # full precision (set either way: the setting is the process's, not the run's)
+        torch.set_float32_matmul_precision("high" if amp is not None else "highest")
     compile_on = train_cfg.compile == "on" or (train_cfg.compile == "auto" and cuda)
     return Runtime(device, amp, compile_on, train_cfg.compile_scope, train_cfg.compile_mode)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
-import os
 import random
 import signal
 import time
@@ -73,6 +72,7 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
         self.budget, self.unit = parse_budget(cfg.train.budget)
         self.dist = distributed.init("cuda" if resolve(cfg.train).cuda else "cpu")
         self.rt = resolve(cfg.train, self.dist.local_rank)
+        self.peak = peak_flops(self.rt.device)  # (for MFU; a bad override fails here, at once)
         if cfg.train.batch_size % self.dist.world:
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by "
                               f"the world size {self.dist.world}")
@@ -443,9 +443,8 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
         rec = {"step": self.clock.steps, "train_time_s": round(now, 3), "img_size": size,
                "lr": lr, "loss": loss_sum / max(count, 1), "img_per_s": img_per_s,
                "images": self.images, "epoch": self.images / self.data.num_images}
-        peak = peak_flops(self.rt.device)
-        if peak:  # img_per_s counts every rank's images: the peak is world x one GPU's
-            rec["mfu"] = mfu(self.model_cfg, size, img_per_s, peak * self.dist.world)
+        if self.peak:  # img_per_s counts every rank's images: the peak is world x one GPU's
+            rec["mfu"] = mfu(self.model_cfg, size, img_per_s, self.peak * self.dist.world)
         if self.dist.main:
             self.progress.log(rec)
             self.progress.update(self.clock.spent_units(now), rec)
@@ -472,8 +471,7 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
 def train(cfg: Config, out: str | Path, command: str = "") -> dict:
     """Train in `out` (resuming what it holds), with the folder locked against a second run;
     under torchrun rank 0 holds the lock for the job (its other ranks share the folder)."""
-    main = int(os.environ.get("RANK", "0")) == 0
-    with folder_lock(Path(out)) if main else contextlib.nullcontext():
+    with folder_lock(Path(out)) if distributed.is_main_process() else contextlib.nullcontext():
         return _train(cfg, out, command)
 
 

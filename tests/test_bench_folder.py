@@ -4,6 +4,7 @@ went away; and the plan's per-arm details (evaluation interval, torchrun command
 import json
 import multiprocessing
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -66,6 +67,17 @@ def test_torchrun_runs_are_printed_and_recorded_as_what_runs(tmp_path, capsys):
                                run_argv)
 
 
+def test_a_bench_recorded_before_per_arm_evaluation_intervals_resumes(tmp_path):
+    """Earlier versions gave every arm the base budget's interval: such a record is still the
+    same run (the interval is the bench's own, and changes no training)."""
+    args = bench_args(preset="fmnist", budget="1m", seeds="1", arm=["long: train.budget=2m"])
+    _, _, base, (arm,), _, common = bench.plan(args)
+    argv = bench.train_argv(base, arm, 0, tmp_path / "long" / "seed0", common)
+    assert "train.eval_every_s=24" in argv
+    assert bench._same_arm(bench._shell(argv).replace("eval_every_s=24", "eval_every_s=12"),
+                           argv)
+
+
 def test_a_run_the_bench_did_not_start_is_refused(tmp_path, monkeypatch):
     """A `budgetvit train` of one's own in a bench's run folder: no record says which command
     made it, so it is neither skipped as done (and pooled) nor resumed."""
@@ -103,15 +115,19 @@ def test_a_folder_in_use_is_refused_by_bench_and_train(tmp_path, capsys):
         assert main(["bench", "--preset", "fmnist", "--budget", "6steps", "--arms", "vit",
                      "--seeds", "1", "--out", str(out)]) == 2
         err = capsys.readouterr().err
-        assert f"error: --out {out} is in use by another budgetvit process (pid {proc.pid})" \
-            in err and not (out / "bench.json").exists()
+        assert f"error: --out {out} is in use by another budgetvit run or bench (pid " \
+            f"{proc.pid} on {socket.gethostname()})" in err and not (out / "bench.json").exists()
         assert main(["train", "--budget", "2steps", "--out", str(out)]) == 2
         assert f"--out {out} is in use" in capsys.readouterr().err
     finally:
         proc.kill()
         proc.wait()
     with folder_lock(out):  # free once its holder is gone, however it ended
-        pass
+        # This process's own hold refuses it too (a record lock would not).
+        assert main(["train", "--budget", "2steps", "--out", str(out)]) == 2
+        assert f"(pid {os.getpid()}, this process)" in capsys.readouterr().err
+        assert (out / ".lock").exists()
+    assert not (out / ".lock").exists()  # let go: a finished folder keeps no lock file
 
 
 def test_processes_forked_by_the_holder_do_not_hold_the_lock(tmp_path):
@@ -135,22 +151,24 @@ def test_a_train_refused_in_a_new_folder_leaves_no_folder(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
-def test_results_name_every_machine_and_every_failed_run(tmp_path, monkeypatch):
+def test_results_name_every_environment_a_run_ran_in_and_every_failed_run(tmp_path,
+                                                                        monkeypatch):
     out = tmp_path / "b"
-    common = dict(preset="fmnist", budget="6steps", seeds="1", out=str(out))
+    common = dict(preset="fmnist", budget="6steps", out=str(out))
     monkeypatch.setattr(bench, "_run_one", finished_child)
-    for gpus in (["NVIDIA A100"], ["NVIDIA H100"], ["NVIDIA A100"]):
-        monkeypatch.setattr(bench, "environment", lambda: {"cpu_cores_visible": 1, "gpus": gpus})
-        assert bench.run(bench_args(arms="vit", **common)) == 0
+    # Seed 0 on an A100, seed 1 on an H100; the calls after them run nothing new.
+    for gpu, seeds in (("A100", "1"), ("H100", "2"), ("A100", "2"), ("H200", "2")):
+        monkeypatch.setattr(bench, "environment", lambda: {"cpu_cores_visible": 1, "gpus": [gpu]})
+        assert bench.run(bench_args(arms="vit", seeds=seeds, **common)) == 0
     results = json.loads((out / "results.json").read_text())
-    assert [e["gpus"] for e in results["environments"]] == [["NVIDIA A100"], ["NVIDIA H100"]]
+    assert [e["gpus"] for e in results["environments"]] == [["A100"], ["H100"]]
     md = (out / "results.md").read_text(encoding="utf-8")
-    assert "ran on several machines:\n- cpu_cores_visible 1; gpus NVIDIA A100\n- " \
-        "cpu_cores_visible 1; gpus NVIDIA H100" in md
+    assert "ran in several environments:\n- cpu_cores_visible 1; gpus A100\n- " \
+        "cpu_cores_visible 1; gpus H100\n" in md
 
     monkeypatch.setattr(bench, "_run_one", lambda head, argv, run_dir, *a: (
         "failed" if "vit+local" in str(run_dir) else finished_child(head, argv, run_dir, *a)))
-    assert bench.run(bench_args(arms="vit,vit+local,vit", **common)) == 1
+    assert bench.run(bench_args(arms="vit,vit+local,vit", seeds="1", **common)) == 1
     md = (out / "results.md").read_text(encoding="utf-8")
     assert "Failed runs (no summary.json; see each one's train.log): vit+local/seed0" in md
     assert json.loads((out / "bench.json").read_text())["arms"] == ["vit", "vit+local"]

@@ -96,6 +96,7 @@ CASES = [
      "no such image file: x.png, y.jpg"),  # every one, before any prediction
     (["bench", "--seeds", "1", "--out", "AFILE"], "afile is a file, not a folder"),
     (["eval", "--checkpoint", "TENSOR"], "is not a budgetvit checkpoint (TypeError: it holds a"),
+    (["eval", "--checkpoint", "NEWER"], "error: unknown config key 'train.new_key' in a saved"),
     (["eval", "--checkpoint", "HEADLESS"],  # (load_state_dict's message on one line)
      "is not a budgetvit checkpoint (RuntimeError: Error(s) in loading state_dict"),
     (["export", "--checkpoint", "EMAEXPORT", "--out", "INAFILE"], "cannot make its folder"),
@@ -139,9 +140,15 @@ def bad_files(tmp_path):
     torch.save(torch.zeros(3), tensor)
     torch.save({"model_config": model.cfg.to_dict(), "model": {
         k: v for k, v in model.state_dict().items() if not k.startswith("head.")}}, headless)
+    newer = tmp_path / "newer.pt"  # a checkpoint of a later version, with a key of its own
+    saved = Config().to_dict()
+    saved["train"]["new_key"] = 1
+    torch.save({"model_config": model.cfg.to_dict(), "model": model.state_dict(),
+                "config": saved}, newer)
     return {"CORRUPT": str(corrupt), "CRAFTED": str(crafted), "EMPTYDIR": str(empty),
             "AFILE": str(afile), "OLDEXPORT": str(old), "TENSOR": str(tensor),
             "HEADLESS": str(headless), "INAFILE": str(afile / "w.safetensors"),
+            "NEWER": str(newer),
             **{name: str(p) for name, p in exports.items()}}
 
 

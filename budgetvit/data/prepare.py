@@ -58,7 +58,8 @@ def add_arguments(p) -> None:
     p.add_argument("--levels", type=int, default=cache.LEVELS,
                    help=f"copies per image at 1, 1/2, 1/4... of the size (default {cache.LEVELS})")
     p.add_argument("--workers", type=int, default=0, help="processes (default: one per usable CPU)")
-    p.add_argument("--shard-size", type=int, default=1024, help="images per shard file (default: 1024)")
+    p.add_argument("--shard-size", type=int, default=1024,
+                   help="images per shard file (default: 1024)")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                    help=f"skip images with more pixels than this (default {MAX_PIXELS})")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
