@@ -32,7 +32,7 @@ def read_json(path: Path):
     from .config import ConfigError
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:  # (JSONDecodeError is a ValueError)
+    except ValueError as e:  # (JSONDecodeError and UnicodeDecodeError are ValueErrors)
         raise ConfigError(f"{path} is not valid JSON ({e}); delete it (rerunning a run's "
                           f"command writes its summary.json again)") from None
 

@@ -68,6 +68,12 @@ def test_rerunning_a_finished_run_returns_its_summary_without_training(tmp_path,
     assert {name: (tmp_path / name).read_bytes() for name in files} == files
     assert [(p.name, p.stat().st_mtime_ns) for p in checkpoint.list_checkpoints(tmp_path)] == ckpts
 
+    (tmp_path / "summary.json").write_text('{"top1": ')  # damaged (a disk that filled, say)
+    rewritten = train(quick(*args), tmp_path)
+    assert (rewritten["top1"], rewritten["steps"]) == (first["top1"], 4)
+    assert json.loads((tmp_path / "summary.json").read_text())["top1"] == first["top1"]
+    assert (tmp_path / "eval.jsonl").read_bytes() == files["eval.jsonl"]  # not evaluated again
+
     more = train(quick("train.budget=6steps", "train.log_every=1"), tmp_path)
     said = capsys.readouterr().out
     assert "holds a finished run" not in said and "\nresuming vit_micro4_local" in said
