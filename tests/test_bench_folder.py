@@ -1,13 +1,12 @@
 """What a bench folder holds and refuses: runs it did not start, a second bench in it, more
-processes than a named benchmark allows, calls on several machines, failed runs, a reader that
+processes than a named benchmark allows, runs in several environments, failed runs, a reader that
 went away; and the plan's per-arm details (evaluation interval, torchrun commands)."""
 import json
-import multiprocessing
 import os
+import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -130,18 +129,33 @@ def test_a_folder_in_use_is_refused_by_bench_and_train(tmp_path, capsys):
     assert not (out / ".lock").exists()  # let go: a finished folder keeps no lock file
 
 
-def test_processes_forked_by_the_holder_do_not_hold_the_lock(tmp_path):
-    """Loader workers are forked and outlive a SIGKILLed trainer by a few seconds: a rerun
-    must not be refused meanwhile."""
-    ctx = multiprocessing.get_context("fork")
-    with folder_lock(tmp_path):
-        child = ctx.Process(target=time.sleep, args=(30,))
-        child.start()
+FORK_AND_HOLD = """
+import os, sys, time
+from pathlib import Path
+from budgetvit.folder_lock import folder_lock
+with folder_lock(Path(sys.argv[1])):
+    child = os.fork()
+    if child == 0:  # a loader worker, say
+        time.sleep(60)
+        os._exit(0)
+    print(child, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_killed_holders_forked_processes_do_not_hold_the_lock(tmp_path):
+    """Loader workers are forked and outlive a SIGKILLed trainer (which removes nothing) by a
+    few seconds: a rerun must not be refused meanwhile."""
+    proc = subprocess.Popen([sys.executable, "-c", FORK_AND_HOLD, str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    proc.kill()
+    proc.wait()
     try:
+        assert (tmp_path / ".lock").exists()  # left behind, as a kill leaves it
         holder(tmp_path, 0).wait(timeout=60)  # another process takes it
     finally:
-        child.kill()
-        child.join()
+        os.kill(child, signal.SIGKILL)
 
 
 def test_a_train_refused_in_a_new_folder_leaves_no_folder(tmp_path, capsys):
