@@ -40,9 +40,9 @@ def discover(paths) -> list[Path]:
     seen: set[Path] = set()  # folders reached again through a symbolic link
 
     def walk(d: Path) -> None:
-        if d.resolve() in seen:
+        if (key := d.resolve()) in seen:
             return
-        seen.add(d.resolve())
+        seen.add(key)
         if is_run(d):
             found.append(d)
             return

@@ -3,8 +3,8 @@
 Read top to bottom: setup (model, optimizer, EMA, data, clock), resume or warm-up, the loop
 (progress p -> image size and lr -> step -> log / eval / checkpoint), the end (final checkpoint,
 evaluation, summary.json). Clock, schedules, curriculum, checkpoints, the warm-up (warmup.py),
-what a checkpoint holds (trainer_state.py) and the checks a resume makes (resume.py) live in
-their own files.
+what a checkpoint holds (trainer_state.py), what a run prints and logs (run_output.py) and the
+checks a resume makes (resume.py) live in their own files.
 """
 from __future__ import annotations
 
@@ -26,13 +26,14 @@ from .data import augment, build_data
 from .ema import EMA
 from .evaluate import evaluate, normalize
 from .folder_lock import folder_lock
-from .models import VisionTransformer, count_params, param_groups
+from .models import VisionTransformer, param_groups
 from .output import guarded_output
 from .progress import Progress, fmt_duration
-from .runtime import mfu, peak_flops, resolve
+from .runtime import peak_flops, resolve
 from .schedules import lr_at
 from .summary import code_version, print_summary, write_summary
 from .trainer_state import TrainerState, empty_window
+from .run_output import RunOutput
 from .warmup import WarmUp
 
 
@@ -62,7 +63,8 @@ def prepare_out_dir(out: str | Path) -> Path:
     return out
 
 
-class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: trainer_state.py)
+# (warm_up, make_plan: warmup.py; state: trainer_state.py; say, log_window: run_output.py)
+class Trainer(WarmUp, TrainerState, RunOutput):
     def __init__(self, cfg: Config, out: str | Path, command: str = ""):
         self.wall0 = time.perf_counter()  # wall_time_s counts setup (data scan, model) too
         validate(cfg)
@@ -174,10 +176,6 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
         return loss, ok
 
     # ------------------------------------------------------------------ helpers
-
-    def say(self, text: str) -> None:
-        if self.dist.main:
-            (self.progress.message if getattr(self, "progress", None) else print)(text)
 
     def run_eval(self, train_s: float, final: bool = False) -> dict:
         """Evaluate at the final size (clock paused); the EMA weights only at the end, which
@@ -432,40 +430,6 @@ class Trainer(WarmUp, TrainerState):  # (warm_up, make_plan: warmup.py; state: t
                 self._rollback(step - self.bad_run + 1, step)  # restores the log window too
                 self.bad_run = 0
                 return  # the steps after this one were undone by the rollback
-
-    def log_window(self, now: float, lr: float) -> None:
-        window = self.window
-        img_per_s = window["images"] / max(now - window["t"], 1e-9)
-        # The logged loss is the mean over all ranks, i.e. over the global batch.
-        loss_sum, count = distributed.all_sum([window["loss"], window["n"]], self.dist,
-                                              self.rt.device)
-        size = self.stages[-1]["img_size"]
-        rec = {"step": self.clock.steps, "train_time_s": round(now, 3), "img_size": size,
-               "lr": lr, "loss": loss_sum / max(count, 1), "img_per_s": img_per_s,
-               "images": self.images, "epoch": self.images / self.data.num_images}
-        if self.peak:  # img_per_s counts every rank's images: the peak is world x one GPU's
-            rec["mfu"] = mfu(self.model_cfg, size, img_per_s, self.peak * self.dist.world)
-        if self.dist.main:
-            self.progress.log(rec)
-            self.progress.update(self.clock.spent_units(now), rec)
-        self.window = empty_window(now, self.clock.steps)
-
-    def print_header(self, resumed: bool) -> None:
-        sizes = " -> ".join(f"{s.size}px@{s.start:.0%}" for s in self.plan)
-        budget = (fmt_duration(self.budget) if self.unit == "seconds"
-                  else f"{self.budget:.0f} steps")
-        warmup = f"{self.clock.other_s.get('warmup', 0):.1f}s{' in all' if resumed else ''}"
-        print(f"{'resuming' if resumed else 'training'} {self.cfg.model.name} "
-              f"({count_params(self.model) / 1e6:.2f}M params) on {self.cfg.data.dataset}, "
-              f"{self.data.num_images} images, device {self.rt.describe()}, "
-              f"world {self.dist.world}, budget {budget}\ncurriculum: {sizes}; "
-              f"warm-up {warmup} (not charged); run dir {self.out}", flush=True)
-        for note in self.data.notes:
-            print(note, flush=True)
-
-    def progress_close(self) -> None:
-        if self.dist.main and getattr(self, "progress", None):  # (made after the warm-up)
-            self.progress.close()
 
 
 def train(cfg: Config, out: str | Path, command: str = "") -> dict:

@@ -1,0 +1,53 @@
+"""What a run tells its user: its lines on stdout, the progress bar and log.jsonl.
+
+A part of Trainer (train.py), kept in its own file because it is its own concern: the loop,
+the warm-up and the checkpoint writes call say(), log_window() and the header; only rank 0
+prints.
+"""
+from __future__ import annotations
+
+from . import distributed
+from .models import count_params
+from .progress import fmt_duration
+from .runtime import mfu
+from .trainer_state import empty_window
+
+
+class RunOutput:
+    def say(self, text: str) -> None:
+        if self.dist.main:
+            (self.progress.message if getattr(self, "progress", None) else print)(text)
+
+    def log_window(self, now: float, lr: float) -> None:
+        window = self.window
+        img_per_s = window["images"] / max(now - window["t"], 1e-9)
+        # The logged loss is the mean over all ranks, i.e. over the global batch.
+        loss_sum, count = distributed.all_sum([window["loss"], window["n"]], self.dist,
+                                              self.rt.device)
+        size = self.stages[-1]["img_size"]
+        rec = {"step": self.clock.steps, "train_time_s": round(now, 3), "img_size": size,
+               "lr": lr, "loss": loss_sum / max(count, 1), "img_per_s": img_per_s,
+               "images": self.images, "epoch": self.images / self.data.num_images}
+        if self.peak:  # img_per_s counts every rank's images: the peak is world x one GPU's
+            rec["mfu"] = mfu(self.model_cfg, size, img_per_s, self.peak * self.dist.world)
+        if self.dist.main:
+            self.progress.log(rec)
+            self.progress.update(self.clock.spent_units(now), rec)
+        self.window = empty_window(now, self.clock.steps)
+
+    def print_header(self, resumed: bool) -> None:
+        sizes = " -> ".join(f"{s.size}px@{s.start:.0%}" for s in self.plan)
+        budget = (fmt_duration(self.budget) if self.unit == "seconds"
+                  else f"{self.budget:.0f} steps")
+        warmup = f"{self.clock.other_s.get('warmup', 0):.1f}s{' in all' if resumed else ''}"
+        print(f"{'resuming' if resumed else 'training'} {self.cfg.model.name} "
+              f"({count_params(self.model) / 1e6:.2f}M params) on {self.cfg.data.dataset}, "
+              f"{self.data.num_images} images, device {self.rt.describe()}, "
+              f"world {self.dist.world}, budget {budget}\ncurriculum: {sizes}; "
+              f"warm-up {warmup} (not charged); run dir {self.out}", flush=True)
+        for note in self.data.notes:
+            print(note, flush=True)
+
+    def progress_close(self) -> None:
+        if self.dist.main and getattr(self, "progress", None):  # (made after the warm-up)
+            self.progress.close()
