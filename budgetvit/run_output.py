@@ -9,7 +9,6 @@ from __future__ import annotations
 from . import distributed
 from .models import count_params
 from .progress import fmt_duration
-from .runtime import mfu
 from .trainer_state import empty_window
 
 
@@ -28,8 +27,9 @@ class RunOutput:
         rec = {"step": self.clock.steps, "train_time_s": round(now, 3), "img_size": size,
                "lr": lr, "loss": loss_sum / max(count, 1), "img_per_s": img_per_s,
                "images": self.images, "epoch": self.images / self.data.num_images}
-        if self.peak:  # img_per_s counts every rank's images: the peak is world x one GPU's
-            rec["mfu"] = mfu(self.model_cfg, size, img_per_s, self.peak * self.dist.world)
+        if self.peak:  # (the FLOPs of every rank's images: the peak is world x one GPU's)
+            flops_per_s = window["flops"] / max(now - window["t"], 1e-9)
+            rec["mfu"] = flops_per_s / (self.peak * self.dist.world)
         if self.dist.main:
             self.progress.log(rec)
             self.progress.update(self.clock.spent_units(now), rec)

@@ -26,7 +26,7 @@ from .data import augment, build_data
 from .ema import EMA
 from .evaluate import evaluate, normalize
 from .folder_lock import folder_lock
-from .models import VisionTransformer, param_groups
+from .models import VisionTransformer, param_groups, train_flops
 from .output import guarded_output
 from .progress import Progress, fmt_duration
 from .runtime import peak_flops, resolve
@@ -421,7 +421,9 @@ class Trainer(WarmUp, TrainerState, RunOutput):
                 self.images += B
                 stage["images"] += B
                 w = self.window
-                w.update(loss=w["loss"] + loss, n=w["n"] + 1, images=w["images"] + B)
+                # FLOPs per step, not per window: a window can span a change of size.
+                w.update(loss=w["loss"] + loss, n=w["n"] + 1, images=w["images"] + B,
+                         flops=w["flops"] + B * train_flops(self.model_cfg, stage["img_size"]))
                 continue
             self.faults["nonfinite_steps"] += 1
             self.bad_run += 1

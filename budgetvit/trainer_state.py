@@ -14,11 +14,12 @@ import torch
 
 from . import checkpoint, curriculum, distributed
 from .ema import EMA
+from .models import train_flops
 
 
 def empty_window(train_s: float, step: int) -> dict:
     """An empty log window (the good steps since the last log line) opened at this point."""
-    return {"loss": 0.0, "n": 0, "images": 0, "t": train_s, "step": step}
+    return {"loss": 0.0, "n": 0, "images": 0, "flops": 0, "t": train_s, "step": step}
 
 
 class TrainerState:
@@ -69,6 +70,9 @@ class TrainerState:
         self.last_step_s = s.get("last_step_s", 0.0)  # (older checkpoints lack these two)
         self.window = dict(s.get("log_window") or
                            empty_window(s["clock"]["train_s"], s["clock"]["steps"]))
+        if "flops" not in self.window:  # (older checkpoints: counted at the window's last size)
+            self.window["flops"] = self.window["images"] * train_flops(
+                self.model_cfg, self.stages[-1]["img_size"]) if self.stages else 0
         if restore_clock:
             self.clock.load_state_dict(s["clock"])
             self.faults = dict(s["faults"])

@@ -11,11 +11,11 @@ from torch._dynamo.utils import counters
 from budgetvit import checkpoint, speed
 from budgetvit.cli import main
 from budgetvit.config import ConfigError, model_shape
-from budgetvit.models import create_model, forward_flops
+from budgetvit.models import create_model, forward_flops, train_flops
 from budgetvit.runtime import Runtime, mfu, peak_flops, peak_for_name
 from budgetvit.train import Trainer
 
-from .conftest import crash_at_step, needs_fmnist, tiny_config
+from .conftest import crash_at_step, needs_fmnist, quick, records, tiny_config
 
 
 def test_mfu_arithmetic():
@@ -25,6 +25,29 @@ def test_mfu_arithmetic():
     expected = (3 * forward_flops(cfg, 224) - 2 * 196 * 768 * 384) * 3000 / 989e12
     assert mfu(cfg, 224, 3000.0, 989e12) == pytest.approx(expected)
     assert 0.083 < expected < 0.085
+
+
+@needs_fmnist
+def test_training_log_mfu_counts_each_step_at_its_own_size(tmp_path, monkeypatch):
+    """One log window over both sizes (16 px for 5 steps, then 28 px): its MFU adds each
+    step's FLOPs at the size it ran at, not the window's last size for all of its images."""
+    monkeypatch.setenv("BUDGETVIT_PEAK_TFLOPS", "0.5")
+    trainer = Trainer(quick("train.budget=10steps", "train.log_every=10"), tmp_path)
+    s = trainer.run()
+    [rec] = records(tmp_path / "log.jsonl")
+    assert [st["img_size"] for st in s["stages"]] == [16, 28] and rec["images"] == 640
+    flops = sum(st["images"] * train_flops(trainer.model_cfg, st["img_size"])
+                for st in s["stages"])
+    seconds = rec["images"] / rec["img_per_s"]  # (the window opened at 0 s)
+    assert rec["mfu"] == pytest.approx(flops / seconds / 0.5e12, rel=1e-9)
+    at_last_size = train_flops(trainer.model_cfg, 28) * rec["img_per_s"] / 0.5e12
+    assert rec["mfu"] < 0.9 * at_last_size
+
+    # A checkpoint from before windows counted FLOPs: its window is counted at its last size.
+    state = trainer.state_dict()
+    state["log_window"] = {"loss": 1.0, "n": 3, "images": 192, "t": 1.0, "step": 10}
+    trainer.load_state_dict(state)
+    assert trainer.window["flops"] == 192 * train_flops(trainer.model_cfg, 28)
 
 
 def test_speed_counts_a_models_resident_memory():
