@@ -1,6 +1,8 @@
 """Top-1 / top-5 accuracy on the evaluation split at a given image size, sharded over ranks."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -17,13 +19,19 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     return (x - m) / s
 
 
-# Eager, even where training compiled the model's blocks in place: every evaluation shape
-# (batch size, eval mode, size) would otherwise be compiled anew.
-@torch.compiler.set_stance("force_eager")
-@torch.no_grad()
 def evaluate(model, data, size: int, batch_size: int, runtime, d: Dist = Dist()) -> dict:
     """{'top1', 'top5' (percent), 'loss', 'images'} of `model` at `size` px. Every image of
     the split is seen exactly once across ranks; counts are summed over ranks."""
+    # Eager, even where training compiled the model's blocks in place: every evaluation shape
+    # (batch size, eval mode, size) would otherwise be compiled anew. Only where a run
+    # compiles: set_stance imports torch._dynamo, 2 s at the start of every command.
+    with (torch.compiler.set_stance("force_eager") if runtime.compile else
+          contextlib.nullcontext()):
+        return _evaluate(model, data, size, batch_size, runtime, d)
+
+
+@torch.no_grad()
+def _evaluate(model, data, size: int, batch_size: int, runtime, d: Dist) -> dict:
     was_training = model.training
     model.eval()
     # Summed on the device (no sync per batch): correct top-1, correct top-5, loss, images.

@@ -5,9 +5,10 @@ float in [0, 1]; the trainer normalises. The data position (epoch, batch) is the
 from __future__ import annotations
 
 from . import fashion_mnist, synthetic
-from .cache_loader import CacheData
-from .imagefolder import FolderData, FolderEvalSplit
 from .memory import MemoryData, MemoryEval
+
+# The image-tree and cache loaders are imported where asked for: they need torchvision, whose
+# import takes ~2 s (it loads torch._dynamo), which a Fashion-MNIST run would wait for.
 
 
 def build_data(cfg, device, rank: int = 0, world: int = 1):
@@ -29,8 +30,10 @@ def build_data(cfg, device, rank: int = 0, world: int = 1):
             from .dali import DaliData  # optional dependency, imported only when asked for
             return DaliData(d.path, num_workers=d.num_workers,
                             size=cfg.curriculum.final_size_px, **common)
+        from .cache_loader import CacheData
         return CacheData(d.path, num_workers=d.num_workers, size=cfg.curriculum.final_size_px,
                          **common)
+    from .imagefolder import FolderData
     return FolderData(d.path, num_workers=d.num_workers, size=cfg.curriculum.final_size_px,
                       **common)
 
@@ -44,6 +47,7 @@ def build_eval_split(cfg, classes: list[str], device):
     if d.holdout:
         return None
     if d.dataset == "imagefolder":
+        from .imagefolder import FolderEvalSplit
         return FolderEvalSplit(d.path, classes, seed=cfg.train.seed, device=device,
                                num_workers=d.num_workers)
     if d.dataset == "fashion_mnist":

@@ -10,8 +10,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
-from torchvision.transforms.v2.functional._geometry import _get_inverse_affine_matrix
 
 
 def resized_crop_flip(x: torch.Tensor, size: int, scale_min: float, hflip: bool,
@@ -102,6 +100,7 @@ def randaugment(x: torch.Tensor, ops: int, magnitude: int, u: torch.Tensor) -> t
     """
     if ops <= 0:
         return x
+    from torchvision.transforms import v2
     H, W = x.shape[-2:]
     ra = v2.RandAugment(num_ops=ops, magnitude=magnitude)
     table = []  # (name, magnitude, signed) of torchvision's ops, in its order
@@ -142,6 +141,7 @@ def inverse_affine(name: str, m: float, H: int, W: int) -> list[float]:
     RandAugment uses for geometric op `name` at signed magnitude m, from torchvision's own
     formula and arguments, so that the result is bit-identical to its per-image call. A rotation
     by 0 degrees is IDENTITY (torchvision returns a copy for it)."""
+    from torchvision.transforms.v2.functional._geometry import _get_inverse_affine_matrix
     if name == "Rotate":
         angle = m % 360  # as torchvision's rotate normalises it; 30 degrees at most here
         return IDENTITY if angle == 0 else _get_inverse_affine_matrix(
@@ -194,11 +194,12 @@ def sharpen(x: torch.Tensor, factor: float) -> torch.Tensor:
 def mixup_cutmix(mixup: float, cutmix: float, num_classes: int):
     """torchvision's batch MixUp / CutMix (one of them per batch when both are on), or None.
     Returns a callable (x, y) -> (x, soft targets (B, num_classes))."""
+    if mixup <= 0 and cutmix <= 0:
+        return None
+    from torchvision.transforms import v2
     ops = []
     if mixup > 0:
         ops.append(v2.MixUp(alpha=mixup, num_classes=num_classes))
     if cutmix > 0:
         ops.append(v2.CutMix(alpha=cutmix, num_classes=num_classes))
-    if not ops:
-        return None
     return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)

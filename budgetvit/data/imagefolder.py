@@ -18,8 +18,6 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
-from torchvision.transforms import v2
 
 from ..config import ConfigError
 from .holdout import describe, holdout_rows
@@ -44,8 +42,9 @@ def default_workers(num_workers: int = -1) -> int:
     return max(1, cpus // ranks if cpus * ranks > machine else cpus)
 
 
-def eval_transform(size: int) -> v2.Compose:
+def eval_transform(size: int):
     """PIL image -> uint8 (C, size, size), the centre view evaluation (and predict) sees."""
+    from torchvision.transforms import v2
     return v2.Compose([v2.Resize(round(size / EVAL_CROP)), v2.CenterCrop(size), v2.PILToTensor()])
 
 
@@ -54,12 +53,12 @@ def first_names(names: list[str], limit: int = 10) -> str:
     return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
 
 
-def visible_image(path: str, below: int) -> bool:
+def visible_image(path: str, below: int, extensions: tuple[str, ...]) -> bool:
     """Whether path is an image file with no hidden part (a name starting with ".") past its
     first `below` characters: Jupyter's .ipynb_checkpoints/, macOS's ._name.jpg resource forks
     and the like are not data. (Tests on the string: a Path per file, 30x slower, would add
     seconds to the scan of ImageNet's 1.28M files.)"""
-    return path.lower().endswith(IMG_EXTENSIONS) and os.sep + "." not in path[below:]
+    return path.lower().endswith(extensions) and os.sep + "." not in path[below:]
 
 
 def scan(root: str | Path, split: str, class_to_idx: dict | None = None,
@@ -67,6 +66,7 @@ def scan(root: str | Path, split: str, class_to_idx: dict | None = None,
     """[(path, label)] of root/split, and the class list (sorted folder names, from train, or
     those of class_to_idx: a class folder outside them is refused, the error saying that
     "{lacks}: NAMES"). Hidden folders and files are left out."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
     folder = Path(root) / split
     if not folder.is_dir():
         raise FileNotFoundError(f"no {split}/ folder in {root} (expected {folder}/<class>/<image>)")
@@ -85,7 +85,7 @@ def scan(root: str | Path, split: str, class_to_idx: dict | None = None,
                               f"{first_names(extra)}")
     below = len(str(folder))  # (make_dataset's paths start with it, then a separator)
     samples = make_dataset(str(folder), class_to_idx, allow_empty=True,
-                           is_valid_file=lambda path: visible_image(path, below))
+                           is_valid_file=lambda path: visible_image(path, below, IMG_EXTENSIONS))
     if not samples:
         raise FileNotFoundError(f"no images in {folder}")
     if split == "train":  # a class never trained on: an output the model cannot learn
@@ -142,6 +142,7 @@ class FolderDataset(Dataset):
     def transform(self, size: int):
         if not self.train:
             return eval_transform(size)
+        from torchvision.transforms import v2
         a = self.aug
         steps = [v2.RandomResizedCrop(size, scale=(a.crop_scale_min, 1.0), antialias=True)]
         if a.hflip:
