@@ -12,11 +12,9 @@ from pathlib import Path
 
 import torch
 
+from .config import CheckpointError
+
 PATTERN = re.compile(r"step_(\d{8})\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:

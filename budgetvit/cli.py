@@ -10,8 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .checkpoint import CheckpointError
-from .config import COMPILE_MODES, COMPILE_SCOPES, ConfigError
+from .config import COMPILE_MODES, COMPILE_SCOPES, CheckpointError, ConfigError
 from .presets import PRESETS
 
 EXIT_USAGE = 2
@@ -129,7 +128,6 @@ def command_modules():
 def cmd_train(args) -> int:
     from .config import apply_overrides, check_one_budget, validate
     from .presets import get_preset
-    from .train import TrainingStopped, train
     cfg = get_preset(args.preset)
     check_one_budget(args.budget, args.set or [])
     if args.budget:
@@ -145,6 +143,7 @@ def cmd_train(args) -> int:
         command = f"the same torchrun command ({command} under torchrun)"
     out = Path(args.out or f"runs/{cfg.preset}")
     created = [d for d in (out, *out.absolute().parents) if not d.exists()]  # deepest first
+    from .train import TrainingStopped, train  # (after the checks: torch takes seconds)
     try:
         train(cfg, out, command)
     except TrainingStopped as e:
@@ -162,19 +161,25 @@ def cmd_train(args) -> int:
     return 0
 
 
+def handler(command: str):
+    """The function that runs `command`, its module imported now: torch takes seconds to
+    import, which --help, a usage error and `budgetvit report` need not wait for."""
+    if command == "train":
+        return cmd_train
+    if command in ("eval", "predict", "export", "info", "speed"):
+        from . import commands
+        return getattr(commands, f"cmd_{command}")
+    return next(m.run for m in command_modules() if m.COMMAND == command)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    from . import commands
-    handlers = {"train": cmd_train, "eval": commands.cmd_eval, "predict": commands.cmd_predict,
-                "export": commands.cmd_export, "info": commands.cmd_info,
-                "speed": commands.cmd_speed}
-    handlers.update({m.COMMAND: m.run for m in command_modules()})
     try:
-        return handlers[args.command](args)
+        return handler(args.command)(args)
     except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError,
             NotADirectoryError, IsADirectoryError, PermissionError) as e:  # a path to fix
         print(f"error: {e}", file=sys.stderr)

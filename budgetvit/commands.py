@@ -12,7 +12,7 @@ from .config import ConfigError
 def cmd_eval(args) -> int:
     from . import inference
     from .data import build_data, build_eval_split
-    from .data.imagefolder import first_names
+    from .data.tree import first_names
     from .evaluate import evaluate
     from .runtime import check_device_option, resolve
     check_device_option(args.device)
@@ -66,7 +66,7 @@ def eval_view(dataset: str, size: int):
 def cmd_predict(args) -> int:
     from . import inference
     from .cli import EXIT_USAGE
-    from .data.imagefolder import open_rgb
+    from .data.tree import open_rgb
     from .evaluate import normalize
     ld = inference.load(args.checkpoint)
     model, _ = ld.chosen(args.no_ema)

@@ -18,6 +18,11 @@ class ConfigError(ValueError):
     """A bad configuration value, path or argument; its message is one line for the user."""
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint or export that cannot be read; one line for the user. (Here, not in
+    checkpoint.py, so that the command line can catch it without importing torch.)"""
+
+
 @dataclass
 class ModelSection:
     name: str = "vit_micro4_local"
@@ -39,7 +44,7 @@ class DataSection:
     dataset: str = "fashion_mnist"  # fashion_mnist | imagefolder | cache | synthetic
     path: str = ""  # dataset root; empty = the dataset's default location
     num_workers: int = -1  # loader worker processes (DALI: threads); -1 = one per usable
-    # CPU, shared among a machine's ranks (imagefolder.default_workers)
+    # CPU, shared among a machine's ranks (tree.default_workers)
     backend: str = "pil"  # cache decoding: pil (worker processes) | dali (NVIDIA DALI, GPU)
     holdout: float = 0.0  # share of train held out and evaluated instead of test/val (tuning)
     synthetic_images: int = 10_000  # size of the synthetic dataset

@@ -6,10 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-import torch
-
 from . import __version__
-from .models import count_params
 from .progress import fmt_duration
 
 
@@ -44,6 +41,8 @@ def write_json_atomic(path: Path, obj) -> None:
 
 
 def write_summary(trainer, final: dict, bad_images: int, wall_s: float) -> dict:
+    import torch  # (here: `budgetvit report` and `bench` read summaries without torch)
+    from .models import count_params
     t, clock = trainer, trainer.clock
     budget_s = clock.budget_s()
     summary = {

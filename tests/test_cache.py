@@ -23,7 +23,8 @@ from budgetvit.config import AugSection, ConfigError, validate
 from budgetvit.data import cache
 from budgetvit.data.cache_loader import CacheData, best_level, crop_resize, random_resized_crop
 from budgetvit.data.holdout import holdout_rows
-from budgetvit.data.imagefolder import FolderData, scan
+from budgetvit.data.imagefolder import FolderData
+from budgetvit.data.tree import scan
 from budgetvit.data.prepare import prepare
 from budgetvit.train import train
 
@@ -63,7 +64,7 @@ def test_bad_files_are_converted_or_skipped_and_listed(trees, caches):
     assert meta["splits"]["val"]["images"] == 15
     # Every converted file is in the cache as RGB, shorter side <= 64 px, each level half the
     # size of the one before (rounded up).
-    from budgetvit.data.imagefolder import scan
+    from budgetvit.data.tree import scan
     samples = scan(dirty, "train")[0]
     split = cache.CacheSplit(caches[1], "train")
     stored = {os.path.relpath(samples[int(s)][0], dirty): i

@@ -297,7 +297,7 @@ def test_float_images_keep_their_grey_levels(tmp_path):
     """32-bit float images (mode F, e.g. scientific TIFFs): values in 0-1 are scaled to 0-255
     (PIL's own conversion clips them, all black); values beyond 1 are read as 0-255. The tree
     loader and prepare share the conversion (to_rgb)."""
-    from budgetvit.data.imagefolder import to_rgb
+    from budgetvit.data.tree import to_rgb
     ramp = np.linspace(0, 1, 48 * 64, dtype=np.float32).reshape(48, 64)
     for name, values in (("unit", ramp), ("bytes", ramp * 255)):
         Image.fromarray(values, mode="F").save(tmp_path / f"{name}.tiff")
@@ -312,7 +312,7 @@ def test_16_bit_images_of_either_byte_order_keep_their_grey_levels(tmp_path):
     """16-bit greyscale in any byte order (a big-endian TIFF opens as I;16B, which PIL's point()
     refuses) and 32-bit integers within 16 bits: value v becomes v / 256 in 8 bits, never
     unreadable."""
-    from budgetvit.data.imagefolder import open_rgb, to_rgb
+    from budgetvit.data.tree import open_rgb, to_rgb
     ramp = np.linspace(0, 65535, 48 * 64).astype(np.uint16).reshape(48, 64)
     Image.fromarray(ramp.astype(">u2")).save(tmp_path / "big_endian.tiff")
     with Image.open(tmp_path / "big_endian.tiff") as img:

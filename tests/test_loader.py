@@ -13,7 +13,8 @@ import torch
 
 from budgetvit import checkpoint
 from budgetvit.config import AugSection
-from budgetvit.data.imagefolder import FolderData, scan
+from budgetvit.data.imagefolder import FolderData
+from budgetvit.data.tree import scan
 from budgetvit.data.sample_table import SampleTable
 from budgetvit.train import train
 
@@ -131,14 +132,14 @@ def test_default_workers_share_the_usable_cpus_among_the_ranks(monkeypatch, cpus
     """data.num_workers=-1: one per CPU this process may use (of the machine's 64), divided
     among the ranks torchrun started on the machine, at least one; not divided where each
     rank has its own share of the CPUs already (torchrun --numa-binding: 8 each of 4 ranks)."""
-    from budgetvit.data import imagefolder
-    monkeypatch.setattr(imagefolder.os, "sched_getaffinity", lambda pid: set(range(cpus)))
-    monkeypatch.setattr(imagefolder.os, "cpu_count", lambda: 64)
+    from budgetvit.data import tree
+    monkeypatch.setattr(tree.os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    monkeypatch.setattr(tree.os, "cpu_count", lambda: 64)
     if ranks:
         monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks)
     else:
         monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert imagefolder.default_workers() == workers
+    assert tree.default_workers() == workers
 
 
 def test_the_workers_file_list_is_a_table_that_reads_as_the_scan(tree):

@@ -4,14 +4,14 @@ next_batch() returns this rank's share of the next global batch on the device, a
 float in [0, 1]; the trainer normalises. The data position (epoch, batch) is the state."""
 from __future__ import annotations
 
-from . import fashion_mnist, synthetic
-from .memory import MemoryData, MemoryEval
-
-# The image-tree and cache loaders are imported where asked for: they need torchvision, whose
-# import takes ~2 s (it loads torch._dynamo), which a Fashion-MNIST run would wait for.
+# Each loader is imported where asked for: the command line imports this package for
+# `budgetvit prepare` (which needs no torch), and the tree and cache loaders need torchvision,
+# whose import takes ~2 s more (it loads torch._dynamo), which a Fashion-MNIST run would wait for.
 
 
 def build_data(cfg, device, rank: int = 0, world: int = 1):
+    from . import fashion_mnist, synthetic
+    from .memory import MemoryData
     d, t = cfg.data, cfg.train
     common = dict(batch_size=t.batch_size, seed=t.seed, aug=cfg.aug, device=device,
                   rank=rank, world=world, holdout=d.holdout)
@@ -46,6 +46,8 @@ def build_eval_split(cfg, classes: list[str], device):
     d = cfg.data
     if d.holdout:
         return None
+    from . import fashion_mnist
+    from .memory import MemoryEval
     if d.dataset == "imagefolder":
         from .imagefolder import FolderEvalSplit
         return FolderEvalSplit(d.path, classes, seed=cfg.train.seed, device=device,

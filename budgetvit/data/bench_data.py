@@ -23,13 +23,14 @@ import json
 import os
 import time
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..config import AugSection, ConfigError
-from ..runtime import check_device_option
 from . import cache
-from .imagefolder import default_workers
+from .tree import default_workers
+
+if TYPE_CHECKING:  # (torch is imported where used: `budgetvit --help` imports this module)
+    import torch
 
 COMMAND = "bench-data"
 RANDAUGMENT_MAGNITUDE = 9  # DeiT's (rand-m9), as in the imagenet presets
@@ -65,6 +66,7 @@ def add_arguments(p) -> None:
 
 
 def machine() -> str:
+    import torch
     from ..runtime import cpu_model
     text = f"{cpu_model()}, {os.cpu_count()} cores"
     if torch.cuda.is_available():
@@ -105,6 +107,7 @@ def cpu_seconds() -> float:
 def timed(batches, device: torch.device, warmup: int, count: int) -> tuple[float, float]:
     """(images/s, images per CPU-second) over `count` batches of an iterator of (x, y) on the
     device, after `warmup` batches."""
+    import torch
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         next(batches)
@@ -152,7 +155,7 @@ def stand_in_holdout(tree: Path | None, meta: dict | None) -> float:
         return 1 / meta["splits"]["train"]["images"]
     if (tree / "val").is_dir():
         return 0.0
-    from .imagefolder import scan
+    from .tree import scan
     return 1 / len(scan(str(tree), "train")[0])
 
 
@@ -209,6 +212,8 @@ def run(args) -> int:
         raise ConfigError(f"--randaugment must be >= 0, got {args.randaugment}")
     if not 0 < args.crop_scale_min <= 1:
         raise ConfigError(f"--crop-scale-min must be in (0, 1], got {args.crop_scale_min}")
+    import torch
+    from ..runtime import check_device_option
     check_device_option(args.device)
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available()
                           else "cpu")

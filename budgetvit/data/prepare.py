@@ -40,7 +40,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..config import ConfigError
 from . import cache
-from .imagefolder import default_workers, scan, to_rgb
+from .tree import default_workers, scan, to_rgb
 
 COMMAND = "prepare"
 HELP = "convert an ImageFolder tree (train/, val/) into a fast memory-mapped image cache"
