@@ -79,8 +79,9 @@ class Progress:
         left = max(0.0, self.budget - spent)
         left_txt = (fmt_duration(left) if self.unit == "seconds" else
                     f"{left:.0f} step{'' if round(left) == 1 else 's'}")
-        self._state = (f"{rec['img_size']}px {rec['img_per_s']:.0f} img/s "
-                       f"loss {rec['loss']:.3f} lr {rec['lr']:.2e}")
+        if self.unit == "steps" and round(left) and rec["step"]:  # at the rate so far
+            left_txt += f" (~{fmt_duration(left * rec['train_time_s'] / rec['step'])})"
+        self._state = self.figures(rec)
         text = f"{self._state} left {left_txt}"
         if self.bar is not None:
             self.bar.n = min(round(spent), self.bar.total)
@@ -89,6 +90,27 @@ class Progress:
             print(f"[{100 * spent / self.budget:5.1f}%] step {rec['step']} {text}", flush=True)
             self._shown = spent
             self._next_line = spent + 0.05 * self.budget
+
+    @staticmethod
+    def figures(rec: dict) -> str:
+        return (f"{rec['img_size']}px {rec['img_per_s']:.0f} img/s loss {rec['loss']:.3f} "
+                f"lr {rec['lr']:.2e}")
+
+    def finish(self, step: int, rec: dict | None) -> None:
+        """The budget is spent, at `step`: the bar at 100% (the lines end with one at 100%),
+        with rec, the figures of the steps since the last log record (None where there are
+        none: the last record's stand). Said before the final evaluation, which takes a while."""
+        if rec is not None:
+            self._state = self.figures(rec)
+        done = f"{self._state} done".lstrip()  # (no state where no step was logged)
+        if self.bar is not None:
+            self.bar.n = self.bar.total
+            self.bar.set_description_str(done, refresh=False)
+            self.bar.close()
+            self.bar = None  # (the evaluation's lines print below it)
+        elif self._shown < self.budget:  # (not shown yet)
+            print(f"[100.0%] step {step} {done}", flush=True)
+            self._shown = self.budget
 
     def log(self, rec: dict) -> None:
         self.log_file.write(json.dumps(rec) + "\n")
@@ -108,17 +130,9 @@ class Progress:
     def message(self, text: str) -> None:
         (self.bar.write if self.bar is not None else print)(text)
 
-    def close(self, done_at_step: int | None = None) -> None:
-        """done_at_step: the budget is spent, at this step (the bar shows 100%, not the last
-        log step's share; the lines end with one at 100%)."""
-        done = f"{self._state} done".lstrip()  # (no state where no step was logged)
+    def close(self) -> None:
         if self.bar is not None:
-            if done_at_step is not None:
-                self.bar.n = self.bar.total
-                self.bar.set_description_str(done, refresh=False)
             self.bar.close()
-        elif done_at_step is not None and self._shown < self.budget:  # (not shown yet)
-            print(f"[100.0%] step {done_at_step} {done}", flush=True)
         if self.tb is not None:
             self.tb.close()
         self.log_file.close()

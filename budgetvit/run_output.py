@@ -18,6 +18,14 @@ class RunOutput:
             (self.progress.message if getattr(self, "progress", None) else print)(text)
 
     def log_window(self, now: float, lr: float) -> None:
+        rec = self.window_record(now, lr)
+        if self.dist.main:
+            self.progress.log(rec)
+            self.progress.update(self.clock.spent_units(now), rec)
+        self.window = empty_window(now, self.clock.steps)
+
+    def window_record(self, now: float, lr: float) -> dict:
+        """The log record of the steps since the last one (a collective: every rank calls it)."""
         window = self.window
         img_per_s = window["images"] / max(now - window["t"], 1e-9)
         # The logged loss is the mean over all ranks, i.e. over the global batch.
@@ -30,10 +38,7 @@ class RunOutput:
         if self.peak:  # (the FLOPs of every rank's images: the peak is world x one GPU's)
             flops_per_s = window["flops"] / max(now - window["t"], 1e-9)
             rec["mfu"] = flops_per_s / (self.peak * self.dist.world)
-        if self.dist.main:
-            self.progress.log(rec)
-            self.progress.update(self.clock.spent_units(now), rec)
-        self.window = empty_window(now, self.clock.steps)
+        return rec
 
     def print_header(self, resumed: bool) -> None:
         sizes = " -> ".join(f"{s.size}px@{s.start:.0%}" for s in self.plan)
@@ -43,8 +48,14 @@ class RunOutput:
         print(f"{'resuming' if resumed else 'training'} {self.cfg.model.name} "
               f"({count_params(self.model) / 1e6:.2f}M params) on {self.cfg.data.dataset}, "
               f"{self.data.num_images} images, device {self.rt.describe()}, "
-              f"world {self.dist.world}, budget {budget}\ncurriculum: {sizes}; "
-              f"warm-up {warmup} (not charged); run dir {self.out}", flush=True)
+              f"{self.rt.settings()}, world {self.dist.world}, budget {budget}\n"
+              f"curriculum: {sizes}; warm-up {warmup} (not charged); run dir {self.out}",
+              flush=True)
+        final = self.cfg.curriculum.final_size_px
+        if self.plan[-1].size != final:  # the paper rule's epochs per size outlast the budget
+            print(f"note: the plan ends at {self.plan[-1].size}px, short of "
+                  f"curriculum.final_size_px={final}, where the model is evaluated; lower "
+                  f"curriculum.every_epochs or give a larger budget to reach it", flush=True)
         for note in self.data.notes:
             print(note, flush=True)
 

@@ -118,6 +118,14 @@ class Runtime:
         import torch._dynamo as dynamo
         dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 2 * sizes + 4)
 
+    def settings(self) -> str:
+        """Precision and compilation, as a run's header says them."""
+        precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+        if not self.compile:
+            return f"{precision}, eager"
+        mode = "" if self.compile_mode == "default" else f", {self.compile_mode}"
+        return f"{precision}, compiled ({self.compile_scope}{mode})"
+
     def describe(self) -> str:
         if self.cuda:
             return torch.cuda.get_device_name(self.device)

@@ -85,6 +85,13 @@ def print_summary(s: dict, out: Path) -> None:
     stages = ", ".join(f"{st['img_size']}px {fmt_duration(st['end_s'] - st['start_s'])}"
                        for st in s["stages"])
     ema = f"   EMA top-1 {s['top1_ema']:.2f}%" if "top1_ema" in s else ""
+    # What went wrong and was handled, where anything did: a clean block means a clean run.
+    faults = s.get("faults", {})
+    counts = {"unreadable training images (stood in)": s.get("bad_images", 0),
+              "non-finite steps (skipped)": faults.get("nonfinite_steps", 0),
+              "rollbacks": faults.get("rollbacks", 0),
+              "failed checkpoint writes": faults.get("checkpoint_failures", 0)}
+    handled = ", ".join(f"{what} {n}" for what, n in counts.items() if n)
     print("\n".join([
         "",
         f"== {s['preset']}: {s['model']} ({s['params'] / 1e6:.2f}M params) on {s['device']}",
@@ -94,5 +101,6 @@ def print_summary(s: dict, out: Path) -> None:
         f"{s['steps']} steps, {s['images_seen']} images, {s['epochs']:.2f} epochs; stages: {stages}",
         f"top-1 {s['top1']:.2f}%   top-5 {s['top5']:.2f}%{ema}   (at {s['final_img_size']}px on "
         f"{s['eval_split']})",
+        *([f"handled: {handled}"] if handled else []),
         f"summary: {out / 'summary.json'}",
     ]), flush=True)

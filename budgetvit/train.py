@@ -302,7 +302,8 @@ class Trainer(WarmUp, TrainerState, RunOutput):
         self._last_ckpt = (self.clock.train_s, self.clock.steps)
         pending: list[tuple] = []  # (loss, ok, stage) of steps not yet read from the device
         train_s = prev_s = self.clock.train_s
-        lr, stops = 0.0, 0.0
+        # (lr: the checkpoint's last step's, for a line logged before the first step)
+        lr, stops = self.opt.param_groups[0]["lr"], 0.0
         self.phase = "training loop"
         self.clock.start()
         while True:
@@ -381,6 +382,11 @@ class Trainer(WarmUp, TrainerState, RunOutput):
                      f"Resume with: {self.command or 'the same command'}")
             self.progress_close()
             return {"interrupted": True, "step": self.clock.steps}
+        # The figures of the steps since the last log line (all ranks: a collective), then the
+        # 100% line, before the final evaluation: its figures are this step's, not stale ones.
+        rec = self.window_record(train_s, lr) if self.window["n"] else None
+        if self.dist.main:
+            self.progress.finish(self.clock.steps, rec)
         last = self.evals[-1] if self.evals else {}
         if last.get("step") == self.clock.steps and (self.ema is None or "top1_ema" in last):
             # These weights (and EMA) are evaluated already: the state of a run killed after
@@ -388,14 +394,15 @@ class Trainer(WarmUp, TrainerState, RunOutput):
             final = last
         else:
             self.save_checkpoint()  # before the final evaluation: a kill during it loses nothing
+            self.say(f"final evaluation at {self.cfg.curriculum.final_size_px}px on "
+                     f"{self.data.eval_split}{' (weights and EMA)' if self.ema else ''} ...")
             final = self.run_eval(train_s, final=True)
             # Again, now holding the final evaluation: a larger --budget goes on from here
             # without evaluating this step twice.
             self.save_checkpoint()
         bad_images = self.bad_images_total()
         if self.dist.main:
-            # The bar's last line, then the summary below it.
-            self.progress.close(done_at_step=self.clock.steps)
+            self.progress.close()
             return write_summary(self, final, bad_images, time.perf_counter() - self.wall0)
         return {}
 

@@ -46,6 +46,16 @@ def test_step_budget_off_the_sync_grid_ends_and_logs_at_the_budget(tmp_path, mon
     assert sum(st["images"] for st in s["stages"]) == 40 * 64
 
 
+def test_a_line_logged_before_a_resumes_first_step_has_the_lr_of_the_step_before(tmp_path):
+    """A larger budget with a shorter train.log_every: the first sync, before any step, logs
+    the steps before the checkpoint (step 7 crosses 5); its lr is that of step 7, not 0."""
+    first = train(quick("train.budget=7steps", "train.log_every=20"), tmp_path)
+    train(quick("train.budget=12steps", "train.log_every=5"), tmp_path)
+    logged = records(tmp_path / "log.jsonl")
+    assert [r["step"] for r in logged] == [7, 10]
+    assert logged[0]["lr"] == first["final_lr"] > 0
+
+
 def test_rerunning_a_finished_run_returns_its_summary_without_training(tmp_path, capsys):
     """The exact command of a finished run again: the same summary, printed again, and no
     evaluation, log line or checkpoint added; a larger budget then trains on from there."""

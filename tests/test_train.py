@@ -16,6 +16,7 @@ from budgetvit import checkpoint, inference
 from budgetvit.cli import main
 from budgetvit.evaluate import normalize
 from budgetvit.schedules import lr_at
+from budgetvit.summary import print_summary
 from budgetvit.train import Trainer, train
 
 from .conftest import (FMNIST, crash_at_step, fmnist_images, needs_fmnist, quick, tiny_config,
@@ -123,25 +124,49 @@ def test_a_terminal_shows_the_header_then_the_bar_then_the_summary(tmp_path, mon
 
 def test_lines_for_a_log_file_end_at_100_percent_above_the_summary(tmp_path, capsys):
     """Output that is no terminal gets a line every 5% of the budget (at a log step), and a
-    last one at 100% ("done") before the summary, as the bar ends; once only where the last
-    log step was at 100% already, and without a state where no step was logged."""
-    train(quick("train.budget=14steps", "train.log_every=4"), tmp_path / "a")
+    last one at 100% ("done") with the figures of the steps since the last log step (not
+    that step's again), before the final evaluation, as the bar ends; once only where the
+    last log step was at 100% already."""
+    s = train(quick("train.budget=14steps", "train.log_every=4"), tmp_path / "a")
     lines = capsys.readouterr().out.splitlines()
     progress = [line for line in lines if line.startswith("[")]
     assert progress[-2].startswith("[ 85.7%] step 12 28px ")
+    assert re.search(r" left 2 steps \(~0m\d\ds\)$", progress[-2])  # (at the rate so far)
     assert re.fullmatch(r"\[100\.0%\] step 14 28px \d+ img/s loss \S+ lr \S+ done",
                         progress[-1])
-    assert lines.index(progress[-1]) < next(i for i, line in enumerate(lines)
-                                            if line.startswith("== fmnist"))
+    assert progress[-1].endswith(f" lr {s['final_lr']:.2e} done")
+    assert progress[-1].split(" loss ")[1] != progress[-2].split(" loss ")[1]
+    evaluation = next(i for i, line in enumerate(lines) if line.startswith("final evaluation"))
+    ema = " (weights and EMA)" if "top1_ema" in s else ""
+    assert lines[evaluation] == f"final evaluation at 28px on {s['eval_split']}{ema} ..."
+    assert lines.index(progress[-1]) < evaluation < next(i for i, line in enumerate(lines)
+                                                         if line.startswith("== fmnist"))
     train(quick("train.budget=12steps", "train.log_every=4"), tmp_path / "b")
     progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
     assert progress[-2].startswith("[ 66.7%] step 8 ")
     assert progress[-1].startswith("[100.0%] step 12 ") and progress[-1].endswith("left 0 steps")
-    # A larger budget on a finished run's folder, with no log step left before its end.
+    # A larger budget on a finished run's folder, with no log step left before its end: the
+    # line has the figures of the two steps it trained.
     train(quick("train.budget=8steps", "train.log_every=4"), tmp_path / "c")
     train(quick("train.budget=10steps", "train.log_every=4"), tmp_path / "c")
     progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
-    assert progress[-1] == "[100.0%] step 10 done"
+    assert re.fullmatch(r"\[100\.0%\] step 10 28px \d+ img/s loss \S+ lr \S+ done",
+                        progress[-1])
+
+
+def test_header_says_precision_and_a_plan_that_stops_short_of_the_final_size(tmp_path, capsys):
+    """The paper rule's epochs per size can outlast a budget: the plan stops at the size being
+    trained, the evaluation is still at the final size, and the header says so."""
+    train(quick("train.budget=8steps", "curriculum.mode=paper", "curriculum.every_epochs=0.02",
+                "curriculum.start_size_px=16", "curriculum.step_px=4"), tmp_path / "short")
+    lines = capsys.readouterr().out.splitlines()
+    assert ", fp32, eager, world 1, budget 8 steps" in lines[0]
+    assert lines[1].startswith("curriculum: 16px@0%; ")
+    assert lines[2] == ("note: the plan ends at 16px, short of curriculum.final_size_px=28, "
+                        "where the model is evaluated; lower curriculum.every_epochs or give a "
+                        "larger budget to reach it")
+    train(quick("train.budget=8steps"), tmp_path / "whole")
+    assert "note: the plan ends" not in capsys.readouterr().out
 
 
 def test_learns_fashion_mnist_within_a_step_budget(tmp_path, capsys):
@@ -346,7 +371,7 @@ def test_imagefolder_tree_of_real_jpegs(tmp_path):
 
 
 @pytest.mark.parametrize("sync_every", [1, 4])
-def test_nonfinite_steps_are_skipped_then_rolled_back_then_stop(tmp_path, sync_every):
+def test_nonfinite_steps_are_skipped_then_rolled_back_then_stop(tmp_path, sync_every, capsys):
     """sync_every=4 reads the fault flags back only every 4 steps, as on a GPU: the bad
     updates are still skipped on the device at their own step."""
     from budgetvit.train import TrainingStopped
@@ -373,6 +398,12 @@ def test_nonfinite_steps_are_skipped_then_rolled_back_then_stop(tmp_path, sync_e
     assert summary["steps"] == 30
     assert summary["images_seen"] == (30 - 1) * 64  # the isolated bad step trained nothing
     assert math.isfinite(summary["top1"])
+    # The printed summary says what was handled (a clean run's says nothing).
+    assert "\nhandled: non-finite steps (skipped) 4, rollbacks 1\n" in capsys.readouterr().out
+    print_summary({**summary, "bad_images": 2, "faults": {}}, tmp_path)
+    assert "\nhandled: unreadable training images (stood in) 2\n" in capsys.readouterr().out
+    print_summary({**summary, "faults": {}}, tmp_path)
+    assert "handled" not in capsys.readouterr().out
 
     # NaN at every step from step 3 on: rollback once, then stop with the step range.
     bad_steps.update(range(3, 100))
