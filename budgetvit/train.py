@@ -271,6 +271,10 @@ class Trainer(WarmUp, TrainerState, RunOutput):
                     if self.dist.main:
                         print(f"{self.out} holds a finished run (step {self.clock.steps}); "
                               f"give a larger --budget to go on, another --out for a new run")
+                        changed = resume.config_changes(cfg.to_dict(), state["config"])
+                        if changed:  # (not silently dropped)
+                            print(f"note: not applied, the run being finished: "
+                                  f"{', '.join(changed)}", flush=True)
                         print_summary(done, self.out)
                     return done
             for warning in resume.config_warnings(cfg.to_dict(), state["config"]):

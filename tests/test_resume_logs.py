@@ -78,6 +78,11 @@ def test_rerunning_a_finished_run_returns_its_summary_without_training(tmp_path,
     assert {name: (tmp_path / name).read_bytes() for name in files} == files
     assert [(p.name, p.stat().st_mtime_ns) for p in checkpoint.list_checkpoints(tmp_path)] == ckpts
 
+    # Settings changed for a finished run are not applied: said, not silently dropped.
+    assert train(quick(*args, "optim.lr=1e-3", "aug.hflip=false"), tmp_path) == again
+    assert "\nnote: not applied, the run being finished: optim.lr, aug.hflip\n" in \
+        capsys.readouterr().out
+
     (tmp_path / "summary.json").write_text('{"top1": ')  # damaged (a disk that filled, say)
     rewritten = train(quick(*args), tmp_path)
     assert (rewritten["top1"], rewritten["steps"]) == (first["top1"], 4)
