@@ -29,6 +29,7 @@ from .arms import ABLATION, Arm, adhoc_arm, all_arms, arm_config, sweep_arms
 from .config import (Config, ConfigError, apply_overrides, check_one_budget, parse_budget, sets,
                      validate)
 from .folder_lock import folder_lock
+from .out_folder import check_folder
 from .output import guarded_output
 from .summary import read_json, write_json_atomic
 
@@ -393,8 +394,7 @@ def run(args) -> int:
         for argv in argvs:
             print(_shell(argv, args.nproc_per_node))
         return 0
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a folder")
+    check_folder(out, "--out")
     with folder_lock(out), guarded_output(lambda: None):
         # (guarded: output nobody reads any more, a closed pipe, ends no bench: each run
         # writes its own train.log, and the bench its results files)

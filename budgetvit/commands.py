@@ -70,9 +70,6 @@ def cmd_predict(args) -> int:
     from .evaluate import normalize
     ld = inference.load(args.checkpoint)
     model, _ = ld.chosen(args.no_ema)
-    missing = [p for p in args.images if not Path(p).exists()]
-    if missing:  # all of them, before any prediction: not one per try
-        raise FileNotFoundError(f"no such image file: {', '.join(missing)}")
     size = args.img_size or ld.cfg.curriculum.final_size_px
     if size % model.cfg.patch_size:
         raise ConfigError(f"--img-size {size} is not a multiple of the patch size "
@@ -83,7 +80,9 @@ def cmd_predict(args) -> int:
         try:
             img = open_rgb(path, upright=True)
         except Exception as e:  # said, and the other images still predicted
-            print(f"error: cannot read image {path}: {e}", file=sys.stderr)
+            # A missing file or a folder: the OS's words alone, not "[Errno 2] ...: 'path'"
+            why = e.strerror if isinstance(e, OSError) and e.strerror else e
+            print(f"error: cannot read image {path}: {why}", file=sys.stderr)
             unreadable += 1
             continue
         if model.cfg.in_chans == 1:

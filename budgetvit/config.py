@@ -279,11 +279,30 @@ def _check_paths(d: DataSection) -> None:
     if d.dataset == "cache" and not d.path:
         raise ConfigError("data.dataset=cache needs the directory `budgetvit prepare` made: "
                           "--set data.path=/path/to/cache")
-    if d.dataset == "imagefolder" and not os.path.isdir(os.path.join(d.path, "train")):
-        raise ConfigError(f"data.path: no train/ folder in {d.path} (expected "
-                          f"{os.path.join(d.path, 'train')}/<class>/<image>)")
     if d.dataset in ("fashion_mnist", "cache") and d.path and not os.path.isdir(d.path):
         raise ConfigError(f"data.path: {d.path} is not a directory")
+    if d.dataset not in ("imagefolder", "cache"):
+        return
+    # A tree given as a cache or a cache as a tree: the fix is the other data.dataset.
+    tree = os.path.isdir(os.path.join(d.path, "train"))
+    cache = os.path.isfile(os.path.join(d.path, "meta.json"))  # (data/cache.py's META)
+    if d.dataset == "cache":
+        if tree and not cache:
+            raise ConfigError(f"data.path: {d.path} is an image tree (train/), not a budgetvit "
+                              f"cache: train on it with --set data.dataset=imagefolder, or make "
+                              f"a cache of it with: budgetvit prepare --src {d.path} --dst "
+                              f"ANOTHER_FOLDER")
+        return
+    if not tree:
+        if cache:
+            raise ConfigError(f"data.path: {d.path} is a budgetvit cache, not an image tree: "
+                              f"train on it with --set data.dataset=cache")
+        raise ConfigError(f"data.path: no train/ folder in {d.path} (expected "
+                          f"{os.path.join(d.path, 'train')}/<class>/<image>)")
+    if not d.holdout and not os.path.isdir(os.path.join(d.path, "val")):
+        raise ConfigError(f"data.path: no val/ folder in {d.path} (expected "
+                          f"{os.path.join(d.path, 'val')}/<class>/<image>); to evaluate on "
+                          f"held-out training images instead: --set data.holdout=0.1")
 
 
 def validate(cfg: Config, paths: bool = True) -> None:

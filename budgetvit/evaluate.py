@@ -45,8 +45,13 @@ def _evaluate(model, data, size: int, batch_size: int, runtime, d: Dist) -> dict
         totals[2] += F.cross_entropy(logits, y, reduction="sum")
         totals[3] += len(y)
     model.train(was_training)
-    correct1, correct5, loss_sum, n = all_sum(totals.tolist(), d, runtime.device)
+    # (image trees and caches count the unreadable images they left out; in memory, none)
+    left_out = getattr(data, "left_out", 0)
+    correct1, correct5, loss_sum, n, left_out = all_sum(totals.tolist() + [left_out], d,
+                                                        runtime.device)
     if n == 0:  # every image unreadable (left out): no score to give
         raise ConfigError(f"no readable image in the evaluation split ({data.eval_split})")
+    if left_out and d.main:  # said once, by rank 0, with the count over all ranks
+        data.warn_left_out(int(left_out))
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n,
             "images": int(n)}

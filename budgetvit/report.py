@@ -234,11 +234,13 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from .config import ConfigError
+    from .out_folder import check_folder
     dirs = discover(args.runs)
     if not dirs:
         raise ConfigError(f"no run directories (with summary.json or log.jsonl) under "
                           f"{', '.join(args.runs)}")
     out = Path(args.out or (args.runs[0] if len(args.runs) == 1 else "report"))
+    check_folder(out, "--out")
     for path in write_report(dirs, out, args.ema, args.title):
         print(path)
     return 0

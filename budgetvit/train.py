@@ -27,6 +27,7 @@ from .ema import EMA
 from .evaluate import evaluate, normalize
 from .folder_lock import folder_lock
 from .models import VisionTransformer, param_groups, train_flops
+from .out_folder import check_folder
 from .output import guarded_output
 from .progress import Progress, fmt_duration
 from .runtime import peak_flops, resolve
@@ -53,6 +54,7 @@ class SignalOutsideLoop(BaseException):
 def prepare_out_dir(out: str | Path) -> Path:
     """Create the run directory and prove it is writable, before any work starts."""
     out = Path(out)
+    check_folder(out, "--out")  # a file in the way: said so, not as "not writable"
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write_test"

@@ -272,9 +272,9 @@ def test_a_missing_or_cut_shard_is_a_damaged_cache(caches, tmp_path, shard, cut)
 
 
 @needs_fmnist
-def test_an_evaluation_with_every_image_left_out_has_no_score(caches, tmp_path):
+def test_an_evaluation_with_every_image_left_out_has_no_score(caches, tmp_path, capsys):
     """Every val record damaged (the shards keep their sizes): each is left out, and with
-    nothing left evaluate() says so instead of dividing by zero."""
+    nothing left evaluate() says so instead of dividing by zero (in its error alone)."""
     from budgetvit.config import model_shape
     from budgetvit.evaluate import evaluate
     from budgetvit.models import VisionTransformer
@@ -286,8 +286,8 @@ def test_an_evaluation_with_every_image_left_out_has_no_score(caches, tmp_path):
     d = CacheData(str(dst), batch_size=4, seed=0, aug=AUG, device="cpu", num_workers=0, size=16)
     model = VisionTransformer(model_shape(cfg, d.num_classes, d.in_chans))
     with pytest.raises(ConfigError, match=r"^no readable image in the evaluation split \(val\)$"):
-        with pytest.warns(UserWarning, match="15 unreadable evaluation images left out"):
-            evaluate(model, d, 16, 5, resolve(cfg.train))
+        evaluate(model, d, 16, 5, resolve(cfg.train))
+    assert d.left_out == 15 and capsys.readouterr().err == ""
 
 
 # ----------------------------------------------------------------------------- prepare

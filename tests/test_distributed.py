@@ -207,9 +207,13 @@ def test_a_rank_that_cannot_read_rank_0s_checkpoint_stops_the_job(tmp_path):
 
 def test_unreadable_images_are_counted_over_every_rank(tmp_path):
     """6 of 36 training images are empty files; 3 steps of 12 are an epoch, which meets each
-    once, whichever rank's share of a batch holds it. The count goes on across a resume."""
+    once, whichever rank's share of a batch holds it. The count goes on across a resume. Two
+    empty val images, one in each rank's share: said once, with both counted."""
     root = write_image_tree(tmp_path / "tree")
     for path in sorted((root / "train").rglob("*.jpg"))[::6]:
+        path.write_bytes(b"")
+    val = sorted((root / "val").rglob("*.jpg"))  # (the split's order: rank r has r, r + 2...)
+    for path in val[:2]:
         path.write_bytes(b"")
     data = ("data.dataset=imagefolder", f"data.path={root}", "data.num_workers=0",
             "train.batch_size=12")
@@ -218,6 +222,9 @@ def test_unreadable_images_are_counted_over_every_rank(tmp_path):
         output = finish(proc, 300)
         assert proc.returncode == 0, output
         assert json.loads((tmp_path / "run" / "summary.json").read_text())["bad_images"] == bad
+        assert [line for line in output.splitlines() if "split left out" in line] == [
+            f"warning: 2 unreadable images in the evaluation split left out ({val[0]} and "
+            f"others)"], output[-3000:]
 
 
 def test_bench_runs_each_arm_under_torchrun(tmp_path):

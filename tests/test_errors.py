@@ -92,8 +92,6 @@ CASES = [
     (["export", "--checkpoint", "EMAEXPORT", "--out", "w.pt"], "ending in .safetensors"),
     (["predict", "--checkpoint", "/nonexistent/w.safetensors", "x.png"],
      "exported weights /nonexistent/w.safetensors do not exist"),
-    (["predict", "--checkpoint", "EMAEXPORT", "x.png", "AFILE", "y.jpg"],
-     "no such image file: x.png, y.jpg"),  # every one, before any prediction
     (["bench", "--seeds", "1", "--out", "AFILE"], "afile is a file, not a folder"),
     (["eval", "--checkpoint", "TENSOR"], "is not a budgetvit checkpoint (TypeError: it holds a"),
     (["eval", "--checkpoint", "NEWER"], "error: unknown config key 'train.new_key' in a saved"),
@@ -177,6 +175,98 @@ def test_predict_goes_on_past_an_unreadable_image(bad_files, tmp_path, capsys):
     said = capsys.readouterr()
     assert said.err.startswith(f"error: cannot read image {bad_files['AFILE']}: ")
     assert said.out.startswith(f"{image}: ") and "%" in said.out
+
+
+def test_predict_goes_on_past_a_missing_image_and_a_folder(bad_files, tmp_path, capsys):
+    """Named on stderr like an unreadable image, the others still predicted (exit code 2)."""
+    image, missing = tmp_path / "plain.png", tmp_path / "missing.png"
+    Image.new("L", (28, 28), 128).save(image)
+    assert run_cli(["predict", "--checkpoint", bad_files["EMAEXPORT"], str(missing),
+                    str(tmp_path), str(image)]) == 2
+    said = capsys.readouterr()
+    assert said.err.splitlines() == [
+        f"error: cannot read image {missing}: No such file or directory",
+        f"error: cannot read image {tmp_path}: Is a directory"]
+    assert said.out.startswith(f"{image}: ") and "%" in said.out
+
+
+@pytest.mark.parametrize("command, option", [
+    (["train", "--budget", "5s", "--out", "{path}"], "--out"),
+    (["report", "{run}", "--out", "{path}"], "--out"),
+    (["prepare", "--src", "{tree}", "--dst", "{path}"], "--dst"),
+    (["bench", "--seeds", "1", "--out", "{path}"], "--out"),
+])
+@pytest.mark.parametrize("inside", [False, True])
+def test_an_output_path_that_is_a_file_is_said_alike(command, option, inside, bad_files,
+                                                     tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    afile = bad_files["AFILE"]
+    path = f"{afile}/sub" if inside else afile  # a file in place of the folder, or above it
+    run = tmp_path / "run"  # (what report takes for a run directory)
+    run.mkdir()
+    (run / "log.jsonl").write_text("")
+    (tmp_path / "tree" / "train").mkdir(parents=True)
+    args = [a.format(path=path, run=run, tree=tmp_path / "tree") for a in command]
+    assert run_cli(args) == 2
+    where = f": {afile}" if inside else ""
+    assert capsys.readouterr().err == f"error: {option} {path}{where} is a file, not a folder\n"
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("kind", ["cache", "imagefolder"])
+def test_a_tree_given_as_a_cache_or_a_cache_as_a_tree_says_which(kind, tmp_path, capsys):
+    tree, cache = tmp_path / "tree", tmp_path / "cache"
+    (tree / "train").mkdir(parents=True)
+    cache.mkdir()
+    (cache / "meta.json").write_text("{}")
+    path = tree if kind == "cache" else cache
+    assert run_cli(["train", "--budget", "5s", "--out", str(tmp_path / "run"), "--set",
+                    f"data.dataset={kind}", f"data.path={path}"]) == 2
+    assert capsys.readouterr().err.strip() == {
+        "cache": f"error: data.path: {tree} is an image tree (train/), not a budgetvit cache: "
+                 f"train on it with --set data.dataset=imagefolder, or make a cache of it with: "
+                 f"budgetvit prepare --src {tree} --dst ANOTHER_FOLDER",
+        "imagefolder": f"error: data.path: {cache} is a budgetvit cache, not an image tree: "
+                       f"train on it with --set data.dataset=cache"}[kind]
+
+
+def test_the_cache_and_tree_readers_say_which_they_were_given(tmp_path):
+    """What eval --data-path, bench-data and prepare --src meet (train is refused before)."""
+    from budgetvit.data import cache
+    from budgetvit.data.tree import scan
+    tree, made = tmp_path / "tree", tmp_path / "cache"
+    (tree / "train").mkdir(parents=True)
+    made.mkdir()
+    (made / "meta.json").write_text("{}")
+    with pytest.raises(FileNotFoundError) as e:
+        cache.read_meta(tree)
+    assert str(e.value) == (f"{tree} is an image tree (train/), not a budgetvit cache; make a "
+                            f"cache of it with: budgetvit prepare --src {tree} --dst "
+                            f"ANOTHER_FOLDER")
+    with pytest.raises(FileNotFoundError) as e:
+        scan(made, "val")
+    assert str(e.value) == f"no val/ folder in {made}: it is a budgetvit cache, not an image tree"
+
+
+def test_a_tree_without_val_is_shown_the_holdout(tmp_path, capsys):
+    tree = tmp_path / "tree"
+    (tree / "train").mkdir(parents=True)
+    assert run_cli(["train", "--budget", "5s", "--out", str(tmp_path / "run"), "--set",
+                    "data.dataset=imagefolder", f"data.path={tree}"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: data.path: no val/ folder in {tree} (expected {tree}/val/<class>/<image>); "
+        f"to evaluate on held-out training images instead: --set data.holdout=0.1")
+
+
+@pytest.mark.parametrize("dst", [".", "cache"])
+def test_prepare_refuses_a_cache_inside_its_tree(dst, tmp_path, capsys):
+    tree = tmp_path / "tree"
+    (tree / "train").mkdir(parents=True)
+    assert run_cli(["prepare", "--src", str(tree), "--dst", str(tree / dst)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --dst {tree / dst} is within the image tree --src {tree}: the cache's files "
+        f"would go among its images; choose a folder outside it")
+    assert os.listdir(tree) == ["train"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

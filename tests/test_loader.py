@@ -108,13 +108,14 @@ def test_unreadable_images_counted_once_for_training_and_kept_on_resume(tmp_path
     the position; a zero-byte evaluation image is left out (not scored as its neighbour)."""
     root = write_image_tree(tmp_path / "tree")
     next(iter(sorted((root / "train" / "bag").iterdir()))).write_bytes(b"")
-    next(iter(sorted((root / "val" / "coat").iterdir()))).write_bytes(b"")
+    unreadable = next(iter(sorted((root / "val" / "coat").iterdir())))
+    unreadable.write_bytes(b"")
     d = folder(root, num_workers=0)
     for _ in range(d.batches_per_epoch):  # 36 images, 4 batches of 8: 4 images left out
         d.next_batch()
     state = d.state_dict()
-    with pytest.warns(UserWarning, match="1 unreadable evaluation images left out"):
-        labels = torch.cat([y for _, y in d.eval_batches(16, 5)])
+    labels = torch.cat([y for _, y in d.eval_batches(16, 5)])
+    assert (d.left_out, d.left_out_file) == (1, str(unreadable))  # evaluate() says it
     assert d.bad_images == state["bad_images"]  # evaluations are not counted there
     assert labels.bincount().tolist() == [4, 3, 4]  # bag, coat (one unreadable), sneaker
     resumed = folder(root, num_workers=0)
@@ -123,6 +124,29 @@ def test_unreadable_images_counted_once_for_training_and_kept_on_resume(tmp_path
     for _ in range(8 * resumed.batches_per_epoch):  # eight more epochs: met in most of them
         resumed.next_batch()
     assert 1 <= state["bad_images"] < resumed.bad_images - 4
+
+
+@needs_fmnist
+def test_an_evaluation_says_in_one_line_which_images_it_left_out(tmp_path, capsys):
+    """A line on stderr with the count and a file (not a Python warning and its source line),
+    said again only when the count changes: a run evaluates again and again."""
+    from budgetvit.config import model_shape
+    from budgetvit.evaluate import evaluate
+    from budgetvit.models import VisionTransformer
+    from budgetvit.runtime import resolve
+    root = write_image_tree(tmp_path / "tree", per_class_train=4, per_class_val=2)
+    coats = sorted((root / "val" / "coat").iterdir())
+    coats[0].write_bytes(b"")
+    d = folder(root, num_workers=0)
+    cfg = tiny_config()
+    model, rt = VisionTransformer(model_shape(cfg, d.num_classes, d.in_chans)), resolve(cfg.train)
+    for _ in range(2):
+        assert evaluate(model, d, 16, 4, rt)["images"] == 5
+    coats[1].write_bytes(b"")
+    assert evaluate(model, d, 16, 4, rt)["images"] == 4
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: 1 unreadable image in the evaluation split left out ({coats[0]})",
+        f"warning: 2 unreadable images in the evaluation split left out ({coats[0]} and others)"]
 
 
 @pytest.mark.parametrize("cpus, ranks, workers", [(8, None, 8), (64, "4", 16), (8, "4", 8),

@@ -107,6 +107,10 @@ def split_counts(meta: dict) -> str:
 def read_meta(root: str | Path) -> dict:
     path = Path(root) / META
     if not path.is_file():
+        if (Path(root) / "train").is_dir():  # an image tree: the cache of it goes elsewhere
+            raise FileNotFoundError(f"{root} is an image tree (train/), not a budgetvit cache; "
+                                    f"make a cache of it with: budgetvit prepare --src {root} "
+                                    f"--dst ANOTHER_FOLDER")
         raise FileNotFoundError(f"no finished budgetvit cache at {root} (expected {path}; "
                                 f"create it with: budgetvit prepare --src TREE --dst {root})")
     meta = json.loads(path.read_text())

@@ -11,7 +11,7 @@ a long run of them, broken data, stops training), an evaluation leaves them out.
 from __future__ import annotations
 
 import errno
-import warnings
+import sys
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -125,6 +125,11 @@ class WorkerEval:
     """An evaluation split decoded by DataLoader workers. Needs self.workers, seed, device,
     collate and eval_dataset() (images keyed by (index, size, 0))."""
     collate = staticmethod(_collate)  # the workers' items -> (x, y, bad: READ, STOOD_IN...)
+    # Of the latest eval_batches, for evaluate(): unreadable images left out (not counted in
+    # bad_images, training's count, which every evaluation would add to) and the first one's
+    # file, where there is one.
+    left_out, left_out_file = 0, None
+    left_out_said = 0  # the count warn_left_out said last
 
     def eval_batches(self, size: int, batch_size: int, rank: int = 0, world: int = 1):
         """This rank's share of the evaluation split (every image once over all ranks), centre
@@ -136,16 +141,33 @@ class WorkerEval:
                             pin_memory=torch.cuda.is_available(),
                             generator=loader_generator(self.seed),
                             **worker_settings(min(self.workers, len(batches))))
-        left_out = 0
-        for x, y, bad in started(loader):
+        self.left_out, self.left_out_file = 0, None
+        for batch, (x, y, bad) in zip(batches, started(loader)):
             if bad.any():  # unreadable images are left out (a stand-in would score another twice)
                 keep = bad == READ
-                left_out += len(y) - int(keep.sum())
+                if self.left_out_file is None:
+                    first = int((~keep).nonzero()[0, 0])  # its place in this batch
+                    self.left_out_file = self.eval_file(batch[first][0])
+                self.left_out += len(y) - int(keep.sum())
                 x, y = x[keep], y[keep]
             if len(y):
                 yield to_device(x, y, self.device)
-        if left_out:  # not in bad_images (training's count), which every evaluation would add to
-            warnings.warn(f"{left_out} unreadable evaluation images left out", stacklevel=2)
+
+    def warn_left_out(self, count: int) -> None:
+        """Say on stderr that `count` unreadable images were left out (over all ranks; the file
+        is this rank's), unless that count was the last said: a run evaluates again and again,
+        `budgetvit eval` each model at each size."""
+        if count != self.left_out_said:
+            self.left_out_said = count
+            images = "image" if count == 1 else "images"
+            where = (f" ({self.left_out_file}{' and others' if count > 1 else ''})"
+                     if self.left_out_file else "")
+            print(f"warning: {count} unreadable {images} in the evaluation split left out{where}",
+                  file=sys.stderr)
+
+    def eval_file(self, i: int) -> str | None:
+        """The file of evaluation image i, to name it (a cache's records keep no file name)."""
+        return None
 
     def eval_dataset(self) -> Dataset:
         raise NotImplementedError
@@ -235,6 +257,9 @@ class FolderData(WorkerStream):
                          num_workers=num_workers, rank=rank, world=world, size=size)
         self.dataset = FolderDataset(SampleTable(train), True, aug, seed)
 
+    def eval_file(self, i: int) -> str:
+        return self.val_samples[i][0]
+
     def eval_dataset(self) -> FolderDataset:
         return FolderDataset(self.val_samples, False, None, self.seed)
 
@@ -250,6 +275,9 @@ class FolderEvalSplit(WorkerEval):
                          lacks="the checkpoint's classes lack")
         self.val_samples = SampleTable(val)
         self.eval_split, self.mean, self.std = "val", IMAGENET_MEAN, IMAGENET_STD
+
+    def eval_file(self, i: int) -> str:
+        return self.val_samples[i][0]
 
     def eval_dataset(self) -> FolderDataset:
         return FolderDataset(self.val_samples, False, None, self.seed)

@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..config import ConfigError
+from ..out_folder import check_folder
 from . import cache
 from .tree import default_workers, scan, to_rgb
 
@@ -262,6 +263,10 @@ def prepare(src: str | Path, dst: str | Path, *, max_size: int = 256, encoding: 
     if encoding not in cache.ENCODINGS:
         raise ConfigError(f"--format must be one of {', '.join(cache.ENCODINGS)}, got {encoding}")
     src, dst = Path(src).resolve(), Path(dst)
+    if dst.resolve() == src or src in dst.resolve().parents:  # (links resolved, as in src)
+        raise ConfigError(f"--dst {dst} is within the image tree --src {src}: the cache's "
+                          f"files would go among its images; choose a folder outside it")
+    check_folder(dst, "--dst")
     settings = {"encoding": encoding, "max_size": max_size, "levels": levels,
                 "max_pixels": max_pixels,
                 "quality": cache.JPEG_QUALITY if encoding == "jpeg" else None}

@@ -13,6 +13,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from ..config import ConfigError
+from .cache import META
 
 
 def default_workers(num_workers: int = -1) -> int:
@@ -49,6 +50,9 @@ def scan(root: str | Path, split: str, class_to_idx: dict | None = None,
     from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
     folder = Path(root) / split
     if not folder.is_dir():
+        if (Path(root) / META).is_file():  # a cache, given as a tree
+            raise FileNotFoundError(f"no {split}/ folder in {root}: it is a budgetvit cache, "
+                                    f"not an image tree")
         raise FileNotFoundError(f"no {split}/ folder in {root} (expected {folder}/<class>/<image>)")
     found = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
     if class_to_idx is None:
