@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -138,7 +139,7 @@ def cmd_train(args) -> int:
         import json
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    command = "budgetvit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = program() + " " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # alone it would resume on one process
         command = f"the same torchrun command ({command} under torchrun)"
     out = Path(args.out or f"runs/{cfg.preset}")
@@ -159,6 +160,19 @@ def cmd_train(args) -> int:
                 break
         raise
     return 0
+
+
+def program() -> str:
+    """budgetvit as this process was started, for the command it prints to resume: `budgetvit`
+    only where PATH finds this one (README's `.venv/bin/budgetvit` in a shell without the venv
+    activated: "command not found"), else the script's path or `python -m budgetvit`."""
+    def on_path(name: str, path: str) -> bool:  # (paths compared as given: a venv's python
+        found = shutil.which(name)                # links to the system's, which lacks budgetvit)
+        return found is not None and os.path.abspath(found) == os.path.abspath(path)
+    if os.path.basename(sys.argv[0]) == "__main__.py":  # python -m budgetvit
+        python = "python" if on_path("python", sys.executable) else shlex.quote(sys.executable)
+        return f"{python} -m budgetvit"
+    return "budgetvit" if on_path("budgetvit", sys.argv[0]) else shlex.quote(sys.argv[0])
 
 
 def handler(command: str):

@@ -240,9 +240,32 @@ def test_sigterm_to_every_process_stops_a_run_with_loader_workers_cleanly(tmp_pa
     text = (tmp_path / "output").read_text()
     assert proc.returncode == 0 and "Traceback" not in text, text[-3000:]
     step = int(re.search(r"stopped by SIGTERM at step (\d+) .*; checkpoint written\. Resume "
-                         r"with: budgetvit train --out ", text).group(1))
+                         r"with: \S+ -m budgetvit train --out ", text).group(1))
     assert checkpoint.load(checkpoint.list_checkpoints(out)[-1])["clock"]["steps"] == step
     assert not [pid for pid in workers if _alive(pid)]  # ended with the run
+
+
+def test_the_resume_hint_runs_budgetvit_as_it_was_run(tmp_path, monkeypatch):
+    """`budgetvit` alone only where PATH finds the one that ran: the README's
+    `.venv/bin/budgetvit train`, in a shell without the venv activated, resumes with that path."""
+    from budgetvit.cli import program
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("budgetvit", "python"):
+        (bin_dir / name).write_text("#!/bin/sh\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setattr(sys, "argv", [".venv/bin/budgetvit", "train"])
+    assert program() == ".venv/bin/budgetvit"
+    monkeypatch.setattr(sys, "argv", [str(bin_dir / "budgetvit"), "train"])
+    assert program() == str(bin_dir / "budgetvit")
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    assert program() == "budgetvit"
+    monkeypatch.setattr(sys, "argv", ["/x/budgetvit/__main__.py", "train"])  # python -m
+    monkeypatch.setattr(sys, "executable", "/elsewhere/python3")
+    assert program() == "/elsewhere/python3 -m budgetvit"
+    monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
+    assert program() == "python -m budgetvit"
 
 
 def test_the_resume_hint_under_torchrun_names_torchrun(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ import sys
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from ..config import ConfigError
 from .holdout import describe, holdout_rows
@@ -162,8 +163,9 @@ class WorkerEval:
             images = "image" if count == 1 else "images"
             where = (f" ({self.left_out_file}{' and others' if count > 1 else ''})"
                      if self.left_out_file else "")
-            print(f"warning: {count} unreadable {images} in the evaluation split left out{where}",
-                  file=sys.stderr)
+            # (through tqdm: a training run's progress bar is redrawn below the line)
+            tqdm.write(f"warning: {count} unreadable {images} in the evaluation split left "
+                       f"out{where}", file=sys.stderr)
 
     def eval_file(self, i: int) -> str | None:
         """The file of evaluation image i, to name it (a cache's records keep no file name)."""
