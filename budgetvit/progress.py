@@ -4,6 +4,7 @@ tensorboard is installed, TensorBoard event files. Only rank 0 creates one."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,17 @@ def fmt_duration(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def terminal_columns(stream) -> int:
+    """The width of the terminal `stream` writes to; 0 where it is none, or says it has none
+    (`script` without a size, some CI runners), where a bar would show nothing at all."""
+    if not stream.isatty():
+        return 0
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError):  # a terminal that cannot be asked: tqdm's own default
+        return 80
 
 
 def replace_lines(path: Path, lines: list[str]) -> None:
@@ -47,7 +59,7 @@ class Progress:
         self.log_file = self.eval_file = self.tb = None
         self.rewind(last_step, evals)
         self.bar = None
-        if sys.stderr.isatty():
+        if terminal_columns(sys.stderr):  # (a terminal of 0 columns would show no bar at all)
             from tqdm import tqdm
             # The text in desc: tqdm puts ", " before a postfix.
             self.bar = tqdm(total=round(budget), initial=round(start), unit=unit[0],

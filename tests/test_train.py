@@ -1,12 +1,17 @@
 """The trainer end to end on real Fashion-MNIST: summary contract, budget, curriculum,
 schedules, exact resume, eval / predict / export on a saved checkpoint, ImageFolder trees."""
 import errno
+import fcntl
 import io
 import json
 import math
+import os
+import pty
 import re
 import shutil
+import struct
 import sys
+import termios
 
 import pytest
 import torch
@@ -120,6 +125,18 @@ def test_a_terminal_shows_the_header_then_the_bar_then_the_summary(tmp_path, mon
     assert header < bars[0] and bars[-1] < summary
     assert lines[bars[-1]].startswith("100%|") and lines[bars[-1]].rstrip().endswith(" done")
     assert "px " in lines[bars[-2]] and not any("| ," in lines[i] for i in bars)
+
+
+def test_a_terminal_of_no_width_gets_the_lines_not_an_empty_bar(tmp_path, monkeypatch, capsys):
+    """A terminal that says it has 0 columns (`script` without a size) shows a bar as nothing
+    at all: such a run prints the lines a log file gets."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+    with os.fdopen(slave, "w") as terminal:
+        monkeypatch.setattr(sys, "stderr", terminal)
+        train(quick("train.budget=12steps", "train.log_every=4"), tmp_path)
+    os.close(master)
+    assert "\n[100.0%] step 12 28px " in capsys.readouterr().out
 
 
 def test_lines_for_a_log_file_end_at_100_percent_above_the_summary(tmp_path, capsys):
