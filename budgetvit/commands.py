@@ -11,7 +11,7 @@ from .config import ConfigError
 
 def cmd_eval(args) -> int:
     from . import inference
-    from .data import build_data, build_eval_split
+    from .data import build_data, build_eval_split, eval_dataset
     from .data.tree import first_names
     from .evaluate import evaluate
     from .runtime import check_device_option, resolve
@@ -20,6 +20,9 @@ def cmd_eval(args) -> int:
     cfg = ld.cfg
     cfg.train.device = args.device
     if args.data_path:
+        # What the folder is decides how it is read: a cache-trained run scored on the tree's
+        # own val/ JPEGs (the benchmark's split), not the cache's re-encoded, downsized copy.
+        cfg.data.dataset = eval_dataset(cfg.data, args.data_path)
         cfg.data.path = args.data_path
     rt = resolve(cfg.train)
     sizes = [s for group in (args.img_size or [[cfg.curriculum.final_size_px]]) for s in group]

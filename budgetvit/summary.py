@@ -59,7 +59,8 @@ def write_summary(trainer, final: dict, bad_images: int, wall_s: float) -> dict:
         "steps": clock.steps, "images_seen": t.images, "epochs": t.images / t.data.num_images,
         "final_img_size": t.cfg.curriculum.final_size_px,
         "eval_split": t.data.eval_split,
-        "stages": t.stages,
+        # (epochs: what the paper rule's "N epochs per size" is met against)
+        "stages": [{**st, "epochs": st["images"] / t.data.num_images} for st in t.stages],
         "plan": [s.to_dict() for s in t.plan],
         "final_lr": t.opt.param_groups[0]["lr"],
         "bad_images": bad_images,
@@ -83,7 +84,10 @@ def print_summary(s: dict, out: Path) -> None:
               else fmt_duration(s["budget_s"]))
     overrun = "" if s["overrun_s"] is None else f" (overrun {s['overrun_s']:+.2f}s)"
     stages = ", ".join(f"{st['img_size']}px {fmt_duration(st['end_s'] - st['start_s'])}"
+                       + (f" {st['epochs']:.2f} ep" if "epochs" in st else "")
                        for st in s["stages"])
+    scored = s["evals"][-1].get("eval_images") if s.get("evals") else None
+    scored = f", {scored} images" if scored else ""
     ema = f"   EMA top-1 {s['top1_ema']:.2f}%" if "top1_ema" in s else ""
     # What went wrong and was handled, where anything did: a clean block means a clean run.
     faults = s.get("faults", {})
@@ -100,7 +104,7 @@ def print_summary(s: dict, out: Path) -> None:
         f"{s['warmup_time_s']:.1f}s (not charged)",
         f"{s['steps']} steps, {s['images_seen']} images, {s['epochs']:.2f} epochs; stages: {stages}",
         f"top-1 {s['top1']:.2f}%   top-5 {s['top5']:.2f}%{ema}   (at {s['final_img_size']}px on "
-        f"{s['eval_split']})",
+        f"{s['eval_split']}{scored})",
         *([f"handled: {handled}"] if handled else []),
         f"summary: {out / 'summary.json'}",
     ]), flush=True)

@@ -203,10 +203,13 @@ class Trainer(WarmUp, TrainerState, RunOutput):
     def _stop(self, why: str) -> None:
         if self.phase == "stopping":  # (a second signal while it says how to resume)
             return
+        # Kept where it is raised too: an exception raised in a __del__ (a loader iterator's
+        # as it shuts down) is lost, and the training loop then stops at its first sync point.
+        self.stop_signal = why
         if self.phase != "training loop":
             stopped_in, self.phase = self.phase, "stopping"
             raise SignalOutsideLoop(why, stopped_in)
-        self.stop_signal = why  # the next sync point stops every rank at the same step
+        # (in the loop: the next sync point stops every rank at the same step)
 
     def _rollback(self, first_bad: int, last_bad: int) -> None:
         """Back to the newest checkpoint (every rank reads it) with the lr lowered; after

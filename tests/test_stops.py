@@ -22,6 +22,29 @@ from .conftest import needs_fmnist, quick
 pytestmark = needs_fmnist
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_stop_signal_lost_in_a_destructor_still_stops_the_run(tmp_path, monkeypatch, capsys):
+    """A signal handled while an object is being destroyed (a loader iterator shutting down its
+    workers in the warm-up) raises inside __del__, where Python drops the exception ("Exception
+    ignored in"). The run must still stop, at its first sync point, with a checkpoint: it used
+    to train its whole budget, deaf to any later signal."""
+    from budgetvit.warmup import WarmUp
+    trainer = Trainer(quick("train.budget=40steps"), tmp_path, command="budgetvit train")
+    real_steps = WarmUp._zero_lr_steps
+
+    class SignalledWhileDestroyed:
+        def __del__(self):
+            trainer._on_signal(signal.SIGTERM, None)
+
+    def steps_then_signal(self, count):
+        real_steps(self, count)
+        SignalledWhileDestroyed()  # destroyed at once: its exception goes nowhere
+    monkeypatch.setattr(WarmUp, "_zero_lr_steps", steps_then_signal)
+    assert trainer.run() == {"interrupted": True, "step": 0}
+    assert "stopped by SIGTERM at step 0 " in capsys.readouterr().out
+    assert checkpoint.list_checkpoints(tmp_path)[-1].name == "step_00000000.pt"
+
+
 @pytest.mark.parametrize("signum, phase", [(signal.SIGINT, "warm-up"),
                                            (signal.SIGTERM, "final checkpoint and evaluation")])
 def test_a_signal_outside_the_loop_stops_at_once_and_says_how_to_go_on(tmp_path, monkeypatch,

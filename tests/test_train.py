@@ -158,6 +158,12 @@ def test_lines_for_a_log_file_end_at_100_percent_above_the_summary(tmp_path, cap
     assert lines[evaluation] == f"final evaluation at 28px on {s['eval_split']}{ema} ..."
     assert lines.index(progress[-1]) < evaluation < next(i for i, line in enumerate(lines)
                                                          if line.startswith("== fmnist"))
+    # The summary: epochs per stage (what the paper rule counts), images scored.
+    images = s["images_seen"] / s["epochs"]  # (the training images)
+    assert [st["epochs"] for st in s["stages"]] == [st["images"] / images for st in s["stages"]]
+    assert re.search(rf"28px \d+m\d\ds {s['stages'][-1]['epochs']:.2f} ep", "\n".join(lines))
+    scored = s["evals"][-1]["eval_images"]
+    assert f"(at 28px on {s['eval_split']}, {scored} images)" in lines[-2]
     train(quick("train.budget=12steps", "train.log_every=4"), tmp_path / "b")
     progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
     assert progress[-2].startswith("[ 66.7%] step 8 ")

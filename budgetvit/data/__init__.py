@@ -4,6 +4,10 @@ next_batch() returns this rank's share of the next global batch on the device, a
 float in [0, 1]; the trainer normalises. The data position (epoch, batch) is the state."""
 from __future__ import annotations
 
+import os
+
+from ..config import ConfigError
+
 # Each loader is imported where asked for: the command line imports this package for
 # `budgetvit prepare` (which needs no torch), and the tree and cache loaders need torchvision,
 # whose import takes ~2 s more (it loads torch._dynamo), which a Fashion-MNIST run would wait for.
@@ -36,6 +40,33 @@ def build_data(cfg, device, rank: int = 0, world: int = 1):
     from .imagefolder import FolderData
     return FolderData(d.path, num_workers=d.num_workers, size=cfg.curriculum.final_size_px,
                       **common)
+
+
+def folder_kind(path: str) -> str | None:
+    """What the folder at `path` is, as a data.dataset: "cache" (meta.json, which `budgetvit
+    prepare` writes last), "imagefolder" (an image tree: train/ or val/ folders), else None."""
+    from .cache import META
+    if os.path.isfile(os.path.join(path, META)):
+        return "cache"
+    if any(os.path.isdir(os.path.join(path, split)) for split in ("train", "val")):
+        return "imagefolder"
+    return None
+
+
+def eval_dataset(d, path: str) -> str:
+    """The data.dataset to read `budgetvit eval --data-path path` as, for a run on data `d`:
+    of an image run (a tree or a cache), what the folder is, so a run trained on a cache is
+    scored on the tree's original val/ JPEGs (or a tree's run on a cache's val). A run that
+    held out part of its training split needs its own kind of data: the holdout is rows of it."""
+    kind = folder_kind(path) if d.dataset in ("imagefolder", "cache") else None
+    if kind is None or kind == d.dataset:
+        return d.dataset
+    if d.holdout:
+        what = {"cache": "a budgetvit cache", "imagefolder": "an image tree"}
+        raise ConfigError(f"--data-path {path} is {what[kind]}, but the run is evaluated on the "
+                          f"{d.holdout:g} of its training images it held out (data.holdout), "
+                          f"rows of {what[d.dataset]}: give it {what[d.dataset]}")
+    return kind
 
 
 def build_eval_split(cfg, classes: list[str], device):

@@ -196,8 +196,18 @@ class WorkerStream(DataStream, WorkerEval):
             # Restart the workers here: batches they prefetched at the old size would be
             # trained as the new one, and their number depends on when the loader started
             # (a resume at a stage boundary would not be exact).
-            self._it = None
+            self.close()
         super().set_size(size)
+
+    def close(self) -> None:
+        """End the running loader's workers now (the next batch starts new ones). Left to the
+        garbage collector, a stop signal's exception raised during their shutdown is lost (in
+        __del__). (Not at the end of a run: called then, the process sometimes aborted at exit,
+        "terminate called without an active exception", torch 2.14 on CPU.)"""
+        shutdown = getattr(self._it, "_shutdown_workers", None)  # (none without workers)
+        if shutdown is not None:
+            shutdown()
+        self._it = None
 
     def sampler(self) -> CurriculumBatchSampler:
         """A fresh sampler starting at the current position."""
@@ -231,7 +241,7 @@ class WorkerStream(DataStream, WorkerEval):
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self._it = None  # restart the workers from the loaded position
+        self.close()  # restart the workers from the loaded position
 
 
 class FolderData(WorkerStream):
