@@ -158,3 +158,23 @@ def test_values_that_are_no_usable_number_give_one_line(setting, message, capsys
     said = capsys.readouterr()
     assert said.err == f"error: {message}\n"
     assert said.out == ""  # the config was not printed
+
+
+def test_a_paper_plan_resumed_at_another_world_size_says_its_rates_are_the_old_ones(tmp_path,
+                                                                                   capsys):
+    """The paper rule's plan converts epochs to seconds at the rates measured at the start:
+    resumed on another number of processes, its sizes last other than N epochs. Said, with
+    where to see how many (the checkpoint is made to say it was written by 2 processes)."""
+    args = ("curriculum.mode=paper", "curriculum.every_epochs=0.004", "train.ema=false")
+    train(quick("train.budget=2s", *args), tmp_path)
+    path = checkpoint.list_checkpoints(tmp_path)[-1]
+    state = checkpoint.load(path)
+    state["world_size"] = 2
+    checkpoint.save(state, tmp_path, checkpoint.step_of(path), keep=3)
+    summary = train(quick("train.budget=3s", *args), tmp_path)
+    assert ("note: the size plan keeps the rates measured at world size 2; at 1 its sizes last "
+            "other than curriculum.every_epochs=0.004 epochs each (summary.json stages say how "
+            "many)") in capsys.readouterr().out
+    assert all("epochs" in st for st in summary["stages"])
+    train(quick("train.budget=4s", *args), tmp_path)  # (its own world size again: no note)
+    assert "note: the size plan" not in capsys.readouterr().out
