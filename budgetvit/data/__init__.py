@@ -9,7 +9,7 @@ import os
 from ..config import ConfigError
 
 # Each loader is imported where asked for: the command line imports this package for
-# `budgetvit prepare` (which needs no torch), and the tree and cache loaders need torchvision,
+# `budgetvit prepare`'s options (no torch needed), and the tree and cache loaders need torchvision,
 # whose import takes ~2 s more (it loads torch._dynamo), which a Fashion-MNIST run would wait for.
 
 

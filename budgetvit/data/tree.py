@@ -1,8 +1,9 @@
 """The files of an image tree (`root/{train,val}/<class>/<image>`): which ones are images of
 which class, decoding one to RGB, and how many loader workers a machine gets.
 
-Apart from the loaders (imagefolder.py) because `budgetvit prepare` and the command line
-need these alone, without torch (whose import takes seconds).
+Apart from the loaders (imagefolder.py), which import torch (seconds): the command line
+imports `budgetvit prepare`, which needs these alone. (scan imports torchvision, for
+ImageFolder's own rules of which files are images, when it runs.)
 """
 from __future__ import annotations
 
