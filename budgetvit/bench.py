@@ -13,7 +13,6 @@ BENCHMARK.md has the rules.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import shlex
@@ -401,6 +400,14 @@ def run(args) -> int:
         return _bench(args, out, name, bench, base, arms, runs, argvs, common)
 
 
+def _changes(old: dict, new: dict) -> str:
+    """'budget 12steps -> 14steps': the fields of two bench records that differ."""
+    def shown(v):
+        return " ".join(map(str, v)) or "none" if isinstance(v, list) else str(v)
+    return ", ".join(f"{k} {shown(old.get(k))} -> {shown(new[k])}" for k in new
+                     if old.get(k) != new[k])
+
+
 def _bench(args, out: Path, name: str, bench: Benchmark | None, base: Config, arms: list[Arm],
            runs: list, argvs: list[list[str]], common: list[str]) -> int:
     # A bench folder holds one comparison: same benchmark, preset, budget and --set values.
@@ -408,8 +415,9 @@ def _bench(args, out: Path, name: str, bench: Benchmark | None, base: Config, ar
             "nproc_per_node": args.nproc_per_node}
     old = _read_json(out / "bench.json")
     if old and {k: old.get(k) for k in meta} != meta:
-        raise ConfigError(f"{out} holds a bench with {json.dumps({k: old.get(k) for k in meta})};"
-                          f" this one is {json.dumps(meta)}; use another --out")
+        raise ConfigError(f"{out} holds a bench with other settings "
+                          f"({_changes({k: old.get(k) for k in meta}, meta)}); use another "
+                          f"--out, or those settings")
     # An arm name may be reused only for the same overrides: a run of another command resumed
     # or skipped as done, or new seeds pooled with its old ones, would mix two configs in one arm.
     held = lambda d: (d / "summary.json").exists() or (d / "checkpoints").exists()  # noqa: E731

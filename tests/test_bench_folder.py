@@ -89,6 +89,28 @@ def test_a_run_the_bench_did_not_start_is_refused(tmp_path, monkeypatch):
     assert not (out / "results.json").exists()
 
 
+def test_a_bench_of_other_settings_is_refused_naming_only_what_differs(tmp_path, monkeypatch,
+                                                                      capsys):
+    monkeypatch.setattr(bench, "environment", lambda: MACHINE)
+    monkeypatch.setattr(bench, "_run_one", finished_child)
+    out = tmp_path / "b"
+    argv = ["bench", "--preset", "fmnist", "--budget", "12steps", "--arms", "vit", "--seeds", "1",
+            "--out", str(out), "--set", "optim.lr=1e-3", "data.holdout=0.1"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main([*argv[:4], "14steps", *argv[5:-1]]) == 2  # another budget, no holdout
+    assert capsys.readouterr().err == (
+        f"error: {out} holds a bench with other settings (budget 12steps -> 14steps, set "
+        f"optim.lr=1e-3 data.holdout=0.1 -> optim.lr=1e-3); use another --out, or those "
+        f"settings\n")
+    assert main(["bench", "--benchmark", "fmnist-cpu-1m", "--arms", "vit", "--seeds", "1",
+                 "--out", str(out), "--nproc-per-node", "1"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {out} holds a bench with other settings (benchmark custom -> fmnist-cpu-1m, "
+        f"budget 12steps -> 1m, set optim.lr=1e-3 data.holdout=0.1 -> train.device=cpu); use "
+        f"another --out, or those settings\n")
+
+
 HOLD = """
 import sys, time
 from pathlib import Path

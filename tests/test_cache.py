@@ -151,8 +151,65 @@ def test_prepare_redoes_unfinished_shards_and_refuses_other_settings(trees, cach
     # A finished cache is left alone; other settings or files are refused.
     again = prepare(trees[0], dst, max_size=64, shard_size=16, workers=1, progress=False)
     assert again == meta
-    with pytest.raises(ConfigError, match="other files or settings"):
+    with pytest.raises(ConfigError, match=r"started with other settings \(--max-size 64 -> 96\)"):
         prepare(trees[0], dst, max_size=96, shard_size=16, progress=False)
+
+
+def test_a_cache_of_other_settings_or_files_is_refused_naming_what_differs(tmp_path, capsys):
+    """One line with each difference from the cache's parts/plan.json (flags as typed, files as
+    counts per split) and what to do; the refusal comes before any conversion."""
+    from .conftest import write_image_tree
+    tree, dst = write_image_tree(tmp_path / "tree", per_class_train=4, per_class_val=2), \
+        tmp_path / "cache"
+    args = ["prepare", "--src", str(tree), "--dst", str(dst), "--max-size", "32", "--quiet",
+            "--workers", "1"]
+    assert main(args) == 0
+    capsys.readouterr()
+
+    def refusal(*argv, src=tree):
+        assert main([*args[:2], str(src), *args[3:], *argv]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1, err
+        return err.strip().removeprefix(f"error: {dst} was started ")
+
+    assert refusal("--max-size", "48", "--format", "raw") == (
+        "with other settings (--format jpeg -> raw, --max-size 32 -> 48); rerun with those, "
+        "or delete it / choose another --dst")
+    assert refusal("--format", "raw", "--max-size", "48", "--levels", "2", "--max-pixels", "9",
+                   "--shard-size", "3") == (
+        "with other settings (--format jpeg -> raw, --max-size 32 -> 48, --levels 3 -> 2, "
+        "--max-pixels 150000000 -> 9, 1 more); rerun with those, or delete it / choose another "
+        "--dst")
+    fewer = tmp_path / "fewer"
+    shutil.copytree(tree, fewer)
+    (fewer / "train" / "bag" / "bag_000.jpg").unlink()
+    shutil.rmtree(fewer / "val")
+    assert refusal(src=fewer) == ("from other files (train/: 12 -> 11 files, val/ gone); check "
+                                  "--src, or delete it / choose another --dst")
+    assert refusal("--levels", "2", src=fewer) == (
+        "with other settings and from other files (--levels 3 -> 2, train/: 12 -> 11 files, "
+        "val/ gone); check --src, or delete it / choose another --dst")
+    other = tmp_path / "other"
+    shutil.copytree(tree, other)
+    (other / "train" / "bag" / "bag_000.jpg").rename(other / "train" / "bag" / "bag_new.jpg")
+    (other / "train" / "hat").mkdir()
+    shutil.copy(tree / "train" / "bag" / "bag_001.jpg", other / "train" / "hat")
+    assert refusal(src=other) == ("from other files (classes 3 -> 4, train/: 12 -> 13 files); "
+                                  "check --src, or delete it / choose another --dst")
+    shutil.rmtree(other / "train" / "hat")
+    assert refusal(src=other) == ("from other files (train/: 12 files, other names or sizes); "
+                                  "check --src, or delete it / choose another --dst")
+    # A cache begun before plan.json counted files: still whole, and a change still named.
+    plan_file = dst / cache.PARTS / "plan.json"
+    plan = json.loads(plan_file.read_text())
+    plan_file.write_text(json.dumps({k: v for k, v in plan.items() if k != "file_counts"}))
+    assert main(args) == 0
+    capsys.readouterr()
+    assert refusal(src=fewer).startswith("from other files (train/: other files, 11 now, ")
+    plan_file.write_text(json.dumps({**plan, "format_version": 0}))
+    assert refusal("--max-size", "48") == (
+        f"by another budgetvit version (cache format 0 -> {cache.FORMAT_VERSION}, --max-size "
+        f"32 -> 48); delete it or choose another --dst")
 
 
 def _killed_by_the_os(job):

@@ -21,6 +21,7 @@ line break, carriage return or backslash in a name written as \\t, \\n, \\r, \\\
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -29,6 +30,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -66,28 +68,44 @@ def add_arguments(p) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-_sigterm = False
+_stop_asked = False
 
 
-def _on_sigterm(signum, frame):
+def _on_stop_signal(signum, frame):
     # Only noted here, and acted on between waits for the workers: an exception raised at
-    # any instruction could leave a lock held (the shared progress counter's), which the
-    # workers and the pool's shutdown would then wait on forever.
-    global _sigterm
-    _sigterm = True
+    # any instruction could leave a lock held (the shared progress counter's, a future's),
+    # which the workers and the pool's shutdown would then wait on forever.
+    global _stop_asked
+    _stop_asked = True
 
 
 def _stop_if_asked() -> None:
-    if _sigterm:
+    if _stop_asked:
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _ctrl_c_noted():
+    """While the pool runs, Ctrl-C too is only noted (in the workers as well, forked with the
+    handler): Python's KeyboardInterrupt, raised at any instruction, has left a future's lock
+    held and the pool's shutdown waiting on it forever. Elsewhere (the scan) it stops at once."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield  # (signal handlers are the main thread's; SIGINT ignored or handled: left so)
+        return
+    signal.signal(signal.SIGINT, _on_stop_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def run(args) -> int:
     # SIGTERM (kill, a job scheduler) stops like Ctrl-C: the shards being converted finish,
     # the workers exit with the pool; by default the process would die and leave them behind.
-    global _sigterm
-    _sigterm = False
-    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    global _stop_asked
+    _stop_asked = False
+    old = signal.signal(signal.SIGTERM, _on_stop_signal)
     try:
         meta = prepare(args.src, args.dst, max_size=args.max_size, encoding=args.format,
                        levels=args.levels, workers=args.workers, shard_size=args.shard_size,
@@ -95,6 +113,9 @@ def run(args) -> int:
     except WorkerDied as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Stopped as e:  # (before cli.main's bare "interrupted": this one says what is kept)
+        print(e, file=sys.stderr)
+        return 130
     finally:
         signal.signal(signal.SIGTERM, old)
     print(f"cache {args.dst}: {cache.split_counts(meta)} images of {meta['num_classes']} classes, "
@@ -114,6 +135,10 @@ class Skip(Exception):
 
 class WorkerDied(RuntimeError):
     """A worker process was killed (by the OS, out of memory); finished shards are kept."""
+
+
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM while converting; the message says how many shards are kept."""
 
 
 def load_image(path: str, max_size: int, max_pixels: int) -> Image.Image:
@@ -245,8 +270,66 @@ def _plan(src: Path, settings: dict, shard_size: int) -> tuple[dict, list[dict]]
         for k, start in enumerate(range(0, len(items), shard_size)):
             jobs.append({"split": split, "shard": k, "items": items[start:start + shard_size]})
     plan = {"format_version": cache.FORMAT_VERSION, **settings, "shard_size": shard_size,
-            "classes": classes, "files": digest}
+            "classes": classes, "files": digest,
+            "file_counts": {split: len(listing[split]) for split in listing}}
     return plan, jobs
+
+
+# Flags a user can rerun with, by their plan key; the other keys come from the code's version.
+FLAGS = {"encoding": "--format", "max_size": "--max-size", "levels": "--levels",
+         "max_pixels": "--max-pixels", "shard_size": "--shard-size"}
+NOT_COMPARED = ("file_counts",)  # (recorded to name a change; a plan from before lacks it)
+
+
+def _same_plan(old: dict, new: dict) -> bool:
+    def kept(plan):
+        return {k: v for k, v in plan.items() if k not in NOT_COMPARED}
+    return kept(old) == kept(new)
+
+
+def _refusal(dst: Path, old: dict, new: dict, most: int = 4) -> str:
+    """One line naming what differs between the plan a cache was started with and this one."""
+    def change(name, key):
+        return f"{name} {old.get(key)} -> {new[key]}"
+    settings = [change(flag, key) for key, flag in FLAGS.items() if old.get(key) != new[key]]
+    version = []  # what only another budgetvit version makes differ (no flag brings it back)
+    if old.get("format_version") != new["format_version"]:
+        version.append(change("cache format", "format_version"))
+    if old.get("quality") != new["quality"] and old.get("encoding") == new["encoding"]:
+        version.append(change("JPEG quality", "quality"))
+    known = {*FLAGS, "format_version", "quality", "classes", "files", *NOT_COMPARED}
+    version += [f"{k} {old.get(k)} -> {new.get(k)}" for k in dict.fromkeys([*old, *new])
+                if k not in known and old.get(k) != new.get(k)]  # (a key of another version)
+    files, classes = [], old.get("classes", [])
+    if classes != new["classes"]:
+        files.append(f"classes {len(classes)} -> {len(new['classes'])}"
+                     if len(classes) != len(new["classes"]) else "other class names")
+    was, now, counts = old.get("files", {}), new["files"], old.get("file_counts", {})
+    for split in dict.fromkeys([*was, *now]):
+        n = new["file_counts"].get(split)
+        if split not in now:
+            files.append(f"{split}/ gone")
+        elif split not in was:
+            files.append(f"{split}/ new")
+        elif was[split] == now[split]:
+            continue
+        elif split not in counts:  # a plan from before file_counts: only the hash tells
+            files.append(f"{split}/: other files, {n} now")
+        elif counts[split] != n:
+            files.append(f"{split}/: {counts[split]} -> {n} files")
+        # (the hash holds each file's path, label and size: other classes move labels alone)
+        elif classes == new["classes"]:
+            files.append(f"{split}/: {n} files, other names or sizes")
+    if version:
+        why, advice = "by another budgetvit version", "delete it or choose another --dst"
+    elif files:
+        why = "with other settings and from other files" if settings else "from other files"
+        advice = "check --src, or delete it / choose another --dst"
+    else:
+        why, advice = "with other settings", "rerun with those, or delete it / choose another --dst"
+    found = version + settings + files
+    more = f", {len(found) - most} more" if len(found) > most else ""
+    return f"{dst} was started {why} ({', '.join(found[:most])}{more}); {advice}"
 
 
 def prepare(src: str | Path, dst: str | Path, *, max_size: int = 256, encoding: str = "jpeg",
@@ -274,9 +357,8 @@ def prepare(src: str | Path, dst: str | Path, *, max_size: int = 256, encoding: 
     parts = dst / cache.PARTS
     parts.mkdir(parents=True, exist_ok=True)
     plan_file = parts / "plan.json"
-    if plan_file.exists() and json.loads(plan_file.read_text()) != plan:
-        raise ConfigError(f"{dst} was started from other files or settings; delete it or "
-                          f"choose another --dst")
+    if plan_file.exists() and not _same_plan(old := json.loads(plan_file.read_text()), plan):
+        raise ConfigError(_refusal(dst, old, plan))
 
     def receipt_path(job):
         return parts / f"{job['split']}-{job['shard']:05d}.json"
@@ -306,9 +388,16 @@ def prepare(src: str | Path, dst: str | Path, *, max_size: int = 256, encoding: 
     reused = total - sum(len(j["items"]) for j in todo)
     workers = workers if workers > 0 else default_workers()
     if todo:
-        _run_jobs(todo, dict(src=str(src), dst=str(dst), encoding=encoding, max_size=max_size,
-                             levels=levels, max_pixels=max_pixels),
-                  workers, total, reused, progress, record_elapsed)
+        try:
+            _run_jobs(todo, dict(src=str(src), dst=str(dst), encoding=encoding,
+                                 max_size=max_size, levels=levels, max_pixels=max_pixels),
+                      workers, total, reused, progress, record_elapsed)
+        except KeyboardInterrupt:  # (counted after the pool ended: shards in flight finish)
+            global _stop_asked
+            _stop_asked = False  # (this stop, and any signal since, acted on: a later call runs)
+            done = sum(receipt_path(j).exists() for j in jobs)
+            raise Stopped(f"stopped: {done} of {len(jobs)} shards done and kept; rerun the same "
+                          f"command to go on") from None
     meta = _finish(dst, plan, jobs, receipt_path)
     meta.update(source=str(src), workers=workers, resumed_shards=len(jobs) - len(todo),
                 prepare_time_s=round(record_elapsed(), 2))
@@ -326,8 +415,9 @@ def _run_jobs(todo: list[dict], common: dict, workers: int, total: int, reused: 
     # would import torch (through the package) for nothing.
     context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     counter = context.Value("l", 0)
-    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context,
-                             initializer=_init_worker, initargs=(counter,)) as ex:
+    with _ctrl_c_noted(), ProcessPoolExecutor(min(workers, len(todo)), mp_context=context,
+                                              initializer=_init_worker,
+                                              initargs=(counter,)) as ex:
         pending = {ex.submit(convert_shard, {**common, **job}) for job in todo}
         # The bar (and its monitor thread) only after the workers are forked.
         bar = tqdm(total=total, initial=reused, unit="img", desc="prepare",
