@@ -403,7 +403,7 @@ def run(args) -> int:
 def _changes(old: dict, new: dict) -> str:
     """'budget 12steps -> 14steps': the fields of two bench records that differ."""
     def shown(v):
-        return " ".join(map(str, v)) or "none" if isinstance(v, list) else str(v)
+        return (" ".join(map(str, v)) or "none") if isinstance(v, list) else str(v)
     return ", ".join(f"{k} {shown(old.get(k))} -> {shown(new[k])}" for k in new
                      if old.get(k) != new[k])
 
@@ -414,10 +414,9 @@ def _bench(args, out: Path, name: str, bench: Benchmark | None, base: Config, ar
     meta = {"benchmark": name, "preset": base.preset, "budget": base.train.budget, "set": common,
             "nproc_per_node": args.nproc_per_node}
     old = _read_json(out / "bench.json")
-    if old and {k: old.get(k) for k in meta} != meta:
-        raise ConfigError(f"{out} holds a bench with other settings "
-                          f"({_changes({k: old.get(k) for k in meta}, meta)}); use another "
-                          f"--out, or those settings")
+    if old and _changes(old, meta):
+        raise ConfigError(f"{out} holds a bench with other settings ({_changes(old, meta)}); "
+                          f"use another --out, or those settings")
     # An arm name may be reused only for the same overrides: a run of another command resumed
     # or skipped as done, or new seeds pooled with its old ones, would mix two configs in one arm.
     held = lambda d: (d / "summary.json").exists() or (d / "checkpoints").exists()  # noqa: E731

@@ -258,15 +258,17 @@ def test_a_tree_without_val_is_shown_the_holdout(tmp_path, capsys):
         f"to evaluate on held-out training images instead: --set data.holdout=0.1")
 
 
-@pytest.mark.parametrize("dst", [".", "cache"])
-def test_prepare_refuses_a_cache_inside_its_tree(dst, tmp_path, capsys):
+@pytest.mark.parametrize("dst", [".", "train/cache", "val/x/cache"])
+def test_prepare_refuses_a_cache_in_its_tree_or_a_split(dst, tmp_path, capsys):
+    """At the tree's root its meta.json would make the tree a cache; in a split, a class. (A
+    folder beside the splits, /data/imagenet/cache, is outside the images: allowed.)"""
     tree = tmp_path / "tree"
     (tree / "train").mkdir(parents=True)
     assert run_cli(["prepare", "--src", str(tree), "--dst", str(tree / dst)]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: --dst {tree / dst} is within the image tree --src {tree}: the cache's files "
-        f"would go among its images; choose a folder outside it")
-    assert os.listdir(tree) == ["train"]
+        f"error: --dst {tree / dst} is the image tree --src {tree} or one of its splits: the "
+        f"cache's files would go among its images; choose a folder outside them")
+    assert os.listdir(tree) == ["train"] and os.listdir(tree / "train") == []
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

@@ -9,7 +9,7 @@ from budgetvit import evaluate as evaluate_module
 from budgetvit import inference
 from budgetvit.cli import main
 from budgetvit.config import ConfigError, DataSection
-from budgetvit.data import eval_dataset, folder_kind
+from budgetvit.data import eval_dataset, folder_kinds
 from budgetvit.data.cache_loader import CacheData
 from budgetvit.data.imagefolder import FolderEvalSplit
 from budgetvit.runtime import resolve
@@ -104,11 +104,16 @@ def test_a_tree_with_a_class_the_cache_run_lacks_is_refused(runs, tmp_path, caps
 def test_the_folder_decides_but_a_holdout_needs_the_runs_own_kind(runs, tmp_path):
     tree, cache_dir, _, _ = runs
     (tmp_path / "empty").mkdir()
-    assert [folder_kind(str(p)) for p in (tree, tree / "val", cache_dir, tmp_path / "empty")] \
-        == ["imagefolder", None, "cache", None]
+    assert [folder_kinds(str(p)) for p in (tree, tree / "val", cache_dir, tmp_path / "empty")] \
+        == [["imagefolder"], [], ["cache"], []]
+    both = tmp_path / "both"  # (a cache made inside its tree by earlier versions)
+    shutil.copytree(tree, both)
+    shutil.copy(cache_dir / "meta.json", both)
+    assert folder_kinds(str(both)) == ["cache", "imagefolder"]
     cases = [("cache", tree, "imagefolder"), ("imagefolder", cache_dir, "cache"),
              ("cache", cache_dir, "cache"), ("fashion_mnist", tree, "fashion_mnist"),
-             ("cache", tmp_path / "empty", "cache")]  # (the run's own errors say what is wrong)
+             ("cache", tmp_path / "empty", "cache"),  # (the run's own errors say what is wrong)
+             ("imagefolder", both, "imagefolder"), ("cache", both, "cache")]
     for run_kind, path, kind in cases:
         assert eval_dataset(DataSection(dataset=run_kind, path="/x"), str(path)) == kind
     held = DataSection(dataset="cache", path=str(cache_dir), holdout=0.25)

@@ -152,7 +152,8 @@ def test_lines_for_a_log_file_end_at_100_percent_above_the_summary(tmp_path, cap
     assert re.fullmatch(r"\[100\.0%\] step 14 28px \d+ img/s loss \S+ lr \S+ done",
                         progress[-1])
     assert progress[-1].endswith(f" lr {s['final_lr']:.2e} done")
-    assert progress[-1].split(" loss ")[1] != progress[-2].split(" loss ")[1]
+    figures = [re.search(r"img/s loss (\S+) lr (\S+)", line).groups() for line in progress[-2:]]
+    assert figures[0] != figures[1]  # (not the last log line's again)
     evaluation = next(i for i, line in enumerate(lines) if line.startswith("final evaluation"))
     ema = " (weights and EMA)" if "top1_ema" in s else ""
     assert lines[evaluation] == f"final evaluation at 28px on {s['eval_split']}{ema} ..."
@@ -188,6 +189,11 @@ def test_header_says_precision_and_a_plan_that_stops_short_of_the_final_size(tmp
     assert lines[2] == ("note: the plan ends at 16px, short of curriculum.final_size_px=28, "
                         "where the model is evaluated; lower curriculum.every_epochs or give a "
                         "larger budget to reach it")
+    # Resumed, it keeps its curriculum: only a larger budget reaches the final size.
+    train(quick("train.budget=10steps", "curriculum.mode=paper", "curriculum.every_epochs=0.02",
+                "curriculum.start_size_px=16", "curriculum.step_px=4"), tmp_path / "short")
+    assert ("\nnote: the plan ends at 16px, short of curriculum.final_size_px=28, where the model "
+            "is evaluated; give a larger budget to reach it\n") in capsys.readouterr().out
     train(quick("train.budget=8steps"), tmp_path / "whole")
     assert "note: the plan ends" not in capsys.readouterr().out
 

@@ -42,15 +42,14 @@ def build_data(cfg, device, rank: int = 0, world: int = 1):
                       **common)
 
 
-def folder_kind(path: str) -> str | None:
-    """What the folder at `path` is, as a data.dataset: "cache" (meta.json, which `budgetvit
-    prepare` writes last), "imagefolder" (an image tree: train/ or val/ folders), else None."""
+def folder_kinds(path: str) -> list[str]:
+    """What the folder at `path` is, as data.datasets: "cache" (meta.json, which `budgetvit
+    prepare` writes last), "imagefolder" (an image tree: train/ or val/ folders); both for a
+    cache made inside its tree by earlier versions, none for anything else."""
     from .cache import META
-    if os.path.isfile(os.path.join(path, META)):
-        return "cache"
-    if any(os.path.isdir(os.path.join(path, split)) for split in ("train", "val")):
-        return "imagefolder"
-    return None
+    return ([k for k, found in (("cache", os.path.isfile(os.path.join(path, META))),
+             ("imagefolder", any(os.path.isdir(os.path.join(path, s)) for s in ("train", "val"))))
+             if found])
 
 
 def eval_dataset(d, path: str) -> str:
@@ -58,9 +57,10 @@ def eval_dataset(d, path: str) -> str:
     of an image run (a tree or a cache), what the folder is, so a run trained on a cache is
     scored on the tree's original val/ JPEGs (or a tree's run on a cache's val). A run that
     held out part of its training split needs its own kind of data: the holdout is rows of it."""
-    kind = folder_kind(path) if d.dataset in ("imagefolder", "cache") else None
-    if kind is None or kind == d.dataset:
+    kinds = folder_kinds(path) if d.dataset in ("imagefolder", "cache") else []
+    if not kinds or d.dataset in kinds:  # (what the run trained on, where the folder is that)
         return d.dataset
+    kind = kinds[0]
     if d.holdout:
         what = {"cache": "a budgetvit cache", "imagefolder": "an image tree"}
         raise ConfigError(f"--data-path {path} is {what[kind]}, but the run is evaluated on the "

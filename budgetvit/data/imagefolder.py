@@ -143,12 +143,14 @@ class WorkerEval:
                             generator=loader_generator(self.seed),
                             **worker_settings(min(self.workers, len(batches))))
         self.left_out, self.left_out_file = 0, None
-        for batch, (x, y, bad) in zip(batches, started(loader)):
+        # (the loader runs out, not a zip with `batches`: its workers then end here, not in
+        # its __del__, where a stop signal's exception would be lost)
+        for i, (x, y, bad) in enumerate(started(loader)):
             if bad.any():  # unreadable images are left out (a stand-in would score another twice)
                 keep = bad == READ
                 if self.left_out_file is None:
                     first = int((~keep).nonzero()[0, 0])  # its place in this batch
-                    self.left_out_file = self.eval_file(batch[first][0])
+                    self.left_out_file = self.eval_file(batches[i][first][0])
                 self.left_out += len(y) - int(keep.sum())
                 x, y = x[keep], y[keep]
             if len(y):

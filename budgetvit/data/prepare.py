@@ -346,9 +346,12 @@ def prepare(src: str | Path, dst: str | Path, *, max_size: int = 256, encoding: 
     if encoding not in cache.ENCODINGS:
         raise ConfigError(f"--format must be one of {', '.join(cache.ENCODINGS)}, got {encoding}")
     src, dst = Path(src).resolve(), Path(dst)
-    if dst.resolve() == src or src in dst.resolve().parents:  # (links resolved, as in src)
-        raise ConfigError(f"--dst {dst} is within the image tree --src {src}: the cache's "
-                          f"files would go among its images; choose a folder outside it")
+    # The tree's root (its meta.json would make it a cache) or a split folder (a class of
+    # it): elsewhere, even inside --src (/data/imagenet/cache), the cache is not among images.
+    inside = [src, src / "train", src / "val"]
+    if any(d in inside[1:] for d in dst.resolve().parents) or dst.resolve() == src:
+        raise ConfigError(f"--dst {dst} is the image tree --src {src} or one of its splits: the "
+                          f"cache's files would go among its images; choose a folder outside them")
     check_folder(dst, "--dst")
     settings = {"encoding": encoding, "max_size": max_size, "levels": levels,
                 "max_pixels": max_pixels,
