@@ -414,9 +414,10 @@ def _bench(args, out: Path, name: str, bench: Benchmark | None, base: Config, ar
     meta = {"benchmark": name, "preset": base.preset, "budget": base.train.budget, "set": common,
             "nproc_per_node": args.nproc_per_node}
     old = _read_json(out / "bench.json")
-    if old and _changes(old, meta):
-        raise ConfigError(f"{out} holds a bench with other settings ({_changes(old, meta)}); "
-                          f"use another --out, or those settings")
+    changes = _changes(old, meta) if old else ""
+    if changes:
+        raise ConfigError(f"{out} holds a bench with other settings ({changes}); use another "
+                          f"--out, or those settings")
     # An arm name may be reused only for the same overrides: a run of another command resumed
     # or skipped as done, or new seeds pooled with its old ones, would mix two configs in one arm.
     held = lambda d: (d / "summary.json").exists() or (d / "checkpoints").exists()  # noqa: E731

@@ -284,8 +284,9 @@ def _check_paths(d: DataSection) -> None:
     if d.dataset not in ("imagefolder", "cache"):
         return
     # A tree given as a cache or a cache as a tree: the fix is the other data.dataset.
+    from .data.cache import META  # (numpy and PIL, no torch)
     tree = os.path.isdir(os.path.join(d.path, "train"))
-    cache = os.path.isfile(os.path.join(d.path, "meta.json"))  # (data/cache.py's META)
+    cache = os.path.isfile(os.path.join(d.path, META))
     if d.dataset == "cache":
         if tree and not cache:
             raise ConfigError(f"data.path: {d.path} is an image tree (train/), not a budgetvit "

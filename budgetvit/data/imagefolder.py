@@ -246,7 +246,17 @@ class WorkerStream(DataStream, WorkerEval):
         self.close()  # restart the workers from the loaded position
 
 
-class FolderData(WorkerStream):
+class TreeEval(WorkerEval):
+    """The evaluation split of an image tree: its files (self.val_samples) decoded per image."""
+
+    def eval_file(self, i: int) -> str:
+        return self.val_samples[i][0]
+
+    def eval_dataset(self) -> FolderDataset:
+        return FolderDataset(self.val_samples, False, None, self.seed)
+
+
+class FolderData(WorkerStream, TreeEval):
     prefetch_factor = 4  # per-image JPEG decoding: a deeper queue evens out slow images
 
     def __init__(self, root: str, *, batch_size: int, seed: int, aug, device, num_workers: int,
@@ -271,14 +281,8 @@ class FolderData(WorkerStream):
                          num_workers=num_workers, rank=rank, world=world, size=size)
         self.dataset = FolderDataset(SampleTable(train), True, aug, seed)
 
-    def eval_file(self, i: int) -> str:
-        return self.val_samples[i][0]
 
-    def eval_dataset(self) -> FolderDataset:
-        return FolderDataset(self.val_samples, False, None, self.seed)
-
-
-class FolderEvalSplit(WorkerEval):
+class FolderEvalSplit(TreeEval):
     """The val/ split of a tree alone, labelled by a trained model's classes: what `budgetvit
     eval` reads (train/ need not exist; val/ may hold some of the classes)."""
 
@@ -289,9 +293,3 @@ class FolderEvalSplit(WorkerEval):
                          lacks="the checkpoint's classes lack")
         self.val_samples = SampleTable(val)
         self.eval_split, self.mean, self.std = "val", IMAGENET_MEAN, IMAGENET_STD
-
-    def eval_file(self, i: int) -> str:
-        return self.val_samples[i][0]
-
-    def eval_dataset(self) -> FolderDataset:
-        return FolderDataset(self.val_samples, False, None, self.seed)
