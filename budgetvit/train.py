@@ -287,18 +287,18 @@ class Trainer(WarmUp, TrainerState, RunOutput):
             # As the warning says, the run keeps its curriculum: its final size is the one
             # evaluated and reported, not the new config's.
             cfg.curriculum = from_dict(state["config"]).curriculum
+            timed = False  # (by a warm-up that also compiled)
             if (cfg.curriculum.mode == "paper" and
                     parse_budget(state["config"]["train"]["budget"])[1] == self.unit):
                 # The rule fixes epochs per size, not budget shares: another budget reads it
                 # again (same measured rates), as if that had been the budget from the start.
                 self.make_plan()
-            was = state.get("world_size", self.dist.world)
-            if cfg.curriculum.mode == "paper" and self.unit == "seconds" and was != self.dist.world:
-                self.say(f"note: the size plan keeps the rates measured at world size {was}; at "
-                         f"{self.dist.world} its sizes last other than "
-                         f"curriculum.every_epochs={cfg.curriculum.every_epochs:g} epochs each "
-                         f"(summary.json stages say how many)")
-            if self.rt.compile:  # compile what is still to come before the clock runs again
+                was = state.get("world_size", self.dist.world)
+                if self.plan_needs_rates and was != self.dist.world:
+                    self.retime(was)
+                    self.make_plan()
+                    timed = True
+            if self.rt.compile and not timed:  # compile what is to come before the clock runs
                 self.rt.allow_graphs(len({s.size for s in self.plan}))  # (the run's own plan)
                 self.warm_up(self.sizes_ahead(), measure=False)
         else:

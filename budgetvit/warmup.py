@@ -70,6 +70,22 @@ class WarmUp:
         p = self.clock.progress(self.clock.train_s)
         return list(dict.fromkeys(s.size for s in self.plan if s.end > p)) or [self.plan[-1].size]
 
+    def retime(self, was: int) -> None:
+        """The paper rule resumed on another number of processes than `was`: the plan's rates
+        are not this run's. The size being trained and the later ones are timed again, and the
+        plan goes on from here at the new rates (the finished sizes keep their stages)."""
+        c, now = self.cfg.curriculum, self.clock.train_s
+        sizes = curriculum.paper_sizes(c.start_size_px, c.step_px, c.final_size_px)
+        current = curriculum.size_at(self.plan, self.clock.progress(now))
+        old = self.seconds_per_epoch
+        if self.rt.compile:
+            self.rt.allow_graphs(len(sizes))
+        self.warm_up(sizes[sizes.index(current):], measure=True)
+        self.seconds_per_epoch = curriculum.resumed_rates(sizes, c.every_epochs, old,
+                                                          self.seconds_per_epoch, now)
+        self.say(f"note: resumed at world size {self.dist.world} (was {was}): the sizes from "
+                 f"{current}px on were timed again and the size plan goes on at these rates")
+
     def make_plan(self) -> None:
         if self.unit == "steps":  # epochs convert to steps exactly
             per_epoch = {s: float(self.data.batches_per_epoch)

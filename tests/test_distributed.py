@@ -88,6 +88,22 @@ def test_ranks_share_one_paper_plan(tmp_path):
     assert set(plans) == {"0", "1"} and plans["0"] == plans["1"]
     assert plans["0"].count("px to") == 4 and "0.000000" not in plans["0"]  # 16, 20, 24, 28 px
 
+    # Resumed as if written by 1 process at far slower rates: both ranks time the sizes ahead
+    # again, and rank 0's rates give both the same plan.
+    path = checkpoint.list_checkpoints(tmp_path / "paper")[-1]
+    state = checkpoint.load(path)
+    state["world_size"] = 1
+    state["seconds_per_epoch"] = {k: v * 100 for k, v in state["seconds_per_epoch"].items()}
+    checkpoint.save(state, tmp_path / "paper", checkpoint.step_of(path), keep=3)
+    proc = torchrun(2, tmp_path / "paper", "8s", "curriculum.mode=paper",
+                    "curriculum.start_size_px=16", "curriculum.step_px=4",
+                    "curriculum.every_epochs=0.02", "train.warmup_steps=3")
+    output = finish(proc, 300)
+    assert proc.returncode == 0, output
+    assert output.count("note: resumed at world size 2 (was 1)") == 1
+    plans = dict(re.findall(r"rank (\d)/2: finished at step \d+, plan (.+)", output))
+    assert set(plans) == {"0", "1"} and plans["0"] == plans["1"]
+
 
 def test_ranks_agree_on_checkpoints_faults_and_the_end(tmp_path):
     """Decisions each rank takes must be the same on every rank, or one enters a collective

@@ -160,21 +160,39 @@ def test_values_that_are_no_usable_number_give_one_line(setting, message, capsys
     assert said.out == ""  # the config was not printed
 
 
-def test_a_paper_plan_resumed_at_another_world_size_says_its_rates_are_the_old_ones(tmp_path,
-                                                                                   capsys):
-    """The paper rule's plan converts epochs to seconds at the rates measured at the start:
-    resumed on another number of processes, its sizes last other than N epochs. Said, with
-    where to see how many (the checkpoint is made to say it was written by 2 processes)."""
-    args = ("curriculum.mode=paper", "curriculum.every_epochs=0.004", "train.ema=false")
+def test_a_paper_plan_resumed_at_another_world_size_goes_on_at_the_new_rates(tmp_path, capsys):
+    """The paper rule's plan converts epochs to seconds at the rates measured at the start; on
+    another number of processes those rates no longer hold. The resumed run times the size being
+    trained and the later ones again, and its plan goes on at the new rates: the finished size
+    keeps its stage, the current one its elapsed time plus what is left of its epochs at the new
+    rate. The checkpoint is made to say it was written by 2 processes, 1.5 s per size (much
+    slower than this machine), so the resume at 2 s is inside the 20 px stage [1.5 s, 3 s)."""
+    every = 0.00002  # (old rates of 75,000 s per epoch: far slower than any machine)
+    args = ("curriculum.mode=paper", f"curriculum.every_epochs={every}", "train.ema=false")
     train(quick("train.budget=2s", *args), tmp_path)
     path = checkpoint.list_checkpoints(tmp_path)[-1]
     state = checkpoint.load(path)
-    state["world_size"] = 2
+    now = state["clock"]["train_s"]
+    assert 1.5 < now < 3.0
+    old = {size: 1.5 / every for size in (16, 20, 24, 28)}
+    state["world_size"], state["seconds_per_epoch"] = 2, {str(k): v for k, v in old.items()}
     checkpoint.save(state, tmp_path, checkpoint.step_of(path), keep=3)
+    capsys.readouterr()
+
     summary = train(quick("train.budget=3s", *args), tmp_path)
-    assert ("note: the size plan keeps the rates measured at world size 2; at 1 its sizes last "
-            "other than curriculum.every_epochs=0.004 epochs each (summary.json stages say how "
-            "many)") in capsys.readouterr().out
-    assert all("epochs" in st for st in summary["stages"])
-    train(quick("train.budget=4s", *args), tmp_path)  # (its own world size again: no note)
-    assert "note: the size plan" not in capsys.readouterr().out
+    assert ("note: resumed at world size 1 (was 2): the sizes from 20px on were timed again and "
+            "the size plan goes on at these rates") in capsys.readouterr().out
+    rates = {int(k): v for k, v in checkpoint.load_latest(tmp_path)["seconds_per_epoch"].items()}
+    assert rates[16] == old[16]  # finished: its stage stands
+    assert rates[24] < old[24] / 5 and rates[28] < old[28] / 5  # timed on this machine
+    # 20 px: the 0.5 s it has trained, plus its 1 s left converted at the new rate (not 1 s)
+    left = rates[20] * every - (now - 1.5)
+    assert 0 < left < (3.0 - now) / 5
+    plan = [(st["size"], st["start"], st["end"]) for st in summary["plan"]]
+    assert [size for size, _, _ in plan] == [16, 20, 24, 28]  # (old rates: 20 px to the end)
+    assert plan[0][2] == pytest.approx(1.5 / 3)
+    assert plan[1][2] == pytest.approx((now + left) / 3)
+    train(quick("train.budget=4s", *args), tmp_path)  # (its own world size again: kept)
+    assert "note: resumed at world size" not in capsys.readouterr().out
+    again = {int(k): v for k, v in checkpoint.load_latest(tmp_path)["seconds_per_epoch"].items()}
+    assert again == rates

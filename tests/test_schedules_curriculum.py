@@ -70,6 +70,25 @@ def test_paper_rule_truncates_when_budget_ends_early():
     assert math.isclose(sum(sh for _, sh in shares), 1.0)
 
 
+def test_paper_rates_resumed_at_new_rates_keep_the_past_and_convert_what_is_left():
+    """Rule timeline at the old rates, 2 epochs per size: 16 px [0, 2), 20 px [2, 6), 24 px
+    [6, 12), 28 px after. Resumed at 4 (half of 20 px's epochs done) on a machine twice as fast:
+    16 px stays 1 s/epoch, 20 px lasts its 2 s so far plus 2 s left at half the cost, 1 s
+    (3 s in all: 1.5 s/epoch), the later sizes take the new rates."""
+    sizes, old = [16, 20, 24, 28], {16: 1.0, 20: 2.0, 24: 3.0, 28: 4.0}
+    new = {size: rate / 2 for size, rate in old.items()}
+    assert curriculum.resumed_rates(sizes, 2.0, old, new, 4.0) == {16: 1.0, 20: 1.5, 24: 1.5,
+                                                                   28: 2.0}
+    plan = curriculum.from_shares(curriculum.paper_shares(
+        sizes, 2.0, curriculum.resumed_rates(sizes, 2.0, old, new, 4.0), 20.0))
+    assert [(s.size, s.start * 20, s.end * 20) for s in plan] == [
+        (16, 0, 2), (20, 2, 5), (24, 5, 8), (28, 8, 20)]
+    # At a boundary the next size is the one being trained; in the final size nothing moves.
+    assert curriculum.resumed_rates(sizes, 2.0, old, new, 2.0) == {16: 1.0, 20: 1.0, 24: 1.5,
+                                                                   28: 2.0}
+    assert curriculum.resumed_rates(sizes, 2.0, old, new, 12.5) == {**old, 28: 2.0}
+
+
 def test_make_plan_for_each_mode():
     cfg = Config()
     cfg.curriculum.mode, cfg.curriculum.stages = "stages", "16:0.5,20:0.25,28:0.25"
