@@ -88,7 +88,8 @@ def sweep_arms(cfg: Config) -> list[Arm]:
     own = (f"stages {c.stages}" if c.mode == "stages" else
            f"{c.mode}, S0 {s0}, M {m}, N {_num(n)}")
     arms = [Arm("preset", f"the preset's own curriculum ({own})", lambda c: []),
-            _paper(s0, m, n, "the preset's rule"),
+            _paper(s0, m, n, "the preset's rule" if c.mode == "paper" else
+                   "the paper rule at the config's S0, M, N (the preset trains in stages)"),
             _paper(s0, m, n / 2, "grow twice as fast"),
             _paper(s0, m, n * 2, "grow half as fast")]
     if s0 + m < final:

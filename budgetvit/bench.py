@@ -483,10 +483,10 @@ def add_arguments(p) -> None:
     p.add_argument("--preset", help="custom bench: recipe name")
     p.add_argument("--budget", help="custom bench: budget per run, e.g. 90s, 5m, 500steps")
     p.add_argument("--arms", help="comma-separated arm names (see --list); default: the "
-                   "ablation, or the curriculum sweep with --sweep")
+                   "ablation, or the curriculum sweep with --sweep (none where --arm is given)")
     p.add_argument("--arm", action="append", metavar="'NAME: KEY=VALUE ...'",
                    help="an arm of your own: the base config plus these overrides (repeatable; "
-                   "runs after the --arms ones)")
+                   "runs after the --arms ones, in place of the default arms)")
     p.add_argument("--sweep", action="store_true",
                    help="the curriculum sweep's arms (S0, M, N, shares) unless --arms/--arm "
                    "name the arms to run; either way the default --out is runs/bench-NAME-sweep")

@@ -65,7 +65,6 @@ class Progress:
             self.bar = tqdm(total=round(budget), initial=round(start), unit=unit[0],
                             dynamic_ncols=True, bar_format="{percentage:3.0f}%|{bar}| {desc}")
         self._next_line = start  # when the output is no terminal: a line every 5% of budget
-        self._shown = start  # the budget spent as the last of those lines showed it
         self._state = ""  # the latest record's size, rate, loss and lr, as the bar shows them
 
     def rewind(self, last_step: int, evals: list[dict]) -> None:
@@ -98,9 +97,8 @@ class Progress:
         if self.bar is not None:
             self.bar.n = min(round(spent), self.bar.total)
             self.bar.set_description_str(text, refresh=True)
-        elif spent >= self._next_line:
+        elif self._next_line <= spent < self.budget:  # (the 100% line is finish()'s)
             print(f"[{100 * spent / self.budget:5.1f}%] step {rec['step']} {text}", flush=True)
-            self._shown = spent
             self._next_line = spent + 0.05 * self.budget
 
     @staticmethod
@@ -120,9 +118,8 @@ class Progress:
             self.bar.set_description_str(done, refresh=False)
             self.bar.close()
             self.bar = None  # (the evaluation's lines print below it)
-        elif self._shown < self.budget:  # (not shown yet)
+        else:
             print(f"[100.0%] step {step} {done}", flush=True)
-            self._shown = self.budget
 
     def log(self, rec: dict) -> None:
         self.log_file.write(json.dumps(rec) + "\n")

@@ -54,7 +54,7 @@ HEADERS=$($PY -c "import os, sysconfig; h = os.path.join(sysconfig.get_paths()['
 COMPILE=${COMPILE:-auto}
 [ -n "$CC_FOUND" ] && [ -n "$HEADERS" ] || COMPILE=off
 for dir in "${BUDGETVIT_FMNIST_DIR:-}" "$PWD/.fmnist" /usr/share/datasets/fashion-mnist; do
-  if [ -n "$dir" ] && [ -e "$dir/train-images-idx3-ubyte.gz" ]; then
+  if [ -n "$dir" ] && compgen -G "$dir/train-images-idx3-ubyte*" > /dev/null; then  # (.gz or not)
     export BUDGETVIT_FMNIST_DIR=$dir; break
   fi
 done

@@ -203,3 +203,13 @@ def test_training_commands_need_no_plotting_library():
                        cwd=Path(__file__).parent.parent)
     assert r.returncode == 0, r.stderr
     assert '"model"' in r.stdout and "--compare-timm" in r.stdout
+
+
+def test_check_finds_fashion_mnist_unpacked_too(tmp_path):
+    """The loader reads the IDX files with or without .gz; so does the check's search."""
+    fmnist = tmp_path / "fmnist"
+    fmnist.mkdir()
+    (fmnist / "train-images-idx3-ubyte").touch()
+    run_check(tmp_path / "log", REQUIRE_CUDA="0", DEVICE="cpu", DEADLINE_S="0",
+              BUDGETVIT_FMNIST_DIR=str(fmnist))
+    assert f"fashion-mnist: {fmnist}\n" in (tmp_path / "log/check.txt").read_text()
