@@ -32,6 +32,7 @@ def cmd_eval(args) -> int:
                               f"{ld.model.cfg.patch_size}")
     data = build_eval_split(cfg, ld.classes, rt.device)
     if data is None:
+        cfg.curriculum.final_size_px = max(sizes)  # (the size a cache's notes judge it for)
         data = build_data(cfg, rt.device)
         if list(data.classes) != list(ld.classes):  # labels would mean other classes
             ours, theirs = set(ld.classes), set(data.classes)
@@ -42,6 +43,8 @@ def cmd_eval(args) -> int:
     what = (f"exported weights {ld.path} ({ld.weights} weights of step {ld.step})"
             if ld.weights else f"checkpoint {ld.path} (step {ld.step})")
     print(f"{what}, {cfg.data.dataset} {data.eval_split}")
+    for note in getattr(data, "notes", ()):  # (a cache's: left-out files, upsampled images)
+        print(note)
     print(f"{'size':>6} {'top1':>8} {'top5':>8} {'top1_ema':>9} {'top5_ema':>9}")
     for s in sizes:
         r = evaluate(ld.model.to(rt.device), data, s, cfg.train.eval_batch_size, rt)

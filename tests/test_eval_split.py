@@ -77,6 +77,10 @@ def test_a_cache_run_is_scored_on_the_trees_original_val(runs, monkeypatch, caps
     lines, calls = scored(monkeypatch, capsys, cache_run, cache_dir)
     assert lines[0].endswith(", cache val") and isinstance(calls[0][0], CacheData)
     assert calls[0][1]["images"] == VAL_IMAGES
+    # What the cache loader tells a run, eval tells too: the view of 32 px is 37 px.
+    assert lines[1] == ("warning: the cache's images are at most 32 px on their shorter side, "
+                        "and evaluation at 32 px resizes them to 37 px: they are upsampled "
+                        "(prepare the cache with --max-size 37 or more)")
 
 
 def test_a_tree_run_is_scored_on_a_caches_val(runs, monkeypatch, capsys):
@@ -86,7 +90,7 @@ def test_a_tree_run_is_scored_on_a_caches_val(runs, monkeypatch, capsys):
     want = expected(tree_run, CacheData(str(cache_dir), batch_size=12, seed=0, aug=AUG,
                                         device="cpu", num_workers=0, size=32))
     assert calls[0][1] == want and want["images"] == VAL_IMAGES
-    assert lines[2].split()[1] == f"{want['top1']:.2f}"
+    assert lines[3].split()[1] == f"{want['top1']:.2f}"  # (after the cache's note, a header)
 
 
 def test_a_tree_with_a_class_the_cache_run_lacks_is_refused(runs, tmp_path, capsys):
