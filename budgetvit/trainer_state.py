@@ -61,8 +61,6 @@ class TrainerState:
         elif self.dist.main:  # another world size: the other ranks keep their own seeds
             self.set_rng_state(s["rng"])
         self.data.load_state_dict(s["data"])
-        if not self.dist.main:  # the checkpoint's count is every rank's: rank 0 carries it on
-            self.data.bad_images = 0
         self.plan = [curriculum.Stage(**d) for d in s["plan"]]
         self.seconds_per_epoch = {int(k): v for k, v in s["seconds_per_epoch"].items()}
         self.images, self.stages = s["images"], copy.deepcopy(s["stages"])
@@ -70,6 +68,9 @@ class TrainerState:
         self.last_step_s = s.get("last_step_s", 0.0)  # (older checkpoints lack these two)
         self.window = dict(s.get("log_window") or
                            empty_window(s["clock"]["train_s"], s["clock"]["steps"]))
+        if not self.dist.main:  # the checkpoint's counts are all ranks': rank 0 carries them on
+            self.data.bad_images = 0
+            self.window.update(loss=0.0, n=0)
         if "flops" not in self.window:  # (older checkpoints: counted at the window's last size)
             self.window["flops"] = self.window["images"] * train_flops(
                 self.model_cfg, self.stages[-1]["img_size"]) if self.stages else 0
@@ -118,10 +119,15 @@ class TrainerState:
             # Every rank's random state (dropout masks, mixup, erasing draw from it), so a
             # resume at the same world size continues every rank's stream exactly.
             every_rank = distributed.gather_to_main(self.rng_state(), self.dist)
-            bad_images = self.bad_images_total()
+            # Counts each rank keeps of its own share, summed for rank 0 to carry on: unread
+            # images, and the log window's loss (a mean over every rank's steps).
+            bad_images, loss, n = distributed.all_sum(
+                [float(self.data.bad_images), self.window["loss"], float(self.window["n"])],
+                self.dist, self.rt.device)
             if self.dist.main:
                 state = self.state_dict()
-                state["data"]["bad_images"] = bad_images
+                state["data"]["bad_images"] = int(bad_images)
+                state["log_window"].update(loss=loss, n=int(n))
                 if every_rank:
                     state["rng_ranks"] = every_rank
                 try:

@@ -184,9 +184,11 @@ def test_killing_one_rank_stops_the_job_with_a_resumable_checkpoint(tmp_path):
 def test_resume_under_torchrun_continues_every_rank_exactly(tmp_path):
     """Kill rank 1 after the first checkpoint, rerun: the final weights equal an uninterrupted
     run's. Drop path, mixup and random erasing draw from each rank's own random state, so
-    rank 1's must be saved and restored too, not only rank 0's."""
+    rank 1's must be saved and restored too, not only rank 0's. So do the logged losses: a
+    log line's mean over the steps since the one before covers every rank's steps, also those
+    before the checkpoint (log lines every 3 steps, checkpoints every 5)."""
     args = ("checkpoint.every_steps=5", "train.deterministic=true", "model.drop_path=0.1",
-            "aug.mixup=0.2", "aug.random_erasing=0.25")
+            "aug.mixup=0.2", "aug.random_erasing=0.25", "train.log_every=3")
     straight = torchrun(2, tmp_path / "straight", "100steps", *args)
     output = finish(straight, 300)
     assert straight.returncode == 0, output
@@ -205,6 +207,9 @@ def test_resume_under_torchrun_continues_every_rank_exactly(tmp_path):
     a = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "straight")[-1])["model"]
     b = checkpoint.load(checkpoint.list_checkpoints(out)[-1])["model"]
     assert all(torch.equal(a[k], b[k]) for k in a), f"resumed from step {resumed_from}"
+    logs = [{r["step"]: r["loss"] for r in map(json.loads, (run / "log.jsonl").open())}
+            for run in (tmp_path / "straight", out)]
+    assert logs[1] == pytest.approx(logs[0], rel=1e-12), f"resumed from step {resumed_from}"
 
 
 def test_a_rank_that_cannot_read_rank_0s_checkpoint_stops_the_job(tmp_path):
