@@ -139,9 +139,7 @@ def cmd_train(args) -> int:
         import json
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    command = program() + " " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # alone it would resume on one process
-        command = f"the same torchrun command ({command} under torchrun)"
+    command = resume_command(sys.argv[1:])
     out = Path(args.out or f"runs/{cfg.preset}")
     created = [d for d in (out, *out.absolute().parents) if not d.exists()]  # deepest first
     from .train import TrainingStopped, train  # (after the checks: torch takes seconds)
@@ -162,17 +160,44 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _on_path(name: str, path: str) -> bool:
+    """Whether PATH finds `path` as `name` (paths compared as given: a venv's python links to
+    the system's, which lacks budgetvit)."""
+    found = shutil.which(name)
+    return found is not None and os.path.abspath(found) == os.path.abspath(path)
+
+
+def _python() -> str:
+    return "python" if _on_path("python", sys.executable) else shlex.quote(sys.executable)
+
+
 def program() -> str:
     """budgetvit as this process was started, for the command it prints to resume: `budgetvit`
     only where PATH finds this one (README's `.venv/bin/budgetvit` in a shell without the venv
     activated: "command not found"), else the script's path or `python -m budgetvit`."""
-    def on_path(name: str, path: str) -> bool:  # (paths compared as given: a venv's python
-        found = shutil.which(name)                # links to the system's, which lacks budgetvit)
-        return found is not None and os.path.abspath(found) == os.path.abspath(path)
     if os.path.basename(sys.argv[0]) == "__main__.py":  # python -m budgetvit
-        python = "python" if on_path("python", sys.executable) else shlex.quote(sys.executable)
-        return f"{python} -m budgetvit"
-    return "budgetvit" if on_path("budgetvit", sys.argv[0]) else shlex.quote(sys.argv[0])
+        return f"{_python()} -m budgetvit"
+    return "budgetvit" if _on_path("budgetvit", sys.argv[0]) else shlex.quote(sys.argv[0])
+
+
+def resume_command(args: list[str]) -> str:
+    """The command that goes on with this run: under torchrun, torchrun with as many processes
+    (the command alone would resume on one, another world size, with no exact continuation)."""
+    text = " ".join(shlex.quote(a) for a in args)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return f"{program()} {text}"
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    runner = os.path.join(os.path.dirname(sys.executable), "torchrun")  # (the venv's)
+    launcher = ("torchrun" if _on_path("torchrun", runner) else
+                shlex.quote(runner) if os.path.exists(runner) else
+                f"{_python()} -m torch.distributed.run")
+    script = ("-m budgetvit" if os.path.basename(sys.argv[0]) == "__main__.py" else
+              shlex.quote(sys.argv[0]))  # (torchrun runs a script path, or -m a module)
+    if world == per_node:
+        return f"{launcher} --standalone --nproc_per_node={per_node} {script} {text}"
+    return (f"on each of the {world // per_node} nodes, {launcher} --nnodes={world // per_node} "
+            f"--nproc_per_node={per_node} (your rendezvous options) {script} {text}")
 
 
 def handler(command: str):

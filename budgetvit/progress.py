@@ -140,8 +140,9 @@ class Progress:
         (self.bar.write if self.bar is not None else print)(text)
 
     def close(self) -> None:
-        if self.bar is not None:
+        if self.bar is not None:  # (left where it stopped: lines said after it come below)
             self.bar.close()
+            self.bar = None
         if self.tb is not None:
             self.tb.close()
         self.log_file.close()

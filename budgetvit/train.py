@@ -395,10 +395,10 @@ class Trainer(WarmUp, TrainerState, RunOutput):
             saved = ("checkpoint written" if written else
                      "NO checkpoint written at this step (see the warnings above); resuming "
                      "goes back to the previous one")
+            self.progress_close()  # (a bar would be drawn again below the last line)
             self.say(f"stopped by {self.stop_signal} at step {self.clock.steps} "
                      f"({fmt_duration(train_s)} of training); {saved}. "
                      f"Resume with: {self.command or 'the same command'}")
-            self.progress_close()
             return {"interrupted": True, "step": self.clock.steps}
         # The figures of the steps since the last log line (all ranks: a collective), then the
         # 100% line, before the final evaluation: its figures are this step's, not stale ones.
@@ -472,8 +472,9 @@ def _train(cfg: Config, out: str | Path, command: str) -> dict:
         result = trainer.run()
         if trainer.dist.enabled:  # lets users (and tests) see that every rank stopped together
             plan = ", ".join(f"{st.size}px to {st.end:.6f}" for st in trainer.plan)
-            print(f"rank {trainer.dist.rank}/{trainer.dist.world}: finished at step "
-                  f"{trainer.clock.steps}, plan {plan}", flush=True)
+            how = "stopped" if result.get("interrupted") else "finished"
+            print(f"rank {trainer.dist.rank}/{trainer.dist.world}: {how} at step "
+                  f"{trainer.clock.steps}{f', plan {plan}' if plan else ''}", flush=True)
         return result
     except (torch.distributed.DistError, RuntimeError) as e:
         if not trainer.dist.enabled or isinstance(e, (TrainingStopped,

@@ -207,7 +207,7 @@ def training(proc, out, log_lines: int, timeout: float = 90) -> None:
 @pytest.mark.slow
 def test_a_signal_to_one_rank_stops_both_at_the_same_step(tmp_path):
     """torchrun, 2 CPU ranks: SIGTERM to rank 1 only. Every rank sees the stop at the same
-    sync point, so both finish at the same step with exit 0 and one checkpoint of that step;
+    sync point, so both stop at the same step with exit 0 and one checkpoint of that step;
     rank 0 says that another rank was signalled."""
     from .test_distributed import _worker_pid, torchrun
     out = tmp_path / "ddp"
@@ -224,9 +224,9 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 0, output[-3000:]
-    finished = dict(re.findall(r"rank (\d)/2: finished at step (\d+),", output))
-    assert set(finished) == {"0", "1"} and finished["0"] == finished["1"], output[-3000:]
-    step = int(finished["0"])
+    stopped = dict(re.findall(r"rank (\d)/2: stopped at step (\d+),", output))
+    assert set(stopped) == {"0", "1"} and stopped["0"] == stopped["1"], output[-3000:]
+    step = int(stopped["0"])
     assert 3 <= step < 2000
     # (Not anchored at a line start: the ranks' lines interleave in the launcher's output.)
     assert re.search(rf"stopped by a signal to another rank at step {step} .*; checkpoint "
@@ -291,14 +291,30 @@ def test_the_resume_hint_runs_budgetvit_as_it_was_run(tmp_path, monkeypatch):
     assert program() == "python -m budgetvit"
 
 
-def test_the_resume_hint_under_torchrun_names_torchrun(tmp_path, monkeypatch):
+def test_the_resume_hint_under_torchrun_is_the_torchrun_command(tmp_path, monkeypatch):
     """The command alone would resume on one process (another world size, no exact
-    continuation): a rank under torchrun says to rerun the torchrun command."""
+    continuation): a rank under torchrun gives the torchrun command with as many processes,
+    one that can be pasted where the job ran on one node."""
     from budgetvit import train as train_module
     given = {}
     monkeypatch.setattr(train_module, "train", lambda cfg, out, command: given.update(c=command))
-    monkeypatch.setattr(sys, "argv", ["budgetvit", "train", "--out", str(tmp_path)])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("python", "torchrun"):
+        (bin_dir / name).write_text("#!/bin/sh\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setattr(sys, "argv", ["/x/budgetvit/__main__.py", "train", "--out", "r un"])
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert main(["train", "--out", str(tmp_path)]) == 0
-    assert given["c"] == f"the same torchrun command (budgetvit train --out {tmp_path} under " \
-                         f"torchrun)"
+    assert given["c"] == "torchrun --standalone --nproc_per_node=2 -m budgetvit train --out 'r un'"
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # torchrun by its path, where PATH lacks it
+    monkeypatch.setattr(sys, "argv", [".venv/bin/budgetvit", "train"])
+    monkeypatch.setenv("WORLD_SIZE", "8")  # 2 nodes of 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert main(["train", "--out", str(tmp_path)]) == 0
+    assert given["c"] == (f"on each of the 2 nodes, {bin_dir / 'torchrun'} --nnodes=2 "
+                          f"--nproc_per_node=4 (your rendezvous options) .venv/bin/budgetvit "
+                          f"train")

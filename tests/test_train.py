@@ -8,6 +8,7 @@ import math
 import os
 import pty
 import re
+import signal
 import shutil
 import struct
 import sys
@@ -125,6 +126,27 @@ def test_a_terminal_shows_the_header_then_the_bar_then_the_summary(tmp_path, mon
     assert header < bars[0] and bars[-1] < summary
     assert lines[bars[-1]].startswith("100%|") and lines[bars[-1]].rstrip().endswith(" done")
     assert "px " in lines[bars[-2]] and not any("| ," in lines[i] for i in bars)
+
+
+def test_a_stopped_run_on_a_terminal_ends_with_its_stop_line(tmp_path, monkeypatch):
+    """The bar stays where the run stopped, and the line saying how to resume is the last one
+    (tqdm drew the bar again below it, still giving the time left)."""
+    term = Terminal()
+    monkeypatch.setattr(sys, "stdout", term)
+    monkeypatch.setattr(sys, "stderr", term)
+    trainer = Trainer(quick("train.budget=40steps", "train.log_every=4"), tmp_path,
+                      command="budgetvit train")
+    real_step = trainer.step
+
+    def step(*args, **kw):
+        if trainer.clock.steps == 10:
+            trainer._on_signal(signal.SIGTERM, None)
+        return real_step(*args, **kw)
+    trainer.step = step
+    assert trainer.run()["interrupted"]
+    lines = [line for line in re.split(r"[\r\n]+", term.getvalue()) if line.strip()]
+    assert lines[-1].startswith("stopped by SIGTERM at step 11 ")
+    assert lines[-2].startswith(" 20%|") and " left 32 steps" in lines[-2]  # (its step 8 line)
 
 
 def test_a_terminal_of_no_width_gets_the_lines_not_an_empty_bar(tmp_path, monkeypatch, capsys):
