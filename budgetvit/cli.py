@@ -217,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if os.environ.get("RANK", "0") == "0":  # (said once: every rank would say the same)
+            print(f"error: budgetvit {args.command} runs in one process: run it without "
+                  f"torchrun (train alone runs under torchrun)", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return handler(args.command)(args)
     except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError,

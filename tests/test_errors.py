@@ -325,3 +325,14 @@ def test_imagenet_presets_are_shown_without_their_data(capsys):
     assert capsys.readouterr().out.startswith("vit ")
     assert run_cli(["train", "--preset", "imagenet-1gpu-24h", "--budget", "1s"]) == 2
     assert "data.dataset=imagefolder needs a root" in capsys.readouterr().err
+
+
+def test_commands_other_than_train_are_refused_under_torchrun(monkeypatch, capsys):
+    """Every rank would do the whole job (eval twice, prepare writing one cache from two
+    processes): refused, said once (by rank 0), before anything is read."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, said in (("0", "error: budgetvit eval runs in one process: run it without "
+                             "torchrun (train alone runs under torchrun)\n"), ("1", "")):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["eval", "--checkpoint", "/nonexistent"]) == 2
+        assert capsys.readouterr().err == said
