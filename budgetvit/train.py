@@ -294,10 +294,7 @@ class Trainer(WarmUp, TrainerState, RunOutput):
                 # again (same measured rates), as if that had been the budget from the start.
                 self.make_plan()
                 was = state.get("world_size", self.dist.world)
-                if self.plan_needs_rates and was != self.dist.world:
-                    self.retime(was)
-                    self.make_plan()
-                    timed = True
+                timed = self.plan_needs_rates and was != self.dist.world and self.retime(was)
             if self.rt.compile and not timed:  # compile what is to come before the clock runs
                 self.rt.allow_graphs(len({s.size for s in self.plan}))  # (the run's own plan)
                 self.warm_up(self.sizes_ahead(), measure=False)

@@ -70,13 +70,16 @@ class WarmUp:
         p = self.clock.progress(self.clock.train_s)
         return list(dict.fromkeys(s.size for s in self.plan if s.end > p)) or [self.plan[-1].size]
 
-    def retime(self, was: int) -> None:
+    def retime(self, was: int) -> bool:
         """The paper rule resumed on another number of processes than `was`: the plan's rates
         are not this run's. The size being trained and the later ones are timed again, and the
-        plan goes on from here at the new rates (the finished sizes keep their stages)."""
+        plan is made again: it goes on from here at the new rates (the finished sizes keep their
+        stages). Whether it did (not at the final size, which lasts to the end at any rate)."""
         c, now = self.cfg.curriculum, self.clock.train_s
         sizes = curriculum.paper_sizes(c.start_size_px, c.step_px, c.final_size_px)
         current = curriculum.size_at(self.plan, self.clock.progress(now))
+        if current == sizes[-1]:
+            return False
         old = self.seconds_per_epoch
         if self.rt.compile:
             self.rt.allow_graphs(len(sizes))
@@ -85,6 +88,8 @@ class WarmUp:
                                                           self.seconds_per_epoch, now)
         self.say(f"note: resumed at world size {self.dist.world} (was {was}): the sizes from "
                  f"{current}px on were timed again and the size plan goes on at these rates")
+        self.make_plan()
+        return True
 
     def make_plan(self) -> None:
         if self.unit == "steps":  # epochs convert to steps exactly

@@ -192,7 +192,12 @@ def test_a_paper_plan_resumed_at_another_world_size_goes_on_at_the_new_rates(tmp
     assert [size for size, _, _ in plan] == [16, 20, 24, 28]  # (old rates: 20 px to the end)
     assert plan[0][2] == pytest.approx(1.5 / 3)
     assert plan[1][2] == pytest.approx((now + left) / 3)
-    train(quick("train.budget=4s", *args), tmp_path)  # (its own world size again: kept)
+    # At the final size, which lasts to the end at any rate, nothing is timed again.
+    path = checkpoint.list_checkpoints(tmp_path)[-1]
+    state = checkpoint.load(path)
+    state["world_size"] = 2
+    checkpoint.save(state, tmp_path, checkpoint.step_of(path), keep=3)
+    train(quick("train.budget=4s", *args), tmp_path)
     assert "note: resumed at world size" not in capsys.readouterr().out
     again = {int(k): v for k, v in checkpoint.load_latest(tmp_path)["seconds_per_epoch"].items()}
     assert again == rates
