@@ -195,6 +195,10 @@ class Trainer(WarmUp, TrainerState, RunOutput):
         self.evals.append(rec)
         if self.dist.main:
             self.progress.log_eval(rec)
+        if not final:  # (the final one is the summary's)
+            self.say(f"evaluation at step {rec['step']} ({fmt_duration(train_s)} of training, "
+                     f"{size}px, {self.data.eval_split}): top-1 {r['top1']:.2f}%, "
+                     f"top-5 {r['top5']:.2f}%")
         return rec
 
     def _on_signal(self, signum, frame) -> None:

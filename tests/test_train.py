@@ -25,8 +25,8 @@ from budgetvit.schedules import lr_at
 from budgetvit.summary import print_summary
 from budgetvit.train import Trainer, train
 
-from .conftest import (FMNIST, crash_at_step, fmnist_images, needs_fmnist, quick, tiny_config,
-                       write_image_tree)
+from .conftest import (FMNIST, crash_at_step, fmnist_images, needs_fmnist, quick, records,
+                       tiny_config, write_image_tree)
 
 pytestmark = needs_fmnist
 
@@ -126,6 +126,19 @@ def test_a_terminal_shows_the_header_then_the_bar_then_the_summary(tmp_path, mon
     assert header < bars[0] and bars[-1] < summary
     assert lines[bars[-1]].startswith("100%|") and lines[bars[-1]].rstrip().endswith(" done")
     assert "px " in lines[bars[-2]] and not any("| ," in lines[i] for i in bars)
+
+
+def test_evaluations_during_training_are_said_as_they_come(tmp_path, capsys):
+    """Each evaluation before the final one gets a line (the final one is the summary's)."""
+    s = train(quick("train.budget=3steps", "train.eval_every_s=1e-9"), tmp_path)
+    said = [line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("evaluation at step ")]
+    during = records(tmp_path / "eval.jsonl")[:-1]
+    assert len(during) >= 2 and len(said) == len(during)
+    for line, e in zip(said, during):
+        assert re.fullmatch(rf"evaluation at step {e['step']} \(0m\d\ds of training, 28px, "
+                            rf"{re.escape(s['eval_split'])}\): top-1 {e['top1']:.2f}%, "
+                            rf"top-5 {e['top5']:.2f}%", line), line
 
 
 def test_a_stopped_run_on_a_terminal_ends_with_its_stop_line(tmp_path, monkeypatch):
