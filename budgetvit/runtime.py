@@ -129,7 +129,8 @@ class Runtime:
     def describe(self) -> str:
         if self.cuda:
             return torch.cuda.get_device_name(self.device)
-        return f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
+        n = torch.get_num_threads()
+        return f"cpu ({cpu_model()}, {n} thread{'' if n == 1 else 's'})"
 
 
 def check_device_option(device: str) -> None:

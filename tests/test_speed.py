@@ -105,6 +105,15 @@ def test_tf32_is_for_autocast_runs_only(monkeypatch):
         torch.set_float32_matmul_precision(before)
 
 
+def test_a_cpu_device_is_described_with_its_thread_count(monkeypatch):
+    from budgetvit.config import TrainSection
+    from budgetvit.runtime import resolve
+    rt = resolve(TrainSection(device="cpu"))
+    for threads, said in ((1, "1 thread)"), (2, "2 threads)")):
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        assert rt.describe().startswith("cpu (") and rt.describe().endswith(f", {said}")
+
+
 @needs_fmnist
 def test_warm_up_measures_every_size_and_restores_the_initial_state(tmp_path):
     trainer = Trainer(tiny_config("train.warmup_steps=2", "model.drop_path=0.1",
