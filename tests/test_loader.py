@@ -274,3 +274,23 @@ def test_evaluation_workers_leave_stop_signals_to_the_trainer(tree, trainers_han
     signal_from_outside(workers)
     labels += [y for _, y in batches]
     assert torch.cat(labels).tolist() == [label for _, label in scan(tree, "val")[0]]
+
+
+def test_a_trees_files_are_those_torchvisions_imagefolder_lists_in_its_order(tmp_path):
+    """tree.class_files lists what torchvision's make_dataset does (its suffixes in any case,
+    subfolders, links followed, the same order), less the hidden files, without importing it."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    from budgetvit.data.tree import IMAGE_SUFFIXES, class_files
+    root = tmp_path / "train"
+    for name in ("b/x.JPG", "b/sub/z.png", "b/sub2/a.webp", "b/a.jpeg", "b/Sub/0.pgm",
+                 "a/1.tif", "a/deep/er/2.BMP", "a/notes.txt", "a/.hidden.jpg",
+                 "a/.ipynb_checkpoints/3.jpg", "a/ä.tiff", "c/q.ppm", "d/none.gif"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).touch()
+    (root / "c" / "linked").symlink_to(root / "a" / "deep")
+    classes = {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4}  # (d: no image; e: no folder)
+    theirs = make_dataset(str(root), classes, extensions=IMG_EXTENSIONS, allow_empty=True)
+    visible = [(p, y) for p, y in theirs if os.sep + "." not in p[len(str(root)):]]
+    assert IMAGE_SUFFIXES == IMG_EXTENSIONS
+    assert class_files(str(root), classes) == visible and len(visible) == 10

@@ -51,3 +51,19 @@ print("torch" in sys.modules)
     assert done.stdout.splitlines()[-1] == "False"
     assert "unknown config key 'train.bogus'" in done.stderr
     assert f"no run directories (with summary.json or log.jsonl) under {tmp_path}" in done.stderr
+
+
+def test_listing_a_trees_files_needs_no_torch(tmp_path):
+    """`budgetvit prepare` starts by listing the tree (ImageFolder's rules, not its import)."""
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "train" / "cat" / "1.jpg").touch()
+    code = """
+import sys
+from budgetvit.data import prepare
+from budgetvit.data.tree import scan
+assert len(scan(sys.argv[1], "train")[0]) == 1
+print("torch" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                          text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "False"

@@ -2,8 +2,9 @@
 which class, decoding one to RGB, and how many loader workers a machine gets.
 
 Apart from the loaders (imagefolder.py), which import torch (seconds): the command line
-imports `budgetvit prepare`, which needs these alone. (scan imports torchvision, for
-ImageFolder's own rules of which files are images, when it runs.)
+imports `budgetvit prepare`, which needs these alone. The files of a tree follow torchvision
+ImageFolder's rules (which suffixes are images, in which order they are listed), without its
+import (torch and torchvision take ~4 s to import).
 """
 from __future__ import annotations
 
@@ -35,12 +36,32 @@ def first_names(names: list[str], limit: int = 10) -> str:
     return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
 
 
-def visible_image(path: str, below: int, extensions: tuple[str, ...]) -> bool:
+# torchvision's IMG_EXTENSIONS, the suffixes its ImageFolder reads (in any case)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def visible_image(path: str, below: int) -> bool:
     """Whether path is an image file with no hidden part (a name starting with ".") past its
     first `below` characters: Jupyter's .ipynb_checkpoints/, macOS's ._name.jpg resource forks
     and the like are not data. (Tests on the string: a Path per file, 30x slower, would add
     seconds to the scan of ImageNet's 1.28M files.)"""
-    return path.lower().endswith(extensions) and os.sep + "." not in path[below:]
+    return path.lower().endswith(IMAGE_SUFFIXES) and os.sep + "." not in path[below:]
+
+
+def class_files(folder: str, class_to_idx: dict) -> list[tuple[str, int]]:
+    """[(path, label)] of the images in folder/<class>/, in ImageFolder's order: the classes by
+    name, each walked (following links) folder by folder in sorted order, a folder's files by
+    name."""
+    below = len(folder)  # (the paths start with it, then a separator)
+    found = []
+    for name in sorted(class_to_idx):
+        top = os.path.join(folder, name)
+        if not os.path.isdir(top):
+            continue
+        for where, _, files in sorted(os.walk(top, followlinks=True)):
+            paths = (os.path.join(where, f) for f in sorted(files))
+            found += [(p, class_to_idx[name]) for p in paths if visible_image(p, below)]
+    return found
 
 
 def scan(root: str | Path, split: str, class_to_idx: dict | None = None,
@@ -48,7 +69,6 @@ def scan(root: str | Path, split: str, class_to_idx: dict | None = None,
     """[(path, label)] of root/split, and the class list (sorted folder names, from train, or
     those of class_to_idx: a class folder outside them is refused, the error saying that
     "{lacks}: NAMES"). Hidden folders and files are left out."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
     folder = Path(root) / split
     if not folder.is_dir():
         if (Path(root) / META).is_file():  # a cache, given as a tree
@@ -68,9 +88,7 @@ def scan(root: str | Path, split: str, class_to_idx: dict | None = None,
         if extra:
             raise ConfigError(f"{folder} has class folders that {lacks}: "
                               f"{first_names(extra)}")
-    below = len(str(folder))  # (make_dataset's paths start with it, then a separator)
-    samples = make_dataset(str(folder), class_to_idx, allow_empty=True,
-                           is_valid_file=lambda path: visible_image(path, below, IMG_EXTENSIONS))
+    samples = class_files(str(folder), class_to_idx)
     if not samples:
         raise FileNotFoundError(f"no images in {folder}")
     if split == "train":  # a class never trained on: an output the model cannot learn
