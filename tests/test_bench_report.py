@@ -329,6 +329,9 @@ def test_report_curves_pngs_and_markdown(tmp_path, capsys):
     md = (tmp_path / "rep" / "report.md").read_text()
     assert md.count("\n| ") == 1 + 4 and "| vit/seed0 | vit_micro4 | 80.00 | 81.00 |" in md
     assert "(running or stopped)" in md
+    assert md.count(" | cpu |\n") == 3  # (one process each)
+    runs[2]["summary"]["world_size"] = 2  # a torchrun run: as many devices
+    assert "| 2 x cpu |\n" in report.markdown(runs)
 
 
 def test_resumed_logs_follow_the_final_timeline(tmp_path):
