@@ -77,9 +77,11 @@ class Trainer(WarmUp, TrainerState, RunOutput):
         self.dist = distributed.init("cuda" if resolve(cfg.train).cuda else "cpu")
         self.rt = resolve(cfg.train, self.dist.local_rank)
         self.peak = peak_flops(self.rt.device)  # (for MFU; a bad override fails here, at once)
-        if cfg.train.batch_size % self.dist.world:
+        if cfg.train.batch_size % self.dist.world:  # (each process takes an equal share)
             raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by "
-                              f"the world size {self.dist.world}")
+                              f"the world size {self.dist.world}: give a multiple of "
+                              f"{self.dist.world}, or as many processes as divide "
+                              f"{cfg.train.batch_size} (a run resumes with its own batch size)")
         self.out = prepare_out_dir(out) if self.dist.main else Path(out)
         t = cfg.train
         if t.deterministic:

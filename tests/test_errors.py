@@ -336,3 +336,16 @@ def test_commands_other_than_train_are_refused_under_torchrun(monkeypatch, capsy
         monkeypatch.setenv("RANK", rank)
         assert main(["eval", "--checkpoint", "/nonexistent"]) == 2
         assert capsys.readouterr().err == said
+
+
+def test_a_batch_the_processes_cannot_share_says_both_ways_out(tmp_path, monkeypatch):
+    from budgetvit import distributed
+    from budgetvit.train import Trainer
+    monkeypatch.setattr(distributed, "init", lambda kind: distributed.Dist(0, 2, 0))
+    cfg = Config()
+    apply_overrides(cfg, ["train.batch_size=127", "train.device=cpu"])
+    with pytest.raises(ConfigError, match=r"^train.batch_size=127 is not divisible by the world "
+                                          r"size 2: give a multiple of 2, or as many processes "
+                                          r"as divide 127 \(a run resumes with its own batch "
+                                          r"size\)$"):
+        Trainer(cfg, tmp_path)
