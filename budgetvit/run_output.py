@@ -6,7 +6,7 @@ prints.
 """
 from __future__ import annotations
 
-from . import distributed
+from . import curriculum, distributed
 from .models import count_params
 from .progress import fmt_duration
 from .trainer_state import empty_window
@@ -60,6 +60,17 @@ class RunOutput:
                   f"reach it", flush=True)
         for note in self.data.notes:
             print(note, flush=True)
+
+    def say_new_budget(self, was: float, old_plan: list) -> None:
+        """A run resumed with another budget reads its schedules at the new budget's progress
+        (as if that had been the budget from the start): where that puts it, which can be an
+        earlier size than it trained last."""
+        spent = self.clock.spent_units(self.clock.train_s)
+        before, now = min(1.0, spent / was), self.clock.progress(self.clock.train_s)
+        size_was = curriculum.size_at(old_plan, before)
+        size = curriculum.size_at(self.plan, now)
+        self.say(f"note: the schedules (size, learning rate) go on at {now:.0%} of the new "
+                 f"budget (at {before:.0%} of the old one): {size_was}px -> {size}px")
 
     def progress_close(self) -> None:
         if self.dist.main and getattr(self, "progress", None):  # (made after the warm-up)

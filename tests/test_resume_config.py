@@ -201,3 +201,17 @@ def test_a_paper_plan_resumed_at_another_world_size_goes_on_at_the_new_rates(tmp
     assert "note: resumed at world size" not in capsys.readouterr().out
     again = {int(k): v for k, v in checkpoint.load_latest(tmp_path)["seconds_per_epoch"].items()}
     assert again == rates
+
+
+def test_a_new_budget_says_where_it_puts_the_schedules(tmp_path, capsys):
+    """A finished 10-step run given 40 steps goes on at 25% of the new budget: back in the
+    first stage (16 px) of its 16:0.5,28:0.5 curriculum, which it says."""
+    train(quick("train.budget=10steps"), tmp_path)
+    capsys.readouterr()
+    summary = train(quick("train.budget=40steps"), tmp_path)
+    assert ("note: the schedules (size, learning rate) go on at 25% of the new budget (at 100% "
+            "of the old one): 28px -> 16px") in capsys.readouterr().out
+    assert [st["img_size"] for st in summary["stages"]] == [16, 28, 16, 28]
+    train(quick("train.budget=50steps", "optim.lr=1e-3"), tmp_path)  # (the same unit: said)
+    assert "go on at 80% of the new budget (at 100% of the old one): 28px -> 28px" in \
+        capsys.readouterr().out
