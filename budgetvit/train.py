@@ -306,12 +306,9 @@ class Trainer(WarmUp, TrainerState, RunOutput):
             if self.rt.compile and not timed:  # compile what is to come before the clock runs
                 self.rt.allow_graphs(len({s.size for s in self.plan}))  # (the run's own plan)
                 self.warm_up(self.sizes_ahead(), measure=False)
-        elif self.plan_needs_rates:  # (the paper rule in a time budget)
+        else:
             self.warm_up(curriculum.planned_sizes(cfg), measure=True)
             self.make_plan()
-        else:  # the plan is known before the warm-up: only the sizes it trains at are warmed up
-            self.make_plan()
-            self.warm_up(self.sizes_ahead(), measure=True)
         if self.dist.main:
             self.print_header(resumed)  # (before the progress bar, which holds its line)
             self.progress = Progress(self.out, self.budget, self.unit,
