@@ -404,7 +404,9 @@ class Trainer(WarmUp, TrainerState, RunOutput):
             return {"interrupted": True, "step": self.clock.steps}
         # The figures of the steps since the last log line (all ranks: a collective), then the
         # 100% line, before the final evaluation: its figures are this step's, not stale ones.
-        rec = self.window_record(train_s, lr) if self.window["n"] else None
+        # (Decided on images, which every rank counts alike: its loss count is rank 0's alone
+        # after a resume, and window_record is a collective.)
+        rec = self.window_record(train_s, lr) if self.window["images"] else None
         if self.dist.main:
             self.progress.finish(self.clock.steps, rec)
         last = self.evals[-1] if self.evals else {}

@@ -210,6 +210,14 @@ def test_resume_under_torchrun_continues_every_rank_exactly(tmp_path):
     logs = [{r["step"]: r["loss"] for r in map(json.loads, (run / "log.jsonl").open())}
             for run in (tmp_path / "straight", out)]
     assert logs[1] == pytest.approx(logs[0], rel=1e-12), f"resumed from step {resumed_from}"
+    # Killed after its final checkpoint, before summary.json: the rerun writes it. (Its log
+    # window, steps 100 and after the line at 99, is rank 0's count alone after the load: the
+    # ranks must still agree on whether it is reported, a collective.)
+    (out / "summary.json").unlink()
+    proc = torchrun(2, out, "100steps", *args)
+    output = finish(proc, 120)
+    assert proc.returncode == 0, output[-3000:]
+    assert json.loads((out / "summary.json").read_text())["steps"] == 100
 
 
 def test_a_rank_that_cannot_read_rank_0s_checkpoint_stops_the_job(tmp_path):
