@@ -187,7 +187,9 @@ def resume_command(args: list[str]) -> str:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return f"{program()} {text}"
-    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    if "LOCAL_WORLD_SIZE" not in os.environ:  # (not torchrun: its processes per node unknown)
+        return f"the same launcher command ({program()} {text} in each of {world} processes)"
+    per_node = int(os.environ["LOCAL_WORLD_SIZE"])
     runner = os.path.join(os.path.dirname(sys.executable), "torchrun")  # (the venv's)
     launcher = ("torchrun" if _on_path("torchrun", runner) else
                 shlex.quote(runner) if os.path.exists(runner) else

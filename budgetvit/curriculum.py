@@ -60,25 +60,27 @@ def paper_shares(sizes: list[int], every_epochs: float, seconds_per_epoch: dict[
 
 
 def resumed_rates(sizes: list[int], every_epochs: float, old: dict[int, float],
-                  new: dict[int, float], now: float) -> dict[int, float]:
+                  new: dict[int, float], now: float, done: float) -> dict[int, float]:
     """Seconds per epoch that make the paper rule's plan continue, at `now` (budget units), a
-    run that was planned at rates `old` and goes on at rates `new` (measured for the size being
-    trained and every later one): on another number of processes, say.
+    run planned at rates `old` that goes on at rates `new` (measured for the size being trained
+    and every later one): on another number of processes, say. `done`: the epochs trained so
+    far at the size being trained.
 
-    Read from the start, the result gives the finished sizes their stages as they were (old
-    rates), the size being trained its elapsed part plus what is left of its N epochs converted
-    to the new rate, and the later sizes N epochs each at the new rates."""
+    Read from the start, the result gives the finished sizes their stages as they were, the
+    size being trained its elapsed time plus what is left of its N epochs at its new rate, the
+    later sizes N epochs each at the new rates."""
     out, end = dict(old), 0.0
     for i, size in enumerate(sizes):
         last = i == len(sizes) - 1  # (the final size gets what is left: no rule end)
         start, end = end, math.inf if last else end + every_epochs * old[size]
         if end <= now:  # finished: history
             continue
+        rate = new.get(size, old[size])  # (a size ending within rounding of now: not timed)
         if start <= now and not last:  # being trained
-            left = (end - now) * new[size] / old[size]
-            out[size] = ((now - start) + left) / every_epochs
+            left = max(0.0, every_epochs - done) * rate
+            out[size] = (now - start + left) / every_epochs
         else:
-            out[size] = new[size]
+            out[size] = rate
     return out
 
 

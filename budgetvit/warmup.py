@@ -78,14 +78,18 @@ class WarmUp:
         c, now = self.cfg.curriculum, self.clock.train_s
         sizes = curriculum.paper_sizes(c.start_size_px, c.step_px, c.final_size_px)
         current = curriculum.size_at(self.plan, self.clock.progress(now))
-        if current == sizes[-1]:
+        if current == sizes[-1] or not self.cfg.train.warmup_steps:  # (no steps: no timing)
             return False
         old = self.seconds_per_epoch
         if self.rt.compile:
             self.rt.allow_graphs(len(sizes))
         self.warm_up(sizes[sizes.index(current):], measure=True)
-        self.seconds_per_epoch = curriculum.resumed_rates(sizes, c.every_epochs, old,
-                                                          self.seconds_per_epoch, now)
+        # What is left of its epochs is counted from the images it trained: the rates it was
+        # planned at may be an earlier world size's, or a mix of two.
+        done = sum(st["images"] for st in self.stages if st["img_size"] == current)
+        self.seconds_per_epoch = curriculum.resumed_rates(
+            sizes, c.every_epochs, old, self.seconds_per_epoch, now,
+            done / self.data.num_images)
         self.say(f"note: resumed at world size {self.dist.world} (was {was}): the sizes from "
                  f"{current}px on were timed again and the size plan goes on at these rates")
         self.make_plan()

@@ -160,47 +160,62 @@ def test_values_that_are_no_usable_number_give_one_line(setting, message, capsys
     assert said.out == ""  # the config was not printed
 
 
-def test_a_paper_plan_resumed_at_another_world_size_goes_on_at_the_new_rates(tmp_path, capsys):
+def test_a_paper_plan_resumed_at_another_world_size_goes_on_at_the_new_rates(tmp_path, capsys,
+                                                                            monkeypatch):
     """The paper rule's plan converts epochs to seconds at the rates measured at the start; on
     another number of processes those rates no longer hold. The resumed run times the size being
     trained and the later ones again, and its plan goes on at the new rates: the finished size
-    keeps its stage, the current one its elapsed time plus what is left of its epochs at the new
-    rate. The checkpoint is made to say it was written by 2 processes, 1.5 s per size (much
-    slower than this machine), so the resume at 2 s is inside the 20 px stage [1.5 s, 3 s)."""
-    every = 0.00002  # (old rates of 75,000 s per epoch: far slower than any machine)
+    keeps its stage, the current one its elapsed time plus what is left of its epochs (counted
+    from the images it trained) at the new rate. The checkpoint is made to say it was written by
+    2 processes, at rates that put 2 s of training inside the 20 px stage [0.75 s, 2.25 s) with
+    a quarter of its epochs done; the new rates are set where the warm-up measures them."""
+    from budgetvit.warmup import WarmUp
+    every = 0.01
     args = ("curriculum.mode=paper", f"curriculum.every_epochs={every}", "train.ema=false")
-    train(quick("train.budget=2s", *args), tmp_path)
+    first = train(quick("train.budget=2s", *args), tmp_path)
+    images = first["images_seen"] / first["epochs"]  # (the training split)
     path = checkpoint.list_checkpoints(tmp_path)[-1]
     state = checkpoint.load(path)
     now = state["clock"]["train_s"]
-    assert 1.5 < now < 3.0
-    old = {size: 1.5 / every for size in (16, 20, 24, 28)}
-    state["world_size"], state["seconds_per_epoch"] = 2, {str(k): v for k, v in old.items()}
+    assert 0.75 < now < 2.25
+    done = round(every * images / 4)
+    state["world_size"] = 2
+    state["seconds_per_epoch"] = {"16": 75.0, "20": 150.0, "24": 150.0, "28": 150.0}
+    state["stages"] = [
+        {"img_size": 16, "start_s": 0.0, "end_s": 0.75, "images": round(every * images)},
+        {"img_size": 20, "start_s": 0.75, "end_s": now, "images": done}]
     checkpoint.save(state, tmp_path, checkpoint.step_of(path), keep=3)
+    new, timed = {20: 50.0, 24: 60.0, 28: 70.0}, []
+    real_warm_up = WarmUp.warm_up
+
+    def warm_up(self, sizes, measure):
+        real_warm_up(self, sizes, measure)
+        if measure:
+            timed.append(sizes)
+            self.seconds_per_epoch = {size: new[size] for size in sizes}
+    monkeypatch.setattr(WarmUp, "warm_up", warm_up)
     capsys.readouterr()
 
-    summary = train(quick("train.budget=3s", *args), tmp_path)
+    summary = train(quick("train.budget=4s", *args), tmp_path)
     assert ("note: resumed at world size 1 (was 2): the sizes from 20px on were timed again and "
             "the size plan goes on at these rates") in capsys.readouterr().out
-    rates = {int(k): v for k, v in checkpoint.load_latest(tmp_path)["seconds_per_epoch"].items()}
-    assert rates[16] == old[16]  # finished: its stage stands
-    assert rates[24] < old[24] / 5 and rates[28] < old[28] / 5  # timed on this machine
-    # 20 px: the 0.5 s it has trained, plus its 1 s left converted at the new rate (not 1 s)
-    left = rates[20] * every - (now - 1.5)
-    assert 0 < left < (3.0 - now) / 5
+    assert timed == [[20, 24, 28]]
+    end_20 = now + (every - done / images) * new[20]  # its epochs left at the new rate
     plan = [(st["size"], st["start"], st["end"]) for st in summary["plan"]]
-    assert [size for size, _, _ in plan] == [16, 20, 24, 28]  # (old rates: 20 px to the end)
-    assert plan[0][2] == pytest.approx(1.5 / 3)
-    assert plan[1][2] == pytest.approx((now + left) / 3)
+    assert plan == [(16, 0.0, pytest.approx(0.75 / 4)),
+                    (20, pytest.approx(0.75 / 4), pytest.approx(end_20 / 4)),
+                    (24, pytest.approx(end_20 / 4), pytest.approx((end_20 + every * 60) / 4)),
+                    (28, pytest.approx((end_20 + every * 60) / 4), 1.0)]
+    rates = checkpoint.load_latest(tmp_path)["seconds_per_epoch"]
     # At the final size, which lasts to the end at any rate, nothing is timed again.
     path = checkpoint.list_checkpoints(tmp_path)[-1]
     state = checkpoint.load(path)
     state["world_size"] = 2
     checkpoint.save(state, tmp_path, checkpoint.step_of(path), keep=3)
-    train(quick("train.budget=4s", *args), tmp_path)
+    train(quick("train.budget=5s", *args), tmp_path)
     assert "note: resumed at world size" not in capsys.readouterr().out
-    again = {int(k): v for k, v in checkpoint.load_latest(tmp_path)["seconds_per_epoch"].items()}
-    assert again == rates
+    assert timed == [[20, 24, 28]] and checkpoint.load_latest(tmp_path)["seconds_per_epoch"] \
+        == rates
 
 
 def test_a_new_budget_says_where_it_puts_the_schedules(tmp_path, capsys):

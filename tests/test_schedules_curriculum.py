@@ -72,21 +72,38 @@ def test_paper_rule_truncates_when_budget_ends_early():
 
 def test_paper_rates_resumed_at_new_rates_keep_the_past_and_convert_what_is_left():
     """Rule timeline at the old rates, 2 epochs per size: 16 px [0, 2), 20 px [2, 6), 24 px
-    [6, 12), 28 px after. Resumed at 4 (half of 20 px's epochs done) on a machine twice as fast:
-    16 px stays 1 s/epoch, 20 px lasts its 2 s so far plus 2 s left at half the cost, 1 s
-    (3 s in all: 1.5 s/epoch), the later sizes take the new rates."""
+    [6, 12), 28 px after. Resumed at 4 with 1 epoch of 20 px done on a machine twice as fast:
+    16 px stays 1 s/epoch, 20 px lasts its 2 s so far plus its 1 epoch left at 1 s (3 s in
+    all: 1.5 s/epoch), the later sizes take the new rates."""
     sizes, old = [16, 20, 24, 28], {16: 1.0, 20: 2.0, 24: 3.0, 28: 4.0}
     new = {size: rate / 2 for size, rate in old.items()}
-    assert curriculum.resumed_rates(sizes, 2.0, old, new, 4.0) == {16: 1.0, 20: 1.5, 24: 1.5,
-                                                                   28: 2.0}
-    plan = curriculum.from_shares(curriculum.paper_shares(
-        sizes, 2.0, curriculum.resumed_rates(sizes, 2.0, old, new, 4.0), 20.0))
+    rates = curriculum.resumed_rates(sizes, 2.0, old, new, 4.0, done=1.0)
+    assert rates == {16: 1.0, 20: 1.5, 24: 1.5, 28: 2.0}
+    plan = curriculum.from_shares(curriculum.paper_shares(sizes, 2.0, rates, 20.0))
     assert [(s.size, s.start * 20, s.end * 20) for s in plan] == [
         (16, 0, 2), (20, 2, 5), (24, 5, 8), (28, 8, 20)]
+    # What is left is counted from the epochs trained, not from the old rate's estimate.
+    assert curriculum.resumed_rates(sizes, 2.0, old, new, 4.0, done=1.5)[20] == 1.25
+    assert curriculum.resumed_rates(sizes, 2.0, old, new, 4.0, done=2.5)[20] == 1.0  # (over)
     # At a boundary the next size is the one being trained; in the final size nothing moves.
-    assert curriculum.resumed_rates(sizes, 2.0, old, new, 2.0) == {16: 1.0, 20: 1.0, 24: 1.5,
-                                                                   28: 2.0}
-    assert curriculum.resumed_rates(sizes, 2.0, old, new, 12.5) == {**old, 28: 2.0}
+    assert curriculum.resumed_rates(sizes, 2.0, old, new, 2.0, done=0.0) == {
+        16: 1.0, 20: 1.0, 24: 1.5, 28: 2.0}
+    assert curriculum.resumed_rates(sizes, 2.0, old, new, 12.5, done=0.5) == {**old, 28: 2.0}
+    # A size not timed (ending within rounding of now) keeps its old rate.
+    assert curriculum.resumed_rates(sizes, 2.0, old, {24: 1.5, 28: 2.0}, 4.0, done=1.0)[20] \
+        == 2.0
+
+
+def test_paper_rates_resumed_twice_in_one_size_end_it_after_its_epochs():
+    """10 epochs of 16 px at 10 s/epoch; at 20 s (2 epochs done) on to a world twice as fast,
+    at 40 s (6 epochs done) back: the 4 epochs left at 10 s end the size at 80 s (a rate read
+    back from the first re-plan's blend would give 73.3 s)."""
+    sizes = [16, 28]
+    once = curriculum.resumed_rates(sizes, 10.0, {16: 10.0, 28: 10.0}, {16: 5.0, 28: 5.0},
+                                    20.0, done=2.0)
+    assert once[16] * 10 == 60.0
+    twice = curriculum.resumed_rates(sizes, 10.0, once, {16: 10.0, 28: 10.0}, 40.0, done=6.0)
+    assert twice[16] * 10 == 80.0
 
 
 def test_make_plan_for_each_mode():

@@ -318,3 +318,7 @@ def test_the_resume_hint_under_torchrun_is_the_torchrun_command(tmp_path, monkey
     assert given["c"] == (f"on each of the 2 nodes, {bin_dir / 'torchrun'} --nnodes=2 "
                           f"--nproc_per_node=4 (your rendezvous options) .venv/bin/budgetvit "
                           f"train")
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")  # another launcher (srun): its options unknown
+    assert main(["train", "--out", str(tmp_path)]) == 0
+    assert given["c"] == ("the same launcher command (.venv/bin/budgetvit train in each of 8 "
+                          "processes)")
