@@ -168,13 +168,17 @@ def test_every_step_runs_with_the_checks_compile_setting(tmp_path, env, compile_
 
 def test_check_skips_the_steps_past_its_deadline_and_still_prints_the_table(tmp_path):
     # (TRAIN_S not a whole number of seconds: said, and the steps after it still reported)
-    done = run_check(tmp_path, REQUIRE_CUDA="0", DEVICE="cpu", DEADLINE_S="0", TRAIN_S="20s")
+    fmnist = tmp_path / "fmnist"  # (unpacked: the loader reads the IDX files with or without .gz)
+    fmnist.mkdir()
+    (fmnist / "train-images-idx3-ubyte").touch()
+    done = run_check(tmp_path, REQUIRE_CUDA="0", DEVICE="cpu", DEADLINE_S="0", TRAIN_S="20s",
+                     BUDGETVIT_FMNIST_DIR=str(fmnist))
     assert "TRAIN_S=20s: give whole seconds" in done.stderr
     check = (tmp_path / "check.txt").read_text()
     for name in ("1/5 imagenet-1gpu-24h warm-up", "2/5 speed table", "3/5 CUDA tests",
                  "4/5 fmnist training", "5/5 CUDA graphs", "5/5 whole-model compile"):
         assert f"step {name}" in check and "skipped, " in check.split(f"step {name}")[1]
-    assert "torch " in check and "fashion-mnist: " in check
+    assert "torch " in check and f"fashion-mnist: {fmnist}\n" in check
     assert "C compiler: " in check and "Python.h: " in check
     assert "== budgetvit GPU check:" in done.stdout
     assert "speed table                      MISSING" in done.stdout
@@ -204,12 +208,3 @@ def test_training_commands_need_no_plotting_library():
     assert r.returncode == 0, r.stderr
     assert '"model"' in r.stdout and "--compare-timm" in r.stdout
 
-
-def test_check_finds_fashion_mnist_unpacked_too(tmp_path):
-    """The loader reads the IDX files with or without .gz; so does the check's search."""
-    fmnist = tmp_path / "fmnist"
-    fmnist.mkdir()
-    (fmnist / "train-images-idx3-ubyte").touch()
-    run_check(tmp_path / "log", REQUIRE_CUDA="0", DEVICE="cpu", DEADLINE_S="0",
-              BUDGETVIT_FMNIST_DIR=str(fmnist))
-    assert f"fashion-mnist: {fmnist}\n" in (tmp_path / "log/check.txt").read_text()

@@ -65,7 +65,7 @@ def test_sigkill_chaos_resumes_to_identical_weights(tmp_path):
     while not (out / "summary.json").exists():
         proc = subprocess.Popen(command(out, budget, *extra), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        if kills < 12:
+        if kills < 8:  # (each costs a process start, ~6 s: the suite's longest test)
             start = log_steps(out)
             deadline = time.time() + 60
             # Alternate: kill at a random moment once training has resumed, or the instant a
@@ -87,7 +87,7 @@ def test_sigkill_chaos_resumes_to_identical_weights(tmp_path):
         step = all_checkpoints_load(out)
         assert step >= newest  # a kill never takes away a checkpoint that was there
         newest = step
-    assert kills >= 10 and during_write >= 1
+    assert kills >= 6 and during_write >= 1
     final = checkpoint.load(checkpoint.list_checkpoints(out)[-1])
     ref = checkpoint.load(checkpoint.list_checkpoints(reference)[-1])
     assert final["clock"]["steps"] == ref["clock"]["steps"] == 120
