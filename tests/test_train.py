@@ -8,8 +8,8 @@ import math
 import os
 import pty
 import re
-import signal
 import shutil
+import signal
 import struct
 import sys
 import termios
