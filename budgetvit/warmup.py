@@ -14,6 +14,10 @@ from . import curriculum, distributed
 
 
 class WarmUp:
+    # An eager size whose warm-up took this long is said too (a large model on a CPU, a slow
+    # input pipeline), as each compiled one is: minutes can pass before the header.
+    say_after_s = 5.0
+
     def warm_up(self, sizes: list[int], measure: bool) -> None:
         """Run a few untimed steps at each of `sizes`: on CUDA this compiles each shape before
         the clock starts. With `measure`, also time them (seconds per epoch at each size, which
@@ -43,9 +47,10 @@ class WarmUp:
                 self._zero_lr_steps(n)
                 t2 = time.perf_counter()
                 measured[size] = (t2 - t1) / n * self.data.batches_per_epoch
-                if self.rt.compile:  # compiling takes a while: say where it is
-                    self.say(f"warm-up {size}px: compiled and ran {untimed + n} steps in "
-                             f"{t2 - t0:.1f}s (not charged)")
+                if self.rt.compile or t2 - t0 >= self.say_after_s:  # a while: say where it is
+                    did = "compiled and ran" if self.rt.compile else "ran"
+                    self.say(f"warm-up {size}px: {did} {untimed + n} steps in {t2 - t0:.1f}s "
+                             f"(not charged)")
         self.load_state_dict(initial, restore_clock=False)
         self.set_rng_state(rng)  # every rank's own (load_state_dict restores rank 0's)
         if measure:  # rank 0's figures on every rank, so that all ranks make the same plan

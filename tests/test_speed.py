@@ -2,6 +2,7 @@
 leaves no trace, and the speed command itself."""
 import argparse
 import copy
+import re
 import time
 
 import pytest
@@ -112,6 +113,20 @@ def test_a_cpu_device_is_described_with_its_thread_count(monkeypatch):
     for threads, said in ((1, "1 thread)"), (2, "2 threads)")):
         monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
         assert rt.describe().startswith("cpu (") and rt.describe().endswith(f", {said}")
+
+
+@needs_fmnist
+def test_a_slow_eager_warm_up_says_where_it_is(tmp_path, monkeypatch, capsys):
+    """Compiled sizes are said as each is done; so are eager ones that took a while (here: any,
+    the threshold set to 0), before the header."""
+    from budgetvit.warmup import WarmUp
+    monkeypatch.setattr(WarmUp, "say_after_s", 0.0)
+    Trainer(quick("train.budget=2steps"), tmp_path).run()
+    lines = capsys.readouterr().out.splitlines()
+    assert [re.sub(r"in \S+s", "in Ts", line) for line in lines[:2]] == [
+        "warm-up 16px: ran 2 steps in Ts (not charged)",
+        "warm-up 28px: ran 2 steps in Ts (not charged)"]
+    assert lines[2].startswith("training ")
 
 
 @needs_fmnist
