@@ -51,6 +51,18 @@ def one_line_error(capsys) -> str:
     return err
 
 
+def refuses_a_renamed_class(run, tree, other, capsys) -> None:
+    """`budgetvit eval` of `run` on a copy (at `other`) of the tree's val/ with coat renamed
+    jacket: exit 2, naming the class the checkpoint lacks."""
+    shutil.copytree(tree / "val", other / "val")
+    (other / "val" / "coat").rename(other / "val" / "jacket")
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--data-path", str(other),
+                 "--device", "cpu"]) == 2
+    assert one_line_error(capsys) == (
+        f"error: {other / 'val'} has class folders that the checkpoint's classes lack: jacket")
+
+
 def damage_shards(root: Path, split: str) -> None:
     """Every record of `split` zeroed in place, the shard files keeping their sizes."""
     for shard in sorted(root.glob(f"{split}-*.bin")):
@@ -185,14 +197,7 @@ def test_eval_reads_val_alone_and_refuses_classes_the_checkpoint_lacks(tmp_path,
     root = write_image_tree(tmp_path / "tree", per_class_train=4, per_class_val=2)
     run = tmp_path / "run"
     assert main(train_args(root, run)) == 0
-    other = tmp_path / "other"
-    shutil.copytree(root / "val", other / "val")
-    (other / "val" / "coat").rename(other / "val" / "jacket")
-    capsys.readouterr()
-    assert main(["eval", "--checkpoint", str(run), "--data-path", str(other),
-                 "--device", "cpu"]) == 2
-    assert one_line_error(capsys) == (
-        f"error: {other / 'val'} has class folders that the checkpoint's classes lack: jacket")
+    refuses_a_renamed_class(run, root, tmp_path / "other", capsys)
 
     def scores(tree):
         assert main(["eval", "--checkpoint", str(run), "--data-path", str(tree),

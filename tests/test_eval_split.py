@@ -15,7 +15,7 @@ from budgetvit.data.imagefolder import FolderEvalSplit
 from budgetvit.runtime import resolve
 
 from .conftest import needs_fmnist, write_image_tree
-from .test_data_faults import AUG, one_line_error, train_args
+from .test_data_faults import AUG, refuses_a_renamed_class, train_args
 
 pytestmark = needs_fmnist
 CLASSES = ["bag", "coat", "sneaker"]
@@ -95,14 +95,7 @@ def test_a_tree_run_is_scored_on_a_caches_val(runs, monkeypatch, capsys):
 
 def test_a_tree_with_a_class_the_cache_run_lacks_is_refused(runs, tmp_path, capsys):
     tree, _, cache_run, _ = runs
-    other = tmp_path / "other"
-    shutil.copytree(tree / "val", other / "val")
-    (other / "val" / "coat").rename(other / "val" / "jacket")
-    capsys.readouterr()
-    assert main(["eval", "--checkpoint", str(cache_run), "--data-path", str(other),
-                 "--device", "cpu"]) == 2
-    assert one_line_error(capsys) == (
-        f"error: {other / 'val'} has class folders that the checkpoint's classes lack: jacket")
+    refuses_a_renamed_class(cache_run, tree, tmp_path / "other", capsys)
 
 
 def test_the_folder_decides_but_a_holdout_needs_the_runs_own_kind(runs, tmp_path):
