@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -38,9 +39,26 @@ def positive_int(text: str) -> int:
 
 
 class Parser(argparse.ArgumentParser):
+    _words: list[str] = []  # what this parser was given, for error()'s hint
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._words = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):  # one line, exit 2, like every other user error
-        sys.stderr.write(f"error: {self.prog}: {message}\n")
+        sys.stderr.write(f"error: {self.prog}: {message}{self._dash_hint(message)}\n")
         raise SystemExit(EXIT_USAGE)
+
+    def _dash_hint(self, message: str) -> str:
+        """argparse reads `--budget -5s` as two options and says only "expected one argument";
+        the user meant a value, which the option's own check then judges."""
+        missing = re.match(r"argument (\S+): expected one argument", message)
+        names = missing[1].split("/") if missing else []
+        words = self._words
+        for i, word in enumerate(words[:-1]):
+            if word in names and words[i + 1].startswith("-"):
+                return f" ({words[i + 1]!r} reads as an option: write {word}={words[i + 1]})"
+        return ""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ from budgetvit.models import create_model
 CASES = [
     (["train", "--budget", "0s"], "train.budget must be positive"),
     (["train", "--budget=-5m"], "expected a duration like 90s"),
+    (["train", "--budget", "-5m"], "'-5m' reads as an option: write --budget=-5m"),
     (["train", "--budget", "five minutes"], "expected a duration like 90s"),
     (["train", "--budget", "5x"], "expected a duration like 90s"),
     (["train", "--budget", "2.5steps"], "step count must be whole"),
