@@ -10,9 +10,11 @@ import re
 import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
 
-from .config import COMPILE_MODES, COMPILE_SCOPES, CheckpointError, ConfigError
+from .config import (COMPILE_MODES, COMPILE_SCOPES, CheckpointError, ConfigError,
+                     SameOnEveryRank)
 from .presets import PRESETS
 
 EXIT_USAGE = 2
@@ -26,6 +28,22 @@ def _sizes(text: str) -> list[int]:
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"image sizes must be positive, got {text!r}")
     return sizes
+
+
+RANK_0_GRACE_S = 30.0
+
+
+def rank_0() -> bool:
+    """Whether this process is torchrun's rank 0, or runs alone (read before torch is)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def leave_it_to_rank_0() -> int:
+    """Exit, silent, on a fault rank 0 finds too and says. Not at once: torchrun stops every
+    process 0.1 s after one fails, and could stop rank 0 before it said it; rank 0's exit
+    ends this wait."""
+    time.sleep(RANK_0_GRACE_S)
+    return EXIT_USAGE
 
 
 def positive_int(text: str) -> int:
@@ -46,6 +64,8 @@ class Parser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
     def error(self, message: str):  # one line, exit 2, like every other user error
+        if not rank_0():  # (under torchrun every rank was given the same words)
+            raise SystemExit(leave_it_to_rank_0())
         sys.stderr.write(f"error: {self.prog}: {message}{self._dash_hint(message)}\n")
         raise SystemExit(EXIT_USAGE)
 
@@ -147,12 +167,17 @@ def command_modules():
 def cmd_train(args) -> int:
     from .config import apply_overrides, check_one_budget, validate
     from .presets import get_preset
-    cfg = get_preset(args.preset)
-    check_one_budget(args.budget, args.set or [])
-    if args.budget:
-        cfg.train.budget = args.budget
-    apply_overrides(cfg, args.set)
-    validate(cfg, paths=not args.print_config)
+    try:
+        cfg = get_preset(args.preset)
+        check_one_budget(args.budget, args.set or [])
+        if args.budget:
+            cfg.train.budget = args.budget
+        apply_overrides(cfg, args.set)
+        validate(cfg, paths=False)
+    except ConfigError as e:
+        raise SameOnEveryRank(str(e)) from None
+    if not args.print_config:
+        validate(cfg)  # (and now whether the data is there: a node's own)
     if args.print_config:
         import json
         print(json.dumps(cfg.to_dict(), indent=2))
@@ -238,14 +263,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     if args.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if os.environ.get("RANK", "0") == "0":  # (said once: every rank would say the same)
-            print(f"error: budgetvit {args.command} runs in one process: run it without "
-                  f"torchrun (train alone runs under torchrun)", file=sys.stderr)
+        if not rank_0():  # (said once: every rank would say the same)
+            return leave_it_to_rank_0()
+        print(f"error: budgetvit {args.command} runs in one process: run it without "
+              f"torchrun (train alone runs under torchrun)", file=sys.stderr)
         return EXIT_USAGE
     try:
         return handler(args.command)(args)
     except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError,
             NotADirectoryError, IsADirectoryError, PermissionError) as e:  # a path to fix
+        if isinstance(e, SameOnEveryRank) and not rank_0():
+            return leave_it_to_rank_0()
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -18,6 +18,11 @@ class ConfigError(ValueError):
     """A bad configuration value, path or argument; its message is one line for the user."""
 
 
+class SameOnEveryRank(ConfigError):
+    """A fault of the command line or config alone: every torchrun process finds the same one,
+    and rank 0 alone says it. (Not a path: another node may lack what rank 0 has.)"""
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint or export that cannot be read; one line for the user. (Here, not in
     checkpoint.py, so that the command line can catch it without importing torch.)"""
@@ -304,6 +309,15 @@ def _check_paths(d: DataSection) -> None:
         raise ConfigError(f"data.path: no val/ folder in {d.path} (expected "
                           f"{os.path.join(d.path, 'val')}/<class>/<image>); to evaluate on "
                           f"held-out training images instead: --set data.holdout=0.1")
+
+
+def check_world(cfg: Config, world: int) -> None:
+    """What the number of torchrun processes allows (every one finds the same)."""
+    batch = cfg.train.batch_size
+    if batch % world:  # (each process takes an equal share)
+        raise SameOnEveryRank(f"train.batch_size={batch} is not divisible by the world size "
+                              f"{world}: give a multiple of {world}, or as many processes as "
+                              f"divide {batch} (a run resumes with its own batch size)")
 
 
 def validate(cfg: Config, paths: bool = True) -> None:

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from . import checkpoint, curriculum, distributed, resume
 from .budget import BudgetClock
-from .config import Config, ConfigError, from_dict, model_shape, parse_budget, validate
+from .config import (Config, ConfigError, SameOnEveryRank, check_world, from_dict, model_shape,
+                     parse_budget, validate)
 from .data import augment, build_data
 from .ema import EMA
 from .evaluate import evaluate, normalize
@@ -77,17 +78,14 @@ class Trainer(WarmUp, TrainerState, RunOutput):
         self.dist = distributed.init("cuda" if resolve(cfg.train).cuda else "cpu")
         self.rt = resolve(cfg.train, self.dist.local_rank)
         self.peak = peak_flops(self.rt.device)  # (for MFU; a bad override fails here, at once)
-        if cfg.train.batch_size % self.dist.world:  # (each process takes an equal share)
-            raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by "
-                              f"the world size {self.dist.world}: give a multiple of "
-                              f"{self.dist.world}, or as many processes as divide "
-                              f"{cfg.train.batch_size} (a run resumes with its own batch size)")
+        check_world(cfg, self.dist.world)
         self.out = prepare_out_dir(out) if self.dist.main else Path(out)
         t = cfg.train
         if t.deterministic:
             if self.rt.cuda:  # (cuBLAS would also need CUBLAS_WORKSPACE_CONFIG set in advance)
-                raise ConfigError("train.deterministic=true is for CPU runs: on CUDA the "
-                                  "position embedding's resampling has no deterministic backward")
+                raise SameOnEveryRank("train.deterministic=true is for CPU runs: on CUDA the "
+                                      "position embedding's resampling has no deterministic "
+                                      "backward")
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(t.seed + self.dist.rank)
         random.seed(t.seed + self.dist.rank)

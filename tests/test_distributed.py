@@ -221,6 +221,15 @@ def test_resume_under_torchrun_continues_every_rank_exactly(tmp_path):
     assert json.loads((out / "summary.json").read_text())["steps"] == 100
 
 
+def test_a_fault_every_rank_finds_is_said_once(tmp_path):
+    """Rank 0 says it; rank 1, silent, waits until torchrun stops it (exiting first, it could
+    have torchrun stop rank 0 before rank 0 said it)."""
+    proc = torchrun(2, tmp_path / "run", "4steps", "train.batch_size=63")
+    output = finish(proc, 120)
+    assert proc.returncode != 0
+    assert output.count("error: train.batch_size=63 is not divisible by the world size 2") == 1
+
+
 def test_a_rank_that_cannot_read_rank_0s_checkpoint_stops_the_job(tmp_path):
     """Rank 1 fails to read the step-4 checkpoint rank 0 resumes from: the job stops naming
     it, rather than rank 1 going on from step 2 with other weights than rank 0's."""

@@ -9,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from budgetvit import cli
 from budgetvit.cli import main
-from budgetvit.config import Config, ConfigError, apply_overrides, from_dict, validate
+from budgetvit.config import (Config, ConfigError, SameOnEveryRank, apply_overrides, from_dict,
+                              validate)
 from budgetvit.export import save_weights
 from budgetvit.models import create_model
 
@@ -332,11 +334,36 @@ def test_commands_other_than_train_are_refused_under_torchrun(monkeypatch, capsy
     """Every rank would do the whole job (eval twice, prepare writing one cache from two
     processes): refused, said once (by rank 0), before anything is read."""
     monkeypatch.setenv("WORLD_SIZE", "2")
+    waits = []  # (rank 1 waits for torchrun to stop it, lest it stop rank 0 before it speaks)
+    monkeypatch.setattr(cli.time, "sleep", waits.append)
     for rank, said in (("0", "error: budgetvit eval runs in one process: run it without "
                              "torchrun (train alone runs under torchrun)\n"), ("1", "")):
         monkeypatch.setenv("RANK", rank)
         assert main(["eval", "--checkpoint", "/nonexistent"]) == 2
         assert capsys.readouterr().err == said
+    assert waits == [cli.RANK_0_GRACE_S]
+
+
+def test_under_torchrun_a_fault_of_the_command_alone_is_said_by_rank_0_alone(monkeypatch,
+                                                                           capsys, tmp_path):
+    """Every rank finds the same bad value or argument; a missing path may be one node's own."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    waits = []
+    monkeypatch.setattr(cli.time, "sleep", waits.append)
+    cases = [(["train", "--budget", "-5s"], "'-5s' reads as an option"),
+             (["train", "--set", "optim.lr=0"], "optim.lr=0.0 must be > 0"),
+             (["train", "--preset", "nope"], "unknown preset 'nope'"),
+             (["train", "--set", "data.dataset=imagefolder", f"data.path={tmp_path / 'no'}"],
+              "data.path")]
+    for args, fragment in cases:
+        for rank in "01":
+            monkeypatch.setenv("RANK", rank)
+            assert run_cli(args) == 2
+            err = capsys.readouterr().err
+            said = rank == "0" or fragment == "data.path"
+            assert (fragment in err) == said and (err == "") != said, (args, rank, err)
+            assert waits == ([] if said else [cli.RANK_0_GRACE_S])
+            waits.clear()
 
 
 def test_a_batch_the_processes_cannot_share_says_both_ways_out(tmp_path, monkeypatch):
@@ -345,7 +372,7 @@ def test_a_batch_the_processes_cannot_share_says_both_ways_out(tmp_path, monkeyp
     monkeypatch.setattr(distributed, "init", lambda kind: distributed.Dist(0, 2, 0))
     cfg = Config()
     apply_overrides(cfg, ["train.batch_size=127", "train.device=cpu"])
-    with pytest.raises(ConfigError, match=r"^train.batch_size=127 is not divisible by the world "
+    with pytest.raises(SameOnEveryRank, match=r"^train.batch_size=127 is not divisible by the world "
                                           r"size 2: give a multiple of 2, or as many processes "
                                           r"as divide 127 \(a run resumes with its own batch "
                                           r"size\)$"):
