@@ -201,9 +201,9 @@ def markdown(runs: list[dict], title: str = "", images: tuple[str, ...] = ()) ->
                         f"{last.get('img_size', '–')} | – |")
             continue
         sizes = "→".join(str(st["img_size"]) for st in s.get("stages", [])) or "–"
-        device, world = s.get("device", "–"), s.get("world_size", 1)
-        if world > 1:  # (torchrun: as many processes, each on such a device)
-            device = f"{world} x {device}"
+        device, worlds = s.get("device", "–"), s.get("world_sizes") or [s.get("world_size", 1)]
+        if worlds != [1]:  # (torchrun: as many processes, each on such a device)
+            device = f"{'→'.join(map(str, worlds))} x {device}"
         rows.append(f"| {run['name']} | {s.get('model', '–')} | {_f(s.get('top1'), '.2f')} | "
                     f"{_f(s.get('top1_ema'), '.2f')} | {_f(s.get('top5'), '.2f')} | "
                     f"{s.get('images_seen', 0):,} | {_f(s.get('epochs'), '.2f')} | "

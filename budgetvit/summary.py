@@ -68,7 +68,7 @@ def write_summary(trainer, final: dict, bad_images: int, wall_s: float) -> dict:
         "evals": t.evals,
         "model": t.cfg.model.name, "model_config": t.model_cfg.to_dict(),
         "params": count_params(t.model),
-        "device": t.rt.describe(), "world_size": t.dist.world,
+        "device": t.rt.describe(), "world_size": t.dist.world, "world_sizes": t.world_sizes,
         "torch": torch.__version__,
         "preset": t.cfg.preset, "config": t.cfg.to_dict(), "code_version": t.code_version,
     }

@@ -121,6 +121,7 @@ class Trainer(WarmUp, TrainerState, RunOutput):
         # Everything below is the run's state and goes into every checkpoint.
         self.plan: list[curriculum.Stage] = []
         self.images = 0
+        self.world_sizes = [self.dist.world]  # each change of world size on resume appends
         self.stages: list[dict] = []  # {img_size, start_s, end_s, images}
         self.evals: list[dict] = []
         self.lr_scale = 1.0  # lowered by each rollback after non-finite steps

@@ -38,7 +38,7 @@ class TrainerState:
             "evals": copy.deepcopy(self.evals), "lr_scale": self.lr_scale,
             "last_step_s": self.last_step_s, "log_window": dict(self.window),
             "faults": dict(self.faults), "config": self.cfg.to_dict(),
-            "world_size": self.dist.world,
+            "world_size": self.dist.world, "world_sizes": self.world_sizes,
             # What inference needs without the training data:
             "model_config": self.model_cfg.to_dict(), "classes": list(self.data.classes),
             "mean": list(self.data.mean), "std": list(self.data.std),
@@ -61,6 +61,8 @@ class TrainerState:
         elif self.dist.main:  # another world size: the other ranks keep their own seeds
             self.set_rng_state(s["rng"])
         self.data.load_state_dict(s["data"])
+        was = s.get("world_sizes") or [s.get("world_size", self.dist.world)]
+        self.world_sizes = was + [self.dist.world] * (was[-1] != self.dist.world)
         self.plan = [curriculum.Stage(**d) for d in s["plan"]]
         self.seconds_per_epoch = {int(k): v for k, v in s["seconds_per_epoch"].items()}
         self.images, self.stages = s["images"], copy.deepcopy(s["stages"])

@@ -48,6 +48,10 @@ def test_a_named_benchmark_refuses_more_processes_than_it_allows():
     assert bench._violations(0, s, bench.BENCHMARKS["fmnist-cpu-1m"]) == [
         "seed0: 2 processes; the benchmark allows 1"]
     assert bench._violations(0, {**s, "world_size": 1}, bench.BENCHMARKS["fmnist-cpu-1m"]) == []
+    # Most of a run on 2 processes, its end on 1 (resumed there): still 2
+    resumed = {**s, "world_size": 1, "world_sizes": [2, 1]}
+    assert bench._violations(0, resumed, bench.BENCHMARKS["fmnist-cpu-1m"]) == [
+        "seed0: 2 processes; the benchmark allows 1"]
 
 
 def test_torchrun_runs_are_printed_and_recorded_as_what_runs(tmp_path, capsys):

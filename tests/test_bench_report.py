@@ -332,6 +332,8 @@ def test_report_curves_pngs_and_markdown(tmp_path, capsys):
     assert md.count(" | cpu |\n") == 3  # (one process each)
     runs[2]["summary"]["world_size"] = 2  # a torchrun run: as many devices
     assert "| 2 x cpu |\n" in report.markdown(runs)
+    runs[2]["summary"].update(world_size=1, world_sizes=[2, 1])  # resumed on one process
+    assert "| 2→1 x cpu |\n" in report.markdown(runs)
 
 
 def test_resumed_logs_follow_the_final_timeline(tmp_path):

@@ -92,7 +92,7 @@ def test_ranks_share_one_paper_plan(tmp_path):
     # again, and rank 0's rates give both the same plan.
     path = checkpoint.list_checkpoints(tmp_path / "paper")[-1]
     state = checkpoint.load(path)
-    state["world_size"] = 1
+    state["world_size"], state["world_sizes"] = 1, [1]
     # (1000x: even on a machine 10x faster than this VM, 6 s is then inside the first size)
     state["seconds_per_epoch"] = {k: v * 1000 for k, v in state["seconds_per_epoch"].items()}
     checkpoint.save(state, tmp_path / "paper", checkpoint.step_of(path), keep=3)
@@ -102,6 +102,8 @@ def test_ranks_share_one_paper_plan(tmp_path):
     output = finish(proc, 300)
     assert proc.returncode == 0, output
     assert output.count("note: resumed at world size 2 (was 1)") == 1
+    summary = json.loads((tmp_path / "paper" / "summary.json").read_text())
+    assert summary["world_sizes"] == [1, 2] and summary["world_size"] == 2
     plans = dict(re.findall(r"rank (\d)/2: finished at step \d+, plan (.+)", output))
     assert set(plans) == {"0", "1"} and plans["0"] == plans["1"]
 

@@ -179,7 +179,7 @@ def test_a_paper_plan_resumed_at_another_world_size_goes_on_at_the_new_rates(tmp
     now = state["clock"]["train_s"]
     assert 0.75 < now < 2.25
     done = round(every * images / 4)
-    state["world_size"] = 2
+    state["world_size"], state["world_sizes"] = 2, [4, 2]
     state["seconds_per_epoch"] = {"16": 75.0, "20": 150.0, "24": 150.0, "28": 150.0}
     state["stages"] = [
         {"img_size": 16, "start_s": 0.0, "end_s": 0.75, "images": round(every * images)},
@@ -200,6 +200,7 @@ def test_a_paper_plan_resumed_at_another_world_size_goes_on_at_the_new_rates(tmp
     assert ("note: resumed at world size 1 (was 2): the sizes from 20px on were timed again and "
             "the size plan goes on at these rates") in capsys.readouterr().out
     assert timed == [[20, 24, 28]]
+    assert summary["world_sizes"] == [4, 2, 1] and summary["world_size"] == 1
     end_20 = now + (every - done / images) * new[20]  # its epochs left at the new rate
     plan = [(st["size"], st["start"], st["end"]) for st in summary["plan"]]
     end_24 = end_20 + every * new[24]

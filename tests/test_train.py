@@ -58,7 +58,7 @@ def test_summary_has_the_contract_fields(timed_run):
     out, cfg, summary = timed_run
     on_disk = json.loads((out / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(on_disk)
-    assert on_disk["budget_s"] == 6.0 and on_disk["world_size"] == 1
+    assert on_disk["budget_s"] == 6.0 and on_disk["world_size"] == 1 and on_disk["world_sizes"] == [1]
     assert on_disk["final_img_size"] == 28 and on_disk["preset"] == "fmnist"
     assert on_disk["eval_split"] == "test" and on_disk["evals"][-1]["eval_images"] == 10000
     assert on_disk["config"]["train"]["budget"] == "6s"
