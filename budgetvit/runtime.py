@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,9 @@ PEAK_BF16_FLOPS = {
 def peak_for_name(name: str) -> float | None:
     """Peak FLOP/s for a GPU name as CUDA reports it ("NVIDIA H100 PCIe"), None if not in the
     table. The longest name that appears as whole words wins: "L40" is not "L4", and an
-    "H100 PCIe" is not the SXM part."""
+    "H100 PCIe" is not the SXM part. None for a MIG slice, which has a part of the GPU's rate."""
+    if re.search(r"\bMIG\b", name):
+        return None
     for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
         if re.search(rf"(?<![\w-]){re.escape(key)}(?![\w])", name):
             return PEAK_BF16_FLOPS[key]
@@ -52,6 +55,19 @@ def mfu(model_cfg, img_size: int, img_per_s: float, peak: float) -> float:
     images per second, over the device's peak rate."""
     from .models import train_flops
     return train_flops(model_cfg, img_size) * img_per_s / peak
+
+
+def compile_failure(e: BaseException) -> str | None:
+    """What torch.compile failed on (no C compiler, no Python.h, Triton not finding libcuda),
+    in one line; None where `e` is not a compile failure."""
+    if "torch._dynamo" not in sys.modules:  # (nothing compiled in this process)
+        return None
+    from torch._dynamo.exc import BackendCompilerFailed
+    if not isinstance(e, BackendCompilerFailed):
+        return None
+    lines = [ln.strip() for ln in str(e).splitlines()
+             if ln.strip() and not ln.startswith(("backend=", "Set TORCHDYNAMO_VERBOSE"))]
+    return (lines[0] if lines else type(e).__name__)[:300]
 
 
 def cpu_model() -> str:
@@ -110,6 +126,11 @@ class Runtime:
                 block.compile(dynamic=False, mode=mode)
             return forward
         return torch.compile(forward, dynamic=False, mode=mode)
+
+    def go_eager(self) -> None:
+        """From now on, run what was compiled as it is (torch.compile failed)."""
+        torch.compiler.set_stance("force_eager")
+        self.compile = False
 
     def allow_graphs(self, sizes: int) -> None:
         """Let dynamo keep the graphs of `sizes` image sizes per compiled function (one per

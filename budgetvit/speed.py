@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .config import Config, ConfigError, ModelSection
 from .models import create_model
 from .presets import fmnist
-from .runtime import Runtime, mfu, peak_flops
+from .runtime import Runtime, compile_failure, mfu, peak_flops
 
 
 def timm_twin(cfg):
@@ -152,7 +152,13 @@ def run_speed(args) -> int:
         header += f" {'trainer img/s':>14} {'overhead':>9}"
     print(header)
     for s in args.sizes:
-        print(size_row(cfg, s, rt, peak, args), flush=True)
+        try:
+            print(size_row(cfg, s, rt, peak, args), flush=True)
+        except Exception as e:
+            if (cause := compile_failure(e)) is None:
+                raise
+            raise ConfigError(f"torch.compile failed at {s} px: {cause} (--compile off "
+                              f"measures eager)") from None
         gc.collect()  # this size's models and optimizer states must not weigh on the next
     return 0
 

@@ -11,6 +11,8 @@ import copy
 import time
 
 from . import curriculum, distributed
+from .config import ConfigError
+from .runtime import compile_failure
 
 
 class WarmUp:
@@ -40,7 +42,12 @@ class WarmUp:
                 # previous size must not be the ones timed (and compiled) for this size.
                 self.data.load_state_dict(self.data.state_dict())
                 t0 = time.perf_counter()
-                self._zero_lr_steps(untimed)
+                try:
+                    self._zero_lr_steps(untimed)
+                except Exception as e:
+                    if not self.compile_failed(e):
+                        raise
+                    self._zero_lr_steps(untimed)  # (eager now)
                 t1 = time.perf_counter()
                 # Timed back to back, as training runs them: a sync around every step would
                 # add the host's launch time to the GPU's instead of overlapping the two.
@@ -57,6 +64,20 @@ class WarmUp:
             rates = distributed.broadcast_floats(list(measured.values()), self.dist,
                                                  self.rt.device)
             self.seconds_per_epoch = dict(zip(measured, rates))
+
+    def compile_failed(self, e: Exception) -> bool:
+        """Whether `e` is torch.compile failing, which train.compile=auto survives: the run
+        goes on eager (slower), said. With train.compile=on the run stops, said in one line."""
+        cause = compile_failure(e) if self.rt.compile else None
+        if cause is None:
+            return False
+        if self.cfg.train.compile == "on":
+            raise ConfigError(f"torch.compile failed: {cause} (train.compile=off trains "
+                              f"without it)") from e
+        self.rt.go_eager()
+        self.say(f"note: torch.compile failed: {cause}; training eager, slower (fix the cause "
+                 f"and resume to compile, or set train.compile=off not to try)")
+        return True
 
     def _zero_lr_steps(self, count: int) -> None:
         """`count` steps at learning rate 0, then wait for the device."""

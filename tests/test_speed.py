@@ -75,6 +75,7 @@ def test_peak_table_and_override(monkeypatch):
     assert peak_for_name("NVIDIA H100 PCIe") == 756e12
     assert peak_for_name("NVIDIA A10G") == 70e12
     assert peak_for_name("Some Future GPU") is None
+    assert peak_for_name("NVIDIA H200 MIG 1g.18gb") is None  # (a seventh of the GPU)
     monkeypatch.delenv("BUDGETVIT_PEAK_TFLOPS", raising=False)
     assert peak_flops(torch.device("cpu")) is None
     monkeypatch.setenv("BUDGETVIT_PEAK_TFLOPS", "123.5")
@@ -341,6 +342,56 @@ def test_cuda_graph_modes_keep_the_recording_call_out_of_the_timed_steps(tmp_pat
         Trainer(tiny_config("train.compile=on", f"train.compile_mode={mode}", "train.budget=1steps",
                             "curriculum.mode=off", "data.holdout=0.005"), tmp_path / mode).run()
         assert f"warm-up 28px: compiled and ran {steps} steps in" in capsys.readouterr().out, mode
+
+
+@pytest.fixture
+def compile_fails(monkeypatch):
+    """torch.compile whose compiler fails at the first call, as Inductor does without a C
+    compiler; the stance a fallback to eager sets is the process's, so it is reset after."""
+    def no_compiler(gm, example_inputs):
+        raise RuntimeError("no working C compiler here\nsecond line")
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: real_compile(
+        fn, dynamic=kwargs["dynamic"], backend=no_compiler))
+    torch._dynamo.reset()
+    yield
+    torch.compiler.set_stance("default")
+    torch._dynamo.reset()
+
+
+@needs_fmnist
+def test_a_failing_compile_goes_on_eager_under_auto_and_stops_under_on(tmp_path, capsys,
+                                                                       compile_fails):
+    args = ("train.budget=6steps", "train.deterministic=true", "model.drop_path=0.1",
+            "data.holdout=0.005", "train.ema=false")
+    eager = Trainer(tiny_config("train.compile=off", *args), tmp_path / "eager").run()
+    with pytest.raises(ConfigError, match=r"^torch.compile failed: RuntimeError: no working C "
+                                          r"compiler here \(train.compile=off trains without "
+                                          r"it\)$"):
+        Trainer(tiny_config("train.compile=on", *args), tmp_path / "on").run()
+    # train.compile=auto, which compiles on a GPU alone: made to compile here by "on", then
+    # read as "auto" when the compile fails
+    trainer = Trainer(tiny_config("train.compile=on", *args), tmp_path / "auto")
+    trainer.cfg.train.compile = "auto"
+    capsys.readouterr()
+    summary = trainer.run()
+    out = capsys.readouterr().out
+    assert ("note: torch.compile failed: RuntimeError: no working C compiler here; training "
+            "eager, slower (fix the cause and resume to compile, or set train.compile=off not "
+            "to try)") in out
+    assert "fp32, eager" in out and "compiled" not in out
+    assert summary["steps"] == 6 and summary["top1"] == eager["top1"]
+    final = checkpoint.load_latest(tmp_path / "auto")["model"]
+    assert all(torch.equal(final[k], v)
+               for k, v in checkpoint.load_latest(tmp_path / "eager")["model"].items())
+
+
+def test_speed_says_a_failing_compile_in_one_line(capsys, compile_fails):
+    assert main(["speed", "--model", "vit_micro4", "--sizes", "16", "--batch-size", "4",
+                 "--steps", "1", "--repeats", "1", "--device", "cpu", "--compile", "on"]) == 2
+    assert capsys.readouterr().err == ("error: torch.compile failed at 16 px: RuntimeError: no "
+                                       "working C compiler here (--compile off measures "
+                                       "eager)\n")
 
 
 def test_drop_path_reaches_both_models(monkeypatch, capsys):
