@@ -12,8 +12,9 @@
 # said so. The short table (scripts/gpu_summary.py, which reads the logs of a check cut short
 # too) is printed however the script ends. Full logs go to LOG_DIR (default: $OUT or ./gpu_logs),
 # 8 files at most. Without a C compiler or Python's headers (torch.compile's Triton needs
-# both) the warm-up, speed and training steps run eager, the CUDA tests marked `compile` are
-# deselected and the compile variants skipped; COMPILE=off forces that.
+# both), or where a small compile tried first fails, the warm-up, speed and training steps run
+# eager, the CUDA tests marked `compile` are deselected and the compile variants skipped;
+# COMPILE=off forces that. The speed table times 224 px first: the targets are there.
 #
 # Fashion-MNIST: $BUDGETVIT_FMNIST_DIR, else a copy carried in .fmnist/ (its four .gz files),
 # else /usr/share/datasets/fashion-mnist. A dry run on a CPU machine:
@@ -72,12 +73,23 @@ if [ "${REQUIRE_CUDA:-1}" = 1 ] &&
   echo "no CUDA GPU visible to PyTorch: stopping before any work" | tee -a "$LOG/check.txt"
   exit 1
 fi
+DEV=${DEVICE:-cuda}
+# A small compile first (scripts/compile_probe.py): where torch.compile fails, even with
+# TRITON_LIBCUDA_PATH set to the driver library's folder, the steps run eager, not fail.
+if [ "$COMPILE" != off ]; then
+  step 150 "0/5 compile probe on $DEV" $PY scripts/compile_probe.py "$DEV" > "$RUN/probe.txt" 2>&1
+  PROBE=$(tail -n 1 "$RUN/probe.txt" 2>/dev/null)
+  echo "compile probe: ${PROBE:-no answer}" >> "$LOG/check.txt"
+  case $PROBE in
+    "compile works with TRITON_LIBCUDA_PATH="*) export TRITON_LIBCUDA_PATH=${PROBE#*=} ;;
+    "compile fails: "*) COMPILE=off ;;
+  esac
+fi
 if [ "$COMPILE" = off ]; then  # slower, but measured rather than failed
   echo "compile off: warm-up, speed and training run eager; no compile tests or variants" |
     tee -a "$LOG/check.txt"
 fi
 
-DEV=${DEVICE:-cuda}
 # One compile cache for every step, empty at the start: step 1 measures the warm-up a first
 # run meets, and step 2's model (the same blocks: vit_s16_local, drop path 0.1, batch 1024)
 # then compiles from what step 1 left, so the table's warm-up column is not a cold one.
@@ -94,7 +106,7 @@ cp "$RUN/warmup/summary.json" "$LOG/warmup_summary.json" 2>/dev/null
 PRESET_SHAPE="--model vit_s16_local --batch-size 1024 --drop-path 0.1"
 SPEED=(--device "$DEV" --compile $COMPILE ${SPEED_ARGS:-$PRESET_SHAPE --steps 5 --repeats 3})
 step 170 "2/5 speed table (ours: compile $COMPILE; timm eager; bf16)" \
-  $PY -m budgetvit speed --compare-timm ${SIZES:---sizes 64,96,128,160,192,224} "${SPEED[@]}" \
+  $PY -m budgetvit speed --compare-timm ${SIZES:---sizes 224,64,96,128,160,192} "${SPEED[@]}" \
   > "$LOG/speed.txt" 2>&1
 TESTS=cuda
 [ "$COMPILE" = off ] && TESTS="cuda and not compile"

@@ -127,16 +127,19 @@ def run_check(log: Path, cwd=None, **env) -> subprocess.CompletedProcess:
     ({"CC": "/nonexistent/cc"}, "off"),  # no C compiler
     ({"FAKE_PYTHON_H": ""}, "off"),  # no Python.h
     ({"COMPILE": "off"}, "off"),
+    ({"FAKE_PROBE": "compile fails: InvalidCxxCompiler: ..."}, "off"),
+    ({"FAKE_PROBE": "compile works with TRITON_LIBCUDA_PATH=/drv"}, "auto"),
 ])
 def test_every_step_runs_with_the_checks_compile_setting(tmp_path, env, compile_):
     """Each step's command, recorded by a stand-in python: all of them with one compile
-    setting (off where torch.compile could not build, or COMPILE=off), and without compile
-    no compile variants."""
+    setting (off where torch.compile could not build, its probe failed, or COMPILE=off), and
+    without compile no compile variants; TRITON_LIBCUDA_PATH where the probe needed it."""
     fake = tmp_path / "python"  # records `python -m ...` commands instead of running them,
     fake.write_text(  # an argument a line, and answers the Python.h probe with $FAKE_PYTHON_H
-        f'#!/bin/bash\nif [ "$1" = -m ]; then printf "%s\\n" "$@" ---'
-        f' >> {tmp_path}/commands; exit 0; fi\n'
+        f'#!/bin/bash\nif [ "$1" = -m ]; then printf "%s\\n" "$@" '
+        f'"TRITON_LIBCUDA_PATH=$TRITON_LIBCUDA_PATH" --- >> {tmp_path}/commands; exit 0; fi\n'
         f'if [[ "$2" == *Python.h* ]]; then echo "$FAKE_PYTHON_H"; exit 0; fi\n'
+        f'if [[ "$1" == *compile_probe.py ]]; then echo "$FAKE_PROBE"; exit 0; fi\n'
         f'exec {sys.executable} "$@"\n')
     fake.chmod(0o755)
     fmnist = tmp_path / "fmnist"
@@ -144,7 +147,9 @@ def test_every_step_runs_with_the_checks_compile_setting(tmp_path, env, compile_
     (fmnist / "train-images-idx3-ubyte.gz").touch()
     run_check(tmp_path / "log", **{"PYTHON": str(fake), "REQUIRE_CUDA": "0", "DEVICE": "cpu",
                                    "BUDGETVIT_FMNIST_DIR": str(fmnist), "CC": "/bin/true",
-                                   "FAKE_PYTHON_H": "/usr/include/Python.h", **env})
+                                   "FAKE_PYTHON_H": "/usr/include/Python.h",
+                                   "FAKE_PROBE": "compile works", "TRITON_LIBCUDA_PATH": "",
+                                   **env})
     commands = [c.strip("\n").split("\n")
                 for c in (tmp_path / "commands").read_text().split("---\n")[:-1]]
     after = lambda c, option: c[c.index(option) + 1]  # noqa: E731 (the option's value)
@@ -158,12 +163,28 @@ def test_every_step_runs_with_the_checks_compile_setting(tmp_path, env, compile_
                                                 "tests/test_cuda.py"]
     eager = "compile off: warm-up, speed and training run eager; no compile tests or variants"
     check = (tmp_path / "log/check.txt").read_text()
+    libcuda = "/drv" if "TRITON_LIBCUDA_PATH" in env.get("FAKE_PROBE", "") else ""
+    assert all(c[-1] == f"TRITON_LIBCUDA_PATH={libcuda}" for c in commands)
+    if "FAKE_PROBE" in env:
+        assert f"compile probe: {env['FAKE_PROBE']}\n" in check
     if compile_ == "off":
         assert len(speeds) == 1 and eager in check
     else:
         assert len(speeds) == 3 and after(speeds[1], "--compile-mode") == "reduce-overhead"
         assert after(speeds[2], "--compile-scope") == "model"
         assert "C compiler: /bin/true\nPython.h: /usr/include/Python.h\n" in check
+
+
+def test_compile_probe_says_why_compiling_fails(tmp_path):
+    """(Inductor without a working C++ compiler, on the CPU; a fresh cache, which a cached
+    kernel would not need the compiler for)"""
+    done = subprocess.run([sys.executable, str(ROOT / "scripts/compile_probe.py"), "cpu"],
+                          env={**os.environ, "CXX": "/nonexistent/g++",
+                               "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[-1].startswith(
+        "compile fails: InvalidCxxCompiler: No working C++ compiler found")
 
 
 def test_check_skips_the_steps_past_its_deadline_and_still_prints_the_table(tmp_path):
@@ -175,7 +196,7 @@ def test_check_skips_the_steps_past_its_deadline_and_still_prints_the_table(tmp_
                      BUDGETVIT_FMNIST_DIR=str(fmnist))
     assert "TRAIN_S=20s: give whole seconds" in done.stderr
     check = (tmp_path / "check.txt").read_text()
-    for name in ("1/5 imagenet-1gpu-24h warm-up", "2/5 speed table", "3/5 CUDA tests",
+    for name in ("0/5 compile probe", "1/5 imagenet-1gpu-24h warm-up", "2/5 speed table", "3/5 CUDA tests",
                  "4/5 fmnist training", "5/5 CUDA graphs", "5/5 whole-model compile"):
         assert f"step {name}" in check and "skipped, " in check.split(f"step {name}")[1]
     assert "torch " in check and f"fashion-mnist: {fmnist}\n" in check
