@@ -1,8 +1,10 @@
 """The image-size curriculum: which size to train at, as a function of budget progress.
 
 A plan is a list of stages (size, start, end) with start/end as budget shares in [0, 1].
-It is made once, before the clock starts, and saved in every checkpoint so that resume
-continues the same plan (the paper's code forgot its stage on resume).
+It is made before the clock starts, and saved in every checkpoint so that resume continues the
+same plan (the paper's code forgot its stage on resume). The paper's rule in a time budget,
+whose plan converts epochs to seconds at the warm-up's rates, is made again as each size's
+epochs are trained (WarmUp.keep_to_epochs).
 """
 from __future__ import annotations
 
@@ -81,6 +83,21 @@ def resumed_rates(sizes: list[int], every_epochs: float, old: dict[int, float],
             out[size] = (now - start + left) / every_epochs
         else:
             out[size] = rate
+    return out
+
+
+def corrected_rates(sizes: list[int], every_epochs: float, rates: dict[int, float],
+                    current: int, end: float, observed: float) -> dict[int, float]:
+    """Seconds per epoch that make the paper rule's plan end the size being trained, `current`,
+    at `end` (budget units) instead of where `rates` put it: the sizes before it keep their
+    stages, the later ones take their rates scaled as the current one's turned out (`observed`
+    seconds per epoch as trained, over its rate)."""
+    i = sizes.index(current)
+    start = every_epochs * math.fsum(rates[s] for s in sizes[:i])
+    out = dict(rates)
+    out[current] = (end - start) / every_epochs
+    for size in sizes[i + 1:]:
+        out[size] = rates[size] * observed / rates[current]
     return out
 
 

@@ -55,7 +55,8 @@ class RunOutput:
         if self.plan[-1].size != final:  # the paper rule's epochs per size outlast the budget
             how = ("give a larger budget" if resumed else  # (a run keeps its curriculum)
                    "lower curriculum.every_epochs or give a larger budget")
-            print(f"note: the plan ends at {self.plan[-1].size}px, short of "
+            rates = " at the warm-up's rates" if self.plan_needs_rates else ""
+            print(f"note: the plan ends{rates} at {self.plan[-1].size}px, short of "
                   f"curriculum.final_size_px={final}, where the model is evaluated; {how} to "
                   f"reach it", flush=True)
         for note in self.data.notes:

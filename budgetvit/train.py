@@ -353,6 +353,7 @@ class Trainer(WarmUp, TrainerState, RunOutput):
                     # The overrun past the budget is at most the last sync interval; the
                     # final checkpoint and evaluation follow.
                     break
+                self.keep_to_epochs(train_s)  # (the paper rule: a size ends on its epochs)
                 # Evaluate first, so that the checkpoint holds this evaluation and a run
                 # resumed from it does not repeat it (nor evaluate its step twice).
                 # From the evaluations the run holds: a rollback takes back those after its

@@ -121,6 +121,39 @@ class WarmUp:
         self.make_plan()
         return True
 
+    def keep_to_epochs(self, now: float) -> None:
+        """The paper rule in a time budget, at a sync point: a size lasts its N epochs as
+        trained, however far off the warm-up's rates were (a loaded machine, a data-bound
+        size). A size whose epochs are done ends now, said; one whose stage ends short of them
+        goes on, for half as long again as its rate so far foretells (its count then ends it,
+        not this guess). The sizes ahead are planned again at their rates, scaled as this one's
+        turned out."""
+        if not self.plan_needs_rates or not self.stages:
+            return
+        c = self.cfg.curriculum
+        sizes = curriculum.paper_sizes(c.start_size_px, c.step_px, c.final_size_px)
+        current = self.stages[-1]["img_size"]
+        trained = [st for st in self.stages if st["img_size"] == current]
+        done = sum(st["images"] for st in trained) / self.data.num_images
+        planned = curriculum.size_at(self.plan, self.clock.progress(now))
+        if current == sizes[-1] or not done or planned < current:
+            return
+        finished = done >= c.every_epochs
+        if finished == (planned != current):  # as planned
+            return
+        observed = sum(st["end_s"] - st["start_s"] for st in trained) / done
+        # (ended a hair before now: the plan's shares are rounded to 12 digits)
+        end = now - 1e-9 * self.budget if finished else \
+            now + 1.5 * (c.every_epochs - done) * observed
+        self.seconds_per_epoch = curriculum.corrected_rates(
+            sizes, c.every_epochs, self.seconds_per_epoch, current, end, observed)
+        self.make_plan()
+        if finished:
+            ahead = " -> ".join(f"{s.size}px@{s.start:.0%}" for s in self.plan
+                                if s.size > current)
+            self.say(f"note: {current}px trained its {c.every_epochs:g} epochs by "
+                     f"{now / self.budget:.0%} of the budget; the plan from here: {ahead}")
+
     def make_plan(self) -> None:
         if self.unit == "steps":  # epochs convert to steps exactly
             per_epoch = {s: float(self.data.batches_per_epoch)
