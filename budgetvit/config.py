@@ -19,8 +19,9 @@ class ConfigError(ValueError):
 
 
 class SameOnEveryRank(ConfigError):
-    """A fault of the command line or config alone: every torchrun process finds the same one,
-    and rank 0 alone says it. (Not a path: another node may lack what rank 0 has.)"""
+    """A fault of the command line or config (against the run's checkpoint, which every rank
+    reads) that every torchrun process finds alike: rank 0 alone says it. (Not a path: another
+    node may lack what rank 0 has.)"""
 
 
 class CheckpointError(RuntimeError):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import ConfigError
+from .config import ConfigError, SameOnEveryRank, parse_budget
+from .progress import fmt_duration
 
 
 def config_changes(now: dict, saved: dict) -> list[str]:
@@ -45,6 +46,22 @@ def check_resumable(model, data, state: dict, now: dict, out: Path) -> None:
             f"--out {out} holds a run this config cannot go on from ({', '.join(reasons)}): "
             f"its place in the data would point elsewhere, or the run would train on images it "
             f"held out; use another --out, or that run's values")
+    check_budget_left(state, now["train"]["budget"])
+
+
+def check_budget_left(state: dict, budget: str) -> None:
+    """An unfinished run given a budget it has spent already would stop at once, its learning
+    rate not annealed (the schedules would have ended in the past): refused."""
+    clock = state["clock"]
+    spent = lambda unit: clock["steps"] if unit == "steps" else clock["train_s"]  # noqa: E731
+    was, was_unit = parse_budget(state["config"]["train"]["budget"])
+    new, unit = parse_budget(budget)
+    if spent(unit) >= new and spent(was_unit) < was:
+        trained = f"{clock['steps']} steps" if unit == "steps" else fmt_duration(clock["train_s"])
+        raise SameOnEveryRank(
+            f"budget {budget} is spent already: this run has trained {trained} of its "
+            f"{state['config']['train']['budget']}, and would stop at once, its learning rate "
+            f"not annealed; give a larger budget, or another --out for a new run")
 
 
 def config_warnings(now: dict, saved: dict) -> list[str]:

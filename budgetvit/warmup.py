@@ -151,8 +151,10 @@ class WarmUp:
         if finished:
             ahead = " -> ".join(f"{s.size}px@{s.start:.0%}" for s in self.plan
                                 if s.size > current)
+            short = ("" if self.plan[-1].size == sizes[-1] else
+                     f" (ending short of {sizes[-1]}px at these rates)")
             self.say(f"note: {current}px trained its {c.every_epochs:g} epochs by "
-                     f"{now / self.budget:.0%} of the budget; the plan from here: {ahead}")
+                     f"{now / self.budget:.0%} of the budget; the plan from here: {ahead}{short}")
 
     def make_plan(self) -> None:
         if self.unit == "steps":  # epochs convert to steps exactly

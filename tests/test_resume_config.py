@@ -9,6 +9,7 @@ import torch
 
 from budgetvit import checkpoint
 from budgetvit.cli import main
+from budgetvit.config import SameOnEveryRank
 from budgetvit.train import Trainer, train
 
 from .conftest import crash_at_step, needs_fmnist, quick, records
@@ -221,6 +222,23 @@ def test_a_paper_plan_resumed_at_another_world_size_goes_on_at_the_new_rates(tmp
     assert "note: resumed at world size" not in capsys.readouterr().out
     assert timed == [[20, 24, 28]] and checkpoint.load_latest(tmp_path)["seconds_per_epoch"] \
         == rates
+
+
+def test_a_budget_the_unfinished_run_has_spent_is_refused(tmp_path):
+    """Stopped at step 12 of 20, resumed with 8 steps (or 12): it would stop at once, its
+    learning rate not annealed. A larger budget goes on; so does a run that had finished
+    its own budget and lacks only its summary (a kill before summary.json)."""
+    args = ("checkpoint.every_steps=4", "curriculum.mode=off", "train.ema=false")
+    crash_at_step(quick("train.budget=20steps", *args), tmp_path, 13)
+    for smaller in ("8steps", "12steps"):
+        with pytest.raises(SameOnEveryRank, match=rf"^budget {smaller} is spent already: this "
+                           r"run has trained 12 steps of its 20steps, and would stop at once, "
+                           r"its learning rate not annealed; give a larger budget, or another "
+                           r"--out for a new run$"):
+            train(quick(f"train.budget={smaller}", *args), tmp_path)
+    assert train(quick("train.budget=16steps", *args), tmp_path)["steps"] == 16
+    (tmp_path / "summary.json").unlink()
+    assert train(quick("train.budget=12steps", *args), tmp_path)["steps"] == 16
 
 
 def test_a_new_budget_says_where_it_puts_the_schedules(tmp_path, capsys):
