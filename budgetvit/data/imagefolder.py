@@ -38,6 +38,9 @@ class FolderDataset(Dataset):
     def __init__(self, samples: SampleTable, train: bool, aug, seed: int):
         # (a table, not a list: read by every worker, a list would be copied into each)
         self.samples, self.train, self.aug, self.seed = samples, train, aug, seed
+        # Imported here, in the trainer: forked workers inherit it, where each would import it
+        # (2 s) at every loader start, every size change and evaluation.
+        from torchvision.transforms import v2  # noqa: F401
 
     def __len__(self) -> int:
         return len(self.samples)
