@@ -173,6 +173,8 @@ def cmd_train(args) -> int:
         if args.budget:
             cfg.train.budget = args.budget
         apply_overrides(cfg, args.set)
+        if cfg.data.path:  # (as the run's config keeps it: eval, bench read it from elsewhere)
+            cfg.data.path = os.path.abspath(os.path.expanduser(cfg.data.path))
         validate(cfg, paths=False)
     except ConfigError as e:
         raise SameOnEveryRank(str(e)) from None

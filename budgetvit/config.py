@@ -285,8 +285,9 @@ def _check_paths(d: DataSection) -> None:
     if d.dataset == "cache" and not d.path:
         raise ConfigError("data.dataset=cache needs the directory `budgetvit prepare` made: "
                           "--set data.path=/path/to/cache")
-    if d.dataset in ("fashion_mnist", "cache") and d.path and not os.path.isdir(d.path):
-        raise ConfigError(f"data.path: {d.path} is not a directory")
+    if d.path and not os.path.isdir(d.path):
+        gone = "does not exist" if not os.path.exists(d.path) else "is not a directory"
+        raise ConfigError(f"data.path: {d.path} {gone}")
     if d.dataset not in ("imagefolder", "cache"):
         return
     # A tree given as a cache or a cache as a tree: the fix is the other data.dataset.
@@ -304,8 +305,11 @@ def _check_paths(d: DataSection) -> None:
         if cache:
             raise ConfigError(f"data.path: {d.path} is a budgetvit cache, not an image tree: "
                               f"train on it with --set data.dataset=cache")
+        parent = os.path.dirname(os.path.normpath(d.path))
+        split = os.path.basename(os.path.normpath(d.path)) in ("train", "val")
+        hint = f"; give the folder that holds it, {parent}" if split else ""
         raise ConfigError(f"data.path: no train/ folder in {d.path} (expected "
-                          f"{os.path.join(d.path, 'train')}/<class>/<image>)")
+                          f"{os.path.join(d.path, 'train')}/<class>/<image>){hint}")
     if not d.holdout and not os.path.isdir(os.path.join(d.path, "val")):
         raise ConfigError(f"data.path: no val/ folder in {d.path} (expected "
                           f"{os.path.join(d.path, 'val')}/<class>/<image>); to evaluate on "

@@ -254,5 +254,5 @@ def test_report_reads_each_folder_once_and_names_a_damaged_summary(tmp_path, cap
 
 
 def test_an_arm_with_a_missing_data_path_is_refused_before_any_run():
-    with pytest.raises(ConfigError, match="arm x: data.path: /nope is not a directory"):
+    with pytest.raises(ConfigError, match="arm x: data.path: /nope does not exist"):
         bench.plan(bench_args(preset="fmnist", budget="6steps", arm=["x: data.path=/nope"]))

@@ -63,9 +63,11 @@ CASES = [
     (["train", "--set", "data.holdout=0.7"], "data.holdout=0.7 must be <= 0.5"),
     (["train", "--set", "data.dataset=imagefolder"], "needs a root: --set data.path="),
     (["train", "--set", "data.dataset=imagefolder", "data.path=/nonexistent/imagenet",
-      "train.budget=5s"], "no train/ folder in /nonexistent/imagenet"),
+      "train.budget=5s"], "data.path: /nonexistent/imagenet does not exist"),
     (["train", "--set", "data.path=/nonexistent/fmnist", "train.budget=5s"],
-     "data.path: /nonexistent/fmnist is not a directory"),
+     "data.path: /nonexistent/fmnist does not exist"),
+    (["train", "--set", "data.path=/etc/hostname", "train.budget=5s"],
+     "data.path: /etc/hostname is not a directory"),
     (["train", "--set", "checkpoint.keep=0"], "checkpoint.keep=0 must be >= 1"),
     (["train", "--budget", "5m", "--set", "train.budget=10m"],
      "--budget and --set train.budget both give the budget; give one"),
@@ -251,7 +253,7 @@ def test_the_cache_and_tree_readers_say_which_they_were_given(tmp_path):
     assert str(e.value) == f"no val/ folder in {made}: it is a budgetvit cache, not an image tree"
 
 
-def test_a_tree_without_val_is_shown_the_holdout(tmp_path, capsys):
+def test_a_tree_without_val_is_shown_the_holdout(tmp_path, capsys, monkeypatch):
     tree = tmp_path / "tree"
     (tree / "train").mkdir(parents=True)
     assert run_cli(["train", "--budget", "5s", "--out", str(tmp_path / "run"), "--set",
@@ -259,6 +261,13 @@ def test_a_tree_without_val_is_shown_the_holdout(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         f"error: data.path: no val/ folder in {tree} (expected {tree}/val/<class>/<image>); "
         f"to evaluate on held-out training images instead: --set data.holdout=0.1")
+    # Its train/ folder given for the tree (relative, as the error then names it: absolute)
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["train", "--budget", "5s", "--out", "run", "--set",
+                    "data.dataset=imagefolder", "data.path=tree/train"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: data.path: no train/ folder in {tree}/train (expected {tree}/train/train/"
+        f"<class>/<image>); give the folder that holds it, {tree}")
 
 
 @pytest.mark.parametrize("dst", [".", "train/cache", "val/x/cache"])

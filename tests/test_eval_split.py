@@ -1,6 +1,7 @@
 """`budgetvit eval --data-path` reads the folder as what it is: a run trained on a prepared
 cache scored on the original tree's val/ JPEGs (the benchmark's split, not the cache's
 re-encoded, downsized copy), and a tree's run on a cache's val. A holdout stays the run's own."""
+import os
 import shutil
 
 import pytest
@@ -31,7 +32,12 @@ def runs(tmp_path_factory):
     assert main(["prepare", "--src", str(tree), "--dst", str(cache_dir), "--max-size", "32",
                  "--workers", "1", "--quiet"]) == 0
     assert main([*train_args(cache_dir, base / "cache-run"), "data.dataset=cache"]) == 0
-    assert main(train_args(tree, base / "tree-run")) == 0
+    here = os.getcwd()
+    os.chdir(base)  # the tree given relative to it (test_a_relative_data_path_...)
+    try:
+        assert main(train_args("tree", base / "tree-run")) == 0
+    finally:
+        os.chdir(here)
     return tree, cache_dir, base / "cache-run", base / "tree-run"
 
 
@@ -45,8 +51,8 @@ def scored(monkeypatch, capsys, run, data_path):
         return calls[-1][1]
     monkeypatch.setattr(evaluate_module, "evaluate", spy)
     capsys.readouterr()
-    assert main(["eval", "--checkpoint", str(run), "--data-path", str(data_path),
-                 "--device", "cpu"]) == 0
+    where = ["--data-path", str(data_path)] if data_path else []  # (None: the run's)
+    assert main(["eval", "--checkpoint", str(run), *where, "--device", "cpu"]) == 0
     return capsys.readouterr().out.strip().splitlines(), calls
 
 
@@ -81,6 +87,14 @@ def test_a_cache_run_is_scored_on_the_trees_original_val(runs, monkeypatch, caps
     assert lines[1] == ("warning: the cache's images are at most 32 px on their shorter side, "
                         "and evaluation at 32 px resizes them to 37 px: they are upsampled "
                         "(prepare the cache with --max-size 37 or more)")
+
+
+def test_a_relative_data_path_is_kept_absolute(runs, monkeypatch, capsys, tmp_path):
+    """Trained with data.path=tree from the tree's folder, evaluated from another one."""
+    tree_run = runs[3]
+    monkeypatch.chdir(tmp_path)
+    _, calls = scored(monkeypatch, capsys, tree_run, None)  # (it said: no val/ folder in tree)
+    assert [r["images"] for _, r in calls] == [VAL_IMAGES, VAL_IMAGES]  # model and EMA
 
 
 def test_a_tree_run_is_scored_on_a_caches_val(runs, monkeypatch, capsys):
