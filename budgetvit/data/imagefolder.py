@@ -11,6 +11,7 @@ a long run of them, broken data, stops training), an evaluation leaves them out.
 from __future__ import annotations
 
 import errno
+import importlib
 import sys
 
 import torch
@@ -40,7 +41,7 @@ class FolderDataset(Dataset):
         self.samples, self.train, self.aug, self.seed = samples, train, aug, seed
         # Imported here, in the trainer: forked workers inherit it, where each would import it
         # (2 s) at every loader start, every size change and evaluation.
-        from torchvision.transforms import v2  # noqa: F401
+        importlib.import_module("torchvision.transforms.v2")
 
     def __len__(self) -> int:
         return len(self.samples)
