@@ -13,6 +13,7 @@ import torch
 
 from budgetvit import checkpoint
 from budgetvit.config import AugSection
+from budgetvit.data import imagefolder
 from budgetvit.data.imagefolder import FolderData
 from budgetvit.data.tree import scan
 from budgetvit.data.sample_table import SampleTable
@@ -103,27 +104,36 @@ def test_a_dataset_smaller_than_a_batch_is_one_line_exit_2(tmp_path, capsys, hol
 
 
 @needs_fmnist
-def test_unreadable_images_counted_once_for_training_and_kept_on_resume(tmp_path):
+def test_unreadable_images_counted_once_for_training_and_kept_on_resume(tmp_path, capsys,
+                                                                        monkeypatch):
     """A zero-byte training image is counted each epoch it is met, and the count resumes with
-    the position; a zero-byte evaluation image is left out (not scored as its neighbour)."""
+    the position, and named once per process; a zero-byte evaluation image is left out (not
+    scored as its neighbour)."""
     root = write_image_tree(tmp_path / "tree")
-    next(iter(sorted((root / "train" / "bag").iterdir()))).write_bytes(b"")
+    bad = next(iter(sorted((root / "train" / "bag").iterdir())))
+    bad.write_bytes(b"")
+    named = (f"warning: unreadable training image {bad}: the next readable one stands in for "
+             f"it, each epoch")
     unreadable = next(iter(sorted((root / "val" / "coat").iterdir())))
     unreadable.write_bytes(b"")
     d = folder(root, num_workers=0)
     for _ in range(d.batches_per_epoch):  # 36 images, 4 batches of 8: 4 images left out
         d.next_batch()
+    assert capsys.readouterr().err == named + "\n"
     state = d.state_dict()
     labels = torch.cat([y for _, y in d.eval_batches(16, 5)])
     assert (d.left_out, d.left_out_file) == (1, str(unreadable))  # evaluate() says it
     assert d.bad_images == state["bad_images"]  # evaluations are not counted there
     assert labels.bincount().tolist() == [4, 3, 4]  # bag, coat (one unreadable), sneaker
+    capsys.readouterr()
     resumed = folder(root, num_workers=0)
     resumed.load_state_dict(state)
     assert resumed.bad_images == d.bad_images == state["bad_images"]
+    monkeypatch.setattr(imagefolder, "MAX_NAMED", 1)  # (the last one named says so)
     for _ in range(8 * resumed.batches_per_epoch):  # eight more epochs: met in most of them
         resumed.next_batch()
     assert 1 <= state["bad_images"] < resumed.bad_images - 4
+    assert capsys.readouterr().err == named + " (further ones are counted, not named)\n"
 
 
 @needs_fmnist

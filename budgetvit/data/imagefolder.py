@@ -84,12 +84,19 @@ class CurriculumBatchSampler:
     def __iter__(self):
         epoch, batch = self.epoch, self.batch
         while True:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(
-                mix_seed(self.seed, epoch))).tolist()
+            order = self.order(epoch)
             for b in range(batch, self.batches_per_epoch):
-                start = b * self.global_batch + self.rank * self.local
-                yield [(i, self.size, epoch) for i in order[start:start + self.local]]
+                yield [(i, self.size, epoch) for i in self.share(order, b)]
             epoch, batch = epoch + 1, 0
+
+    def order(self, epoch: int) -> list[int]:
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(
+            mix_seed(self.seed, epoch))).tolist()
+
+    def share(self, order: list[int], b: int) -> list[int]:
+        """This rank's images of global batch b of the epoch in `order`."""
+        start = b * self.global_batch + self.rank * self.local
+        return order[start:start + self.local]
 
 
 # The third thing a worker returns per image, `bad`: its image was read (READ), or was
@@ -98,6 +105,7 @@ class CurriculumBatchSampler:
 # after MAX_STAND_IN_TRIES unreadable images in a row, which stops the run).
 READ, STOOD_IN, NO_IMAGE = 0, 1, 2
 MAX_STAND_IN_TRIES = 1000  # bounds the search where (nearly) nothing is readable
+MAX_NAMED = 20  # unreadable training images named, each once, in a process
 # Out of open files or memory: every image would fail alike, and a stand-in would hide it.
 RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 
@@ -192,6 +200,8 @@ class WorkerStream(DataStream, WorkerEval):
         super().__init__(num_images, batch_size, seed, device, rank, world, size)
         self.workers = default_workers(num_workers)
         self._it = None  # the running loader's batches
+        self.named: set[int] = set()  # unreadable training images said (name_unreadable)
+        self._order = (-1, [])  # (epoch, its order), once an unreadable image is met
 
     @property
     def prefetch_batches(self) -> int:
@@ -229,9 +239,33 @@ class WorkerStream(DataStream, WorkerEval):
             raise ConfigError(f"{min(MAX_STAND_IN_TRIES, self.num_images)} unreadable training "
                               f"images in a row: is the data intact (an interrupted copy, "
                               f"git-lfs pointers)?")
-        self.bad_images += int((bad == STOOD_IN).sum())
+        stood_in = bad == STOOD_IN
+        if stood_in.any():
+            self.bad_images += int(stood_in.sum())
+            if len(self.named) < MAX_NAMED:
+                self.name_unreadable(stood_in)
         self.advance()
         return x, y
+
+    def name_unreadable(self, stood_in: torch.Tensor) -> None:
+        """Say each unreadable image of the batch at the current position the first time this
+        process meets it (the first MAX_NAMED: the summary's count names no file), and that
+        the next readable one stands in for it."""
+        sampler = self.sampler()
+        if self._order[0] != self.epoch:  # (the epoch's order: a permutation of every image)
+            self._order = (self.epoch, sampler.order(self.epoch))
+        images = sampler.share(self._order[1], self.batch)
+        for k in stood_in.nonzero().flatten().tolist():
+            if images[k] in self.named or len(self.named) == MAX_NAMED:
+                continue
+            self.named.add(images[k])
+            more = " (further ones are counted, not named)" if len(self.named) == MAX_NAMED else ""
+            tqdm.write(f"warning: unreadable training image {self.train_file(images[k])}: the "
+                       f"next readable one stands in for it, each epoch{more}", file=sys.stderr)
+
+    def train_file(self, i: int) -> str:
+        """Training image i, as a warning names it."""
+        return f"{i} of the cache's training split"
 
     def make_loader(self) -> DataLoader:
         """Workers making this rank's batches from the current position on."""
@@ -262,6 +296,9 @@ class TreeEval(WorkerEval):
 
 class FolderData(WorkerStream, TreeEval):
     prefetch_factor = 4  # per-image JPEG decoding: a deeper queue evens out slow images
+
+    def train_file(self, i: int) -> str:
+        return self.dataset.samples[i][0]
 
     def __init__(self, root: str, *, batch_size: int, seed: int, aug, device, num_workers: int,
                  rank: int = 0, world: int = 1, size: int = 224, holdout: float = 0.0):
