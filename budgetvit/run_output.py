@@ -62,13 +62,13 @@ class RunOutput:
         for note in self.data.notes:
             print(note, flush=True)
 
-    def say_new_budget(self, was: float, old_plan: list) -> None:
-        """A run resumed with another budget reads its schedules at the new budget's progress
-        (as if that had been the budget from the start): where that puts it, which can be an
-        earlier size than it trained last."""
-        spent = self.clock.spent_units(self.clock.train_s)
+    def say_new_budget(self, was: float, was_unit: str, old_plan: list[dict]) -> None:
+        """A run resumed with another budget (or one in the other unit) reads its schedules at
+        the new budget's progress (as if that had been the budget from the start): where that
+        puts it, which can be an earlier size than it trained last."""
+        spent = self.clock.steps if was_unit == "steps" else self.clock.train_s
         before, now = min(1.0, spent / was), self.clock.progress(self.clock.train_s)
-        size_was = curriculum.size_at(old_plan, before)
+        size_was = curriculum.size_at([curriculum.Stage(**d) for d in old_plan], before)
         size = curriculum.size_at(self.plan, now)
         self.say(f"note: the schedules (size, learning rate) go on at {now:.0%} of the new "
                  f"budget (at {before:.0%} of the old one): {size_was}px -> {size}px")

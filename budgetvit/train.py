@@ -294,14 +294,14 @@ class Trainer(WarmUp, TrainerState, RunOutput):
             cfg.curriculum = from_dict(state["config"]).curriculum
             timed = False  # (by a warm-up that also compiled)
             was_budget, was_unit = parse_budget(state["config"]["train"]["budget"])
-            if cfg.curriculum.mode == "paper" and was_unit == self.unit:
+            if cfg.curriculum.mode == "paper" and self.has_rates(self.unit):
                 # The rule fixes epochs per size, not budget shares: another budget reads it
                 # again (same measured rates), as if that had been the budget from the start.
                 self.make_plan()
                 was = state.get("world_size", self.dist.world)
                 timed = self.plan_needs_rates and was != self.dist.world and self.retime(was)
-            if was_unit == self.unit and was_budget != self.budget:
-                self.say_new_budget(was_budget, [curriculum.Stage(**d) for d in state["plan"]])
+            if (was_budget, was_unit) != (self.budget, self.unit):
+                self.say_new_budget(was_budget, was_unit, state["plan"])
             if self.rt.compile and not timed:  # compile what is to come before the clock runs
                 self.rt.allow_graphs(len({s.size for s in self.plan}))  # (the run's own plan)
                 self.warm_up(self.sizes_ahead(), measure=False)

@@ -86,6 +86,13 @@ class WarmUp:
             self.step(x, y, lr=0.0)
         self.rt.sync()
 
+    def has_rates(self, unit: str) -> bool:
+        """Whether the paper rule can be planned in `unit`: a step budget converts epochs
+        exactly; seconds need every size's rate (none where a step budget's run had no warm-up
+        and is resumed with a time budget: it keeps its plan)."""
+        sizes = curriculum.planned_sizes(self.cfg)
+        return unit == "steps" or set(sizes) <= set(self.seconds_per_epoch)
+
     @property
     def plan_needs_rates(self) -> bool:
         """The paper's rule in a time budget converts epochs to seconds at measured rates."""
@@ -128,7 +135,7 @@ class WarmUp:
         goes on, for half as long again as its rate so far foretells (its count then ends it,
         not this guess). The sizes ahead are planned again at their rates, scaled as this one's
         turned out."""
-        if not self.plan_needs_rates or not self.stages:
+        if not self.plan_needs_rates or not self.stages or not self.has_rates("seconds"):
             return
         c = self.cfg.curriculum
         sizes = curriculum.paper_sizes(c.start_size_px, c.step_px, c.final_size_px)

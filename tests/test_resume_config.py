@@ -3,6 +3,7 @@ and precision apply; the curriculum is kept (its plan, its final size; the paper
 for a new budget); a change that would move the data position is refused; values that are no
 usable number are one line."""
 import math
+import re
 
 import pytest
 import torch
@@ -250,3 +251,27 @@ def test_a_new_budget_says_where_it_puts_the_schedules(tmp_path, capsys):
     assert ("note: the schedules (size, learning rate) go on at 25% of the new budget (at 100% "
             "of the old one): 28px -> 16px") in capsys.readouterr().out
     assert [st["img_size"] for st in summary["stages"]] == [16, 28, 16, 28]
+
+
+def test_a_budget_in_the_other_unit_plans_the_paper_rule_again(tmp_path, capsys):
+    """Stopped at step 6 of a time budget, resumed with 30 steps: the paper rule is planned
+    for the step budget (0.004 epochs of the 59,700 training images, in batches of 64, convert
+    exactly; it kept the time budget's shares), and the note says where that puts the run. A step budget's run without warm-up has no rates to plan a time budget: resumed
+    with one, it keeps its plan."""
+    args = ("curriculum.mode=paper", "curriculum.start_size_px=16", "curriculum.step_px=4",
+            "curriculum.every_epochs=0.004", "train.ema=false", "checkpoint.every_steps=3")
+    crash_at_step(quick("train.budget=60s", *args), tmp_path / "seconds", 7)
+    capsys.readouterr()
+    summary = train(quick("train.budget=30steps", *args), tmp_path / "seconds")
+    assert re.search(r"note: the schedules \(size, learning rate\) go on at 20% of the new "
+                     r"budget \(at \d+% of the old one\): \d+px -> 20px\n",
+                     capsys.readouterr().out)
+    share = 0.004 * (59_700 // 64) / 30  # (an epoch: 932 whole batches)
+    assert summary["plan"] == [
+        {"size": size, "start": pytest.approx(i * share), "end": pytest.approx((i + 1) * share)}
+        for i, size in enumerate([16, 20, 24])] + [
+        {"size": 28, "start": pytest.approx(3 * share), "end": 1.0}]
+    crash_at_step(quick("train.budget=8steps", "train.warmup_steps=0", *args),
+                  tmp_path / "steps", 4)
+    plan = checkpoint.load_latest(tmp_path / "steps")["plan"]
+    assert train(quick("train.budget=1s", *args), tmp_path / "steps")["plan"] == plan
