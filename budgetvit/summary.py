@@ -87,7 +87,8 @@ def print_summary(s: dict, out: Path) -> None:
                        + (f" {st['epochs']:.2f} ep" if "epochs" in st else "")
                        for st in s["stages"])
     scored = s["evals"][-1].get("eval_images") if s.get("evals") else None
-    scored = f", {scored} images" if scored else ""
+    # (a holdout's description names its image count: said again only where some were left out)
+    scored = f", {scored} images" if scored and f" {scored} images" not in s["eval_split"] else ""
     ema = f"   EMA top-1 {s['top1_ema']:.2f}%" if "top1_ema" in s else ""
     # What went wrong and was handled, where anything did: a clean block means a clean run.
     faults = s.get("faults", {})

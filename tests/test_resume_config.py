@@ -263,9 +263,10 @@ def test_a_budget_in_the_other_unit_plans_the_paper_rule_again(tmp_path, capsys)
     crash_at_step(quick("train.budget=60s", *args), tmp_path / "seconds", 7)
     capsys.readouterr()
     summary = train(quick("train.budget=30steps", *args), tmp_path / "seconds")
+    out = capsys.readouterr().out
     assert re.search(r"note: the schedules \(size, learning rate\) go on at 20% of the new "
-                     r"budget \(at \d+% of the old one\): \d+px -> 20px\n",
-                     capsys.readouterr().out)
+                     r"budget \(at \d+% of the old one\): \d+px -> 20px\n", out)
+    assert "(at 28px on holdout (0.005 of train, 300 images))\n" in out  # (its count once)
     share = 0.004 * (59_700 // 64) / 30  # (an epoch: 932 whole batches)
     assert summary["plan"] == [
         {"size": size, "start": pytest.approx(i * share), "end": pytest.approx((i + 1) * share)}

@@ -119,7 +119,8 @@ def run(args) -> int:
     finally:
         signal.signal(signal.SIGTERM, old)
     print(f"cache {args.dst}: {cache.split_counts(meta)} images of {meta['num_classes']} classes, "
-          f"{meta['bad_files']} bad files skipped (see {cache.BAD_FILES}), "
+          f"{meta['bad_files'] or 'no'} bad files skipped"
+          f"{f' (see {cache.BAD_FILES})' if meta['bad_files'] else ''}, "
           f"{meta['cache_bytes'] / 2**20:.1f} MiB, prepared in {meta['prepare_time_s']:.1f} s")
     if "val" not in meta["splits"]:
         print(f"no val/ in {args.src}: train on this cache with --set data.holdout=0.1 (a tenth "
