@@ -242,8 +242,8 @@ def test_a_tree_without_val_gives_a_train_only_cache_trained_with_holdout(trees,
     assert summary["evals"][-1]["eval_images"] == 11
     cfg = tiny_config(*common)  # no holdout: there is nothing to evaluate on
     with pytest.raises(ConfigError, match=r"has no val split \(its source tree had no val/\): "
-                                          r"evaluate on a part of train instead with --set "
-                                          r"data.holdout=0.1"):
+                                          r"to evaluate on a part of train instead, train "
+                                          r"with --set data.holdout=0.1; or prepare it again"):
         train(cfg, tmp_path / "run2")
     # bench-data times training batches only: both train-only sources time them
     for source in (["--src", str(dst), "--skip-baseline"], ["--src", str(src)]):

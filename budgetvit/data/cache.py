@@ -133,8 +133,9 @@ class CacheSplit:
         self.meta = read_meta(root)
         if split not in self.meta["splits"]:  # prepared from a tree without that folder
             raise ConfigError(f"the cache {root} has no {split} split (its source tree had no "
-                              f"{split}/): evaluate on a part of train instead with --set "
-                              f"data.holdout=0.1, or prepare it again from a tree with {split}/")
+                              f"{split}/): to evaluate on a part of train instead, train with "
+                              f"--set data.holdout=0.1; or prepare it again from a tree with "
+                              f"{split}/")
         self.encoding, self.levels = self.meta["encoding"], self.meta["levels"]
         self.index = np.load(self.root / f"{split}.idx.npy")  # (N,) index_dtype(levels)
         # Plain columns: reading a field of one structured row costs microseconds each.
