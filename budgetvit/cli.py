@@ -35,7 +35,7 @@ RANK_0_GRACE_S = 30.0
 
 def rank_0() -> bool:
     """Whether this process is torchrun's rank 0, or runs alone (read before torch is)."""
-    return os.environ.get("RANK", "0") == "0"
+    return os.environ.get("RANK", "0") == "0" or int(os.environ.get("WORLD_SIZE", "1")) <= 1
 
 
 def leave_it_to_rank_0() -> int:
@@ -76,8 +76,9 @@ class Parser(argparse.ArgumentParser):
         names = missing[1].split("/") if missing else []
         words = self._words
         for i, word in enumerate(words[:-1]):
-            if word in names and words[i + 1].startswith("-"):
-                return f" ({words[i + 1]!r} reads as an option: write {word}={words[i + 1]})"
+            value = words[i + 1]  # (not one of the options: a value forgotten)
+            if word in names and value.startswith("-") and value not in self._option_string_actions:
+                return f" ({value!r} reads as an option: write {word}={value})"
         return ""
 
 

@@ -87,17 +87,21 @@ def resumed_rates(sizes: list[int], every_epochs: float, old: dict[int, float],
 
 
 def corrected_rates(sizes: list[int], every_epochs: float, rates: dict[int, float],
-                    current: int, end: float, observed: float) -> dict[int, float]:
-    """Seconds per epoch that make the paper rule's plan end the size being trained, `current`,
-    at `end` (budget units) instead of where `rates` put it: the sizes before it keep their
-    stages, the later ones take their rates scaled as the current one's turned out (`observed`
-    seconds per epoch as trained, over its rate)."""
+                    measured: dict[int, float], current: int, start: float, end: float,
+                    observed: float) -> dict[int, float]:
+    """Seconds per epoch that make the paper rule's plan train the size being trained,
+    `current`, from `start` to `end` (budget units), as it did and will: the sizes before it
+    scaled to end at `start` (a plan made at other rates can say otherwise), the later ones at
+    their `measured` rates, scaled as the current one's turned out (`observed` seconds per
+    epoch as trained, over its measured rate)."""
     i = sizes.index(current)
-    start = every_epochs * math.fsum(rates[s] for s in sizes[:i])
+    before = every_epochs * math.fsum(rates[s] for s in sizes[:i])
     out = dict(rates)
+    for size in sizes[:i]:
+        out[size] = rates[size] * start / before
     out[current] = (end - start) / every_epochs
     for size in sizes[i + 1:]:
-        out[size] = rates[size] * observed / rates[current]
+        out[size] = measured[size] * observed / measured[current]
     return out
 
 

@@ -126,7 +126,7 @@ class Trainer(WarmUp, TrainerState, RunOutput):
         self.evals: list[dict] = []
         self.lr_scale = 1.0  # lowered by each rollback after non-finite steps
         self.faults = {"nonfinite_steps": 0, "rollbacks": 0, "checkpoint_failures": 0}
-        self.seconds_per_epoch: dict[int, float] = {}
+        self.seconds_per_epoch, self.measured_rates = {}, {}  # (as planned; as timed)
         self.last_step_s = 0.0  # the last sync interval (bounds the overrun past the budget)
         # The steps since the last log line: a resumed run's first line is then the same mean
         # (over the same steps) as the uninterrupted run's.

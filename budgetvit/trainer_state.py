@@ -34,6 +34,7 @@ class TrainerState:
             "clock": self.clock.state_dict(),
             "plan": [s.to_dict() for s in self.plan],
             "seconds_per_epoch": {str(k): v for k, v in self.seconds_per_epoch.items()},
+            "measured_rates": {str(k): v for k, v in self.measured_rates.items()},
             "images": self.images, "stages": copy.deepcopy(self.stages),
             "evals": copy.deepcopy(self.evals), "lr_scale": self.lr_scale,
             "last_step_s": self.last_step_s, "log_window": dict(self.window),
@@ -65,6 +66,8 @@ class TrainerState:
         self.world_sizes = was + [self.dist.world] * (was[-1] != self.dist.world)
         self.plan = [curriculum.Stage(**d) for d in s["plan"]]
         self.seconds_per_epoch = {int(k): v for k, v in s["seconds_per_epoch"].items()}
+        self.measured_rates = {int(k): v for k, v in  # (older checkpoints: the planned ones)
+                               s.get("measured_rates", s["seconds_per_epoch"]).items()}
         self.images, self.stages = s["images"], copy.deepcopy(s["stages"])
         self.evals, self.lr_scale = copy.deepcopy(s["evals"]), s["lr_scale"]
         self.last_step_s = s.get("last_step_s", 0.0)  # (older checkpoints lack these two)

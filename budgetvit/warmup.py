@@ -25,8 +25,8 @@ class WarmUp:
         the clock starts. With `measure`, also time them (seconds per epoch at each size, which
         the paper's curriculum rule needs). Then restore the state, so the warm-up steps have
         not trained the model."""
-        n = self.cfg.train.warmup_steps
-        if n == 0:
+        n = self.cfg.train.warmup_steps  # timed steps: none still compiles before the clock
+        if n == 0 and not self.rt.compile:
             return
         # Loader workers fill their prefetch queues while the first step compiles; steps
         # served from those queues would hide a data-bound size. Where the plan depends on
@@ -53,7 +53,8 @@ class WarmUp:
                 # add the host's launch time to the GPU's instead of overlapping the two.
                 self._zero_lr_steps(n)
                 t2 = time.perf_counter()
-                measured[size] = (t2 - t1) / n * self.data.batches_per_epoch
+                if n:
+                    measured[size] = (t2 - t1) / n * self.data.batches_per_epoch
                 if self.rt.compile or t2 - t0 >= self.say_after_s:  # a while: say where it is
                     did = "compiled and ran" if self.rt.compile else "ran"
                     self.say(f"warm-up {size}px: {did} {untimed + n} steps in {t2 - t0:.1f}s "
@@ -64,6 +65,7 @@ class WarmUp:
             rates = distributed.broadcast_floats(list(measured.values()), self.dist,
                                                  self.rt.device)
             self.seconds_per_epoch = dict(zip(measured, rates))
+            self.measured_rates = {**self.measured_rates, **self.seconds_per_epoch}
 
     def compile_failed(self, e: Exception) -> bool:
         """Whether `e` is torch.compile failing, which train.compile=auto survives: the run
@@ -100,6 +102,10 @@ class WarmUp:
 
     def sizes_ahead(self) -> list[int]:
         """The sizes of the plan's stages not yet finished (what a resumed run still trains)."""
+        if self.plan_needs_rates and self.stages:  # (any size may come: each ends on its epochs)
+            c = self.cfg.curriculum
+            sizes = curriculum.paper_sizes(c.start_size_px, c.step_px, c.final_size_px)
+            return [s for s in sizes if s >= self.stages[-1]["img_size"]]
         p = self.clock.progress(self.clock.train_s)
         return list(dict.fromkeys(s.size for s in self.plan if s.end > p)) or [self.plan[-1].size]
 
@@ -133,8 +139,9 @@ class WarmUp:
         trained, however far off the warm-up's rates were (a loaded machine, a data-bound
         size). A size whose epochs are done ends now, said; one whose stage ends short of them
         goes on, for half as long again as its rate so far foretells (its count then ends it,
-        not this guess). The sizes ahead are planned again at their rates, scaled as this one's
-        turned out."""
+        not this guess). The sizes before it are fitted to where it started (a plan made at
+        other rates, a resumed step budget's, can say otherwise), the sizes ahead planned again
+        at their warm-up rates, scaled as this one's turned out."""
         if not self.plan_needs_rates or not self.stages or not self.has_rates("seconds"):
             return
         c = self.cfg.curriculum
@@ -142,18 +149,19 @@ class WarmUp:
         current = self.stages[-1]["img_size"]
         trained = [st for st in self.stages if st["img_size"] == current]
         done = sum(st["images"] for st in trained) / self.data.num_images
-        planned = curriculum.size_at(self.plan, self.clock.progress(now))
-        if current == sizes[-1] or not done or planned < current:
+        took = sum(st["end_s"] - st["start_s"] for st in trained)
+        if current == sizes[-1] or not done or not took:
             return
         finished = done >= c.every_epochs
-        if finished == (planned != current):  # as planned
+        planned = curriculum.size_at(self.plan, self.clock.progress(now))
+        if planned == (sizes[sizes.index(current) + 1] if finished else current):  # as planned
             return
-        observed = sum(st["end_s"] - st["start_s"] for st in trained) / done
         # (ended a hair before now: the plan's shares are rounded to 12 digits)
         end = now - 1e-9 * self.budget if finished else \
-            now + 1.5 * (c.every_epochs - done) * observed
+            now + 1.5 * (c.every_epochs - done) * took / done
         self.seconds_per_epoch = curriculum.corrected_rates(
-            sizes, c.every_epochs, self.seconds_per_epoch, current, end, observed)
+            sizes, c.every_epochs, self.seconds_per_epoch, self.measured_rates, current,
+            now - took, end, took / done)
         self.make_plan()
         if finished:
             ahead = " -> ".join(f"{s.size}px@{s.start:.0%}" for s in self.plan

@@ -13,7 +13,8 @@ from budgetvit.presets import fmnist
 
 FMNIST = Path(os.environ.get("BUDGETVIT_FMNIST_DIR") or "/usr/share/datasets/fashion-mnist")
 needs_fmnist = pytest.mark.skipif(  # (the trainer reads the files unpacked too)
-    not any(FMNIST.glob("train-images-idx3-ubyte*")), reason="apt-get install dataset-fashion-mnist")
+    not any(FMNIST.glob("train-images-idx3-ubyte*")),
+    reason="apt-get install dataset-fashion-mnist")
 
 
 def tiny_config(*overrides: str):

@@ -158,13 +158,17 @@ def test_a_size_change_restarts_the_cache_workers_where_a_resume_would(caches):
         assert x.shape == (8, 3, 32, 32) and torch.equal(x, xb) and torch.equal(y, yb)
 
 
-def test_damaged_records_are_counted_not_fatal(caches, tmp_path):
+def test_damaged_records_are_counted_not_fatal(caches, tmp_path, capsys):
     dst = damaged_copy(caches[0], tmp_path / "cache", image=5)
     d = CacheData(str(dst), batch_size=4, seed=0, aug=AUG, device="cpu", num_workers=0, size=16)
     for _ in range(d.batches_per_epoch):  # one epoch touches every image
         x, _ = d.next_batch()
         assert x.shape == (4, 3, 16, 16)
     assert d.bad_images == 1
+    split = d.train_split  # (its shard and place named, a record keeping no file name)
+    assert capsys.readouterr().err == (
+        f"warning: unreadable training image in {dst / cache.shard_name('train', split.shards[5])} "
+        f"at byte {split.offsets[5, 0]}: the next readable one stands in for it, each epoch\n")
 
 
 def test_damaged_eval_record_is_left_out_not_scored_twice(caches, tmp_path):

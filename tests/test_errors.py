@@ -353,6 +353,12 @@ def test_commands_other_than_train_are_refused_under_torchrun(monkeypatch, capsy
     assert waits == [cli.RANK_0_GRACE_S]
 
 
+def test_an_option_without_its_value_gets_no_hint_to_take_the_next_option(capsys):
+    assert run_cli(["train", "--budget", "--out", "x"]) == 2
+    assert capsys.readouterr().err == ("error: budgetvit train: argument --budget: expected one "
+                                       "argument\n")
+
+
 def test_under_torchrun_a_fault_of_the_command_alone_is_said_by_rank_0_alone(monkeypatch,
                                                                            capsys, tmp_path):
     """Every rank finds the same bad value or argument; a missing path may be one node's own."""
@@ -373,6 +379,9 @@ def test_under_torchrun_a_fault_of_the_command_alone_is_said_by_rank_0_alone(mon
             assert (fragment in err) == said and (err == "") != said, (args, rank, err)
             assert waits == ([] if said else [cli.RANK_0_GRACE_S])
             waits.clear()
+    monkeypatch.delenv("WORLD_SIZE")  # RANK=1 alone: no torchrun job, the process says it
+    assert run_cli(["train", "--set", "optim.lr=0"]) == 2
+    assert "optim.lr=0.0 must be > 0" in capsys.readouterr().err and waits == []
 
 
 def test_a_batch_the_processes_cannot_share_says_both_ways_out(tmp_path, monkeypatch):
@@ -381,8 +390,8 @@ def test_a_batch_the_processes_cannot_share_says_both_ways_out(tmp_path, monkeyp
     monkeypatch.setattr(distributed, "init", lambda kind: distributed.Dist(0, 2, 0))
     cfg = Config()
     apply_overrides(cfg, ["train.batch_size=127", "train.device=cpu"])
-    with pytest.raises(SameOnEveryRank, match=r"^train.batch_size=127 is not divisible by the world "
-                                          r"size 2: give a multiple of 2, or as many processes "
-                                          r"as divide 127 \(a run resumes with its own batch "
-                                          r"size\)$"):
+    with pytest.raises(SameOnEveryRank, match=r"^train.batch_size=127 is not divisible by the "
+                                              r"world size 2: give a multiple of 2, or as many "
+                                              r"processes as divide 127 \(a run resumes with its "
+                                              r"own batch size\)$"):
         Trainer(cfg, tmp_path)

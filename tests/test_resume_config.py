@@ -256,8 +256,9 @@ def test_a_new_budget_says_where_it_puts_the_schedules(tmp_path, capsys):
 def test_a_budget_in_the_other_unit_plans_the_paper_rule_again(tmp_path, capsys):
     """Stopped at step 6 of a time budget, resumed with 30 steps: the paper rule is planned
     for the step budget (0.004 epochs of the 59,700 training images, in batches of 64, convert
-    exactly; it kept the time budget's shares), and the note says where that puts the run. A step budget's run without warm-up has no rates to plan a time budget: resumed
-    with one, it keeps its plan."""
+    exactly; it kept the time budget's shares), and the note says where that puts the run. A
+    step budget's run without warm-up has no rates to plan a time budget: resumed with one, it
+    keeps its plan."""
     args = ("curriculum.mode=paper", "curriculum.start_size_px=16", "curriculum.step_px=4",
             "curriculum.every_epochs=0.004", "train.ema=false", "checkpoint.every_steps=3")
     crash_at_step(quick("train.budget=60s", *args), tmp_path / "seconds", 7)

@@ -381,6 +381,12 @@ def test_a_failing_compile_goes_on_eager_under_auto_and_stops_under_on(tmp_path,
             "to try)") in out
     assert "fp32, eager" in out and "compiled" not in out
     assert summary["steps"] == 6 and summary["top1"] == eager["top1"]
+    # With no timed warm-up steps it still compiles before the clock, and so falls back there
+    torch.compiler.set_stance("default")
+    trainer = Trainer(tiny_config("train.compile=on", "train.warmup_steps=0", *args),
+                      tmp_path / "auto0")
+    trainer.cfg.train.compile = "auto"
+    assert trainer.run()["top1"] == eager["top1"]
     final = checkpoint.load_latest(tmp_path / "auto")["model"]
     assert all(torch.equal(final[k], v)
                for k, v in checkpoint.load_latest(tmp_path / "eager")["model"].items())

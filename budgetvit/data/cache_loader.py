@@ -31,7 +31,7 @@ from PIL import Image
 from torch.utils.data import Dataset, get_worker_info
 
 from . import augment
-from .cache import BAD_FILES, CacheSplit
+from .cache import BAD_FILES, CacheSplit, shard_name
 from .holdout import describe, holdout_rows
 from .imagefolder import (EVAL_CROP, IMAGENET_MEAN, IMAGENET_STD, WorkerStream, read_or_stand_in,
                           to_device)
@@ -201,3 +201,8 @@ class CacheData(WorkerStream):
 
     def eval_dataset(self) -> CacheDataset:
         return CacheDataset(self.val_split, False, 1.0, False, self.seed)
+
+    def train_file(self, i: int) -> str:
+        """Where training image i is (its record keeps no file name)."""
+        s = self.train_split
+        return f"in {s.root / shard_name('train', int(s.shards[i]))} at byte {s.offsets[i, 0]}"

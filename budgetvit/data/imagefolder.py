@@ -265,7 +265,7 @@ class WorkerStream(DataStream, WorkerEval):
 
     def train_file(self, i: int) -> str:
         """Training image i, as a warning names it."""
-        return f"{i} of the cache's training split"
+        return f"{i} of the training images"
 
     def make_loader(self) -> DataLoader:
         """Workers making this rank's batches from the current position on."""
