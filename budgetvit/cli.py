@@ -179,12 +179,11 @@ def cmd_train(args) -> int:
         validate(cfg, paths=False)
     except ConfigError as e:
         raise SameOnEveryRank(str(e)) from None
-    if not args.print_config:
-        validate(cfg)  # (and now whether the data is there: a node's own)
     if args.print_config:
         import json
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    validate(cfg)  # (and now whether the data is there: a node's own)
     command = resume_command(sys.argv[1:])
     out = Path(args.out or f"runs/{cfg.preset}")
     created = [d for d in (out, *out.absolute().parents) if not d.exists()]  # deepest first

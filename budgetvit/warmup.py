@@ -103,8 +103,7 @@ class WarmUp:
     def sizes_ahead(self) -> list[int]:
         """The sizes of the plan's stages not yet finished (what a resumed run still trains)."""
         if self.plan_needs_rates and self.stages:  # (any size may come: each ends on its epochs)
-            c = self.cfg.curriculum
-            sizes = curriculum.paper_sizes(c.start_size_px, c.step_px, c.final_size_px)
+            sizes = curriculum.planned_sizes(self.cfg)
             return [s for s in sizes if s >= self.stages[-1]["img_size"]]
         p = self.clock.progress(self.clock.train_s)
         return list(dict.fromkeys(s.size for s in self.plan if s.end > p)) or [self.plan[-1].size]
@@ -144,8 +143,7 @@ class WarmUp:
         at their warm-up rates, scaled as this one's turned out."""
         if not self.plan_needs_rates or not self.stages or not self.has_rates("seconds"):
             return
-        c = self.cfg.curriculum
-        sizes = curriculum.paper_sizes(c.start_size_px, c.step_px, c.final_size_px)
+        c, sizes = self.cfg.curriculum, curriculum.planned_sizes(self.cfg)
         current = self.stages[-1]["img_size"]
         trained = [st for st in self.stages if st["img_size"] == current]
         done = sum(st["images"] for st in trained) / self.data.num_images

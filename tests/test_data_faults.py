@@ -448,7 +448,7 @@ def test_sigterm_or_ctrl_c_stops_prepare_and_its_workers_and_a_rerun_finishes(tm
     assert stderr == (
         f"stopped: {done} of 25 shards done and kept; rerun the same command to go on\n")
     assert main(args) == 0
-    assert "48 train + 2 val images of 2 classes, 0 bad files" in capsys.readouterr().out
+    assert "48 train + 2 val images of 2 classes, no bad files" in capsys.readouterr().out
     assert cache.read_meta(dst)["resumed_shards"] == done
     assert len(cache.CacheSplit(dst, "train")) == 48
 
