@@ -56,15 +56,15 @@ def test_each_size_trains_its_epochs_when_the_warm_up_timed_it_wrong(tmp_path, m
     ended off the plan; a run stopped and resumed keeps to the corrected plan."""
     warm_up_off_by(monkeypatch, off_by)
     if off_by > 1:  # stopped in the 20 px stage (16 px ends after 15 steps), then resumed
-        crash_at_step(paper("4s"), tmp_path, 22)
-    summary = train(paper("4s"), tmp_path)
+        crash_at_step(paper("2.5s"), tmp_path, 22)
+    summary = train(paper("2.5s"), tmp_path)
     said = capsys.readouterr().out
     stages = summary["stages"]
     assert [st["img_size"] for st in stages] == [16, 20, 24, 28]
     assert all(1.5 <= st["epochs"] < 1.6 for st in stages[:3]), stages
     assert [s["size"] for s in summary["plan"]] == [16, 20, 24, 28]
     for stage, planned in zip(stages[:3], summary["plan"]):  # the plan as it was trained
-        assert planned["end"] * 4 == pytest.approx(stage["end_s"], abs=0.1)
+        assert planned["end"] * 2.5 == pytest.approx(stage["end_s"], abs=0.1)
     # Said where a size ended off the plan: 16 px surely; later ones where their scaled
     # rates were off too
     assert "note: 16px trained its 1.5 epochs by " in said
@@ -88,7 +88,7 @@ def test_a_step_budgets_run_resumed_in_seconds_goes_on_from_its_history(tmp_path
     calls = warm_up_off_by(monkeypatch, off_by)
     crash_at_step(paper("60steps", "train.compile=on"), tmp_path, stop)
     calls.clear()
-    summary = train(paper("6s", "train.compile=on"), tmp_path)
+    summary = train(paper("3s", "train.compile=on"), tmp_path)
     at = 24 if stop > 30 else 20
     assert calls == [([s for s in (16, 20, 24, 28) if s >= at], False)]
     stages = summary["stages"]
