@@ -193,7 +193,7 @@ def test_eval_reads_val_alone_and_refuses_classes_the_checkpoint_lacks(tmp_path,
     """A run trained on bag/coat/sneaker, evaluated on a tree where coat is renamed jacket:
     its labels would mean another class, so exit 2 naming it. A copy of val/ alone (no
     train/) scores as the whole tree does; one without the bag folder scores the classes it
-    holds, labelled as the checkpoint's."""
+    holds, labelled as the checkpoint's, and says so (as training's header does)."""
     root = write_image_tree(tmp_path / "tree", per_class_train=4, per_class_val=2)
     run = tmp_path / "run"
     assert main(train_args(root, run)) == 0
@@ -203,8 +203,9 @@ def test_eval_reads_val_alone_and_refuses_classes_the_checkpoint_lacks(tmp_path,
         assert main(["eval", "--checkpoint", str(run), "--data-path", str(tree),
                      "--device", "cpu"]) == 0
         lines = capsys.readouterr().out.strip().splitlines()
-        assert lines[0].endswith("imagefolder val") and lines[2].split()[0] == "32"
-        return lines[2]
+        header = next(i for i, line in enumerate(lines) if line.split()[0] == "size")
+        assert lines[0].endswith("imagefolder val") and lines[header + 1].split()[0] == "32"
+        return lines[1:header + 2]
     whole = scores(root)
     val_alone = tmp_path / "val-alone"
     shutil.copytree(root / "val", val_alone / "val")
@@ -213,7 +214,12 @@ def test_eval_reads_val_alone_and_refuses_classes_the_checkpoint_lacks(tmp_path,
     data = FolderEvalSplit(str(val_alone), ["bag", "coat", "sneaker"], seed=0, device="cpu",
                            num_workers=0)
     assert [label for _, label in data.val_samples] == [1, 1, 2, 2]
-    scores(val_alone)
+    missing = ("note: val/ has no image of 1 of the 3 classes (bag): top-1 and top-5 are over "
+               "the others")
+    assert data.notes == (missing,) and scores(val_alone)[0] == missing
+    assert folder(root, batch_size=4).notes == () and whole[0] != missing
+    shutil.rmtree(root / "val" / "bag")
+    assert folder(root, batch_size=4).notes == (missing,)  # (a run's header says them)
 
 
 @needs_fmnist

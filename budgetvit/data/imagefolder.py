@@ -23,7 +23,7 @@ from .holdout import describe, holdout_rows
 from .loader_workers import started, worker_settings
 from .sample_table import SampleTable
 from .stream import DataStream, loader_generator, mix_seed
-from .tree import default_workers, open_rgb, readable, scan
+from .tree import default_workers, first_names, open_rgb, readable, scan
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 EVAL_CROP = 0.875  # evaluation: resize the shorter side to size / 0.875, centre-crop size
@@ -294,6 +294,16 @@ class TreeEval(WorkerEval):
         return FolderDataset(self.val_samples, False, None, self.seed)
 
 
+def classes_without_images(val: list, classes: list[str]) -> tuple[str, ...]:
+    """A note where val/ holds no image of some classes (a class folder left out of a copy)."""
+    have = {label for _, label in val}
+    missing = [c for i, c in enumerate(classes) if i not in have]
+    if not missing:
+        return ()
+    return (f"note: val/ has no image of {len(missing)} of the {len(classes)} classes "
+            f"({first_names(missing)}): top-1 and top-5 are over the others",)
+
+
 class FolderData(WorkerStream, TreeEval):
     prefetch_factor = 4  # per-image JPEG decoding: a deeper queue evens out slow images
 
@@ -309,7 +319,7 @@ class FolderData(WorkerStream, TreeEval):
             self.eval_split = describe(holdout, len(held))
         else:
             val, _, _ = scan(root, "val", class_to_idx)
-            self.eval_split = "val"
+            self.eval_split, self.notes = "val", classes_without_images(val, self.classes)
         self.val_samples = SampleTable(val)
         # Found now rather than at the first evaluation, maybe hours into the budget. Stops at
         # the first image that opens: one decode where the split is sound.
@@ -332,5 +342,5 @@ class FolderEvalSplit(TreeEval):
         self.workers = default_workers(num_workers)
         val, _, _ = scan(root, "val", {c: i for i, c in enumerate(classes)},
                          lacks="the checkpoint's classes lack")
-        self.val_samples = SampleTable(val)
+        self.val_samples, self.notes = SampleTable(val), classes_without_images(val, classes)
         self.eval_split, self.mean, self.std = "val", IMAGENET_MEAN, IMAGENET_STD
