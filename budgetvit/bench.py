@@ -30,7 +30,7 @@ from .config import (Config, ConfigError, apply_overrides, check_one_budget, par
 from .folder_lock import folder_lock
 from .out_folder import check_folder
 from .output import guarded_output
-from .summary import read_json, write_json_atomic
+from .summary import read_json, world_sizes, write_json_atomic
 
 COMMAND, HELP = "bench", "run arms x seeds under one budget; results.json + results.md"
 
@@ -76,7 +76,7 @@ def _stats(values: list[float]) -> dict | None:
 def _violations(seed: int, s: dict, caps: Benchmark | None) -> list[str]:
     """A named benchmark's limits that this run's summary broke (BENCHMARK.md rules 1, 2)."""
     out = []
-    most = max(s.get("world_sizes") or [s.get("world_size", 1)])  # (over every resume)
+    most = max(world_sizes(s))  # (over every resume)
     if caps and most > max(1, caps.gpus):
         out.append(f"seed{seed}: {most} processes; the benchmark allows {max(1, caps.gpus)}")
     if caps and caps.warmup_cap_s and s.get("warmup_time_s", 0) > caps.warmup_cap_s:

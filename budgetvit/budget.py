@@ -53,8 +53,9 @@ class BudgetClock:
         self.sync()
         return self.train_s + time.perf_counter() - self._since
 
-    def spent_units(self, train_s: float) -> float:
-        return self.steps if self.unit == "steps" else train_s
+    def spent_units(self, train_s: float, unit: str | None = None) -> float:
+        """What is spent in `unit` (default: the budget's own)."""
+        return self.steps if (unit or self.unit) == "steps" else train_s
 
     def progress(self, train_s: float) -> float:
         """Budget progress p in [0, 1] given a clock reading."""

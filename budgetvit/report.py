@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .summary import read_json
+from .summary import read_json, world_sizes
 
 if TYPE_CHECKING:  # imported where a figure is drawn: train and speed run without matplotlib
     from matplotlib.figure import Figure
@@ -201,7 +201,7 @@ def markdown(runs: list[dict], title: str = "", images: tuple[str, ...] = ()) ->
                         f"{last.get('img_size', '–')} | – |")
             continue
         sizes = "→".join(str(st["img_size"]) for st in s.get("stages", [])) or "–"
-        device, worlds = s.get("device", "–"), s.get("world_sizes") or [s.get("world_size", 1)]
+        device, worlds = s.get("device", "–"), world_sizes(s)
         if worlds != [1]:  # (torchrun: as many processes, each on such a device)
             device = f"{'→'.join(map(str, worlds))} x {device}"
         rows.append(f"| {run['name']} | {s.get('model', '–')} | {_f(s.get('top1'), '.2f')} | "

@@ -66,7 +66,7 @@ class RunOutput:
         """A run resumed with another budget (or one in the other unit) reads its schedules at
         the new budget's progress (as if that had been the budget from the start): where that
         puts it, which can be an earlier size than it trained last."""
-        spent = self.clock.steps if was_unit == "steps" else self.clock.train_s
+        spent = self.clock.spent_units(self.clock.train_s, was_unit)
         before, now = min(1.0, spent / was), self.clock.progress(self.clock.train_s)
         size_was = curriculum.size_at([curriculum.Stage(**d) for d in old_plan], before)
         size = curriculum.size_at(self.plan, now)

@@ -23,6 +23,11 @@ def code_version() -> str:
         return __version__
 
 
+def world_sizes(s: dict) -> list[int]:
+    """Every process count a summary's run trained on (older summaries: world_size alone)."""
+    return s.get("world_sizes") or [s.get("world_size", 1)]
+
+
 def read_json(path: Path):
     """A JSON file of a run or bench folder; one that does not parse (a disk filled, an
     editor's save) is a ConfigError naming it, not a traceback."""

@@ -124,10 +124,8 @@ class WarmUp:
         self.warm_up(sizes[sizes.index(current):], measure=True)
         # What is left of its epochs is counted from the images it trained: the rates it was
         # planned at may be an earlier world size's, or a mix of two.
-        done = sum(st["images"] for st in self.stages if st["img_size"] == current)
         self.seconds_per_epoch = curriculum.resumed_rates(
-            sizes, c.every_epochs, old, self.seconds_per_epoch, now,
-            done / self.data.num_images)
+            sizes, c.every_epochs, old, self.seconds_per_epoch, now, self.trained_at(current)[0])
         self.say(f"note: resumed at world size {self.dist.world} (was {was}): the sizes from "
                  f"{current}px on were timed again and the size plan goes on at these rates")
         self.make_plan()
@@ -145,9 +143,7 @@ class WarmUp:
             return
         c, sizes = self.cfg.curriculum, curriculum.planned_sizes(self.cfg)
         current = self.stages[-1]["img_size"]
-        trained = [st for st in self.stages if st["img_size"] == current]
-        done = sum(st["images"] for st in trained) / self.data.num_images
-        took = sum(st["end_s"] - st["start_s"] for st in trained)
+        done, took = self.trained_at(current)
         if current == sizes[-1] or not done or not took:
             return
         finished = done >= c.every_epochs
@@ -168,6 +164,12 @@ class WarmUp:
                      f" (ending short of {sizes[-1]}px at these rates)")
             self.say(f"note: {current}px trained its {c.every_epochs:g} epochs by "
                      f"{now / self.budget:.0%} of the budget; the plan from here: {ahead}{short}")
+
+    def trained_at(self, size: int) -> tuple[float, float]:
+        """(epochs, seconds) the run has trained at `size`, from its stages."""
+        trained = [st for st in self.stages if st["img_size"] == size]
+        return (sum(st["images"] for st in trained) / self.data.num_images,
+                sum(st["end_s"] - st["start_s"] for st in trained))
 
     def make_plan(self) -> None:
         if self.unit == "steps":  # epochs convert to steps exactly
