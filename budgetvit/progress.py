@@ -65,7 +65,8 @@ class Progress:
             self.bar = tqdm(total=round(budget), initial=round(start), unit=unit[0],
                             dynamic_ncols=True, bar_format="{percentage:3.0f}%|{bar}| {desc}")
         self._next_line = start  # when the output is no terminal: a line every 5% of budget
-        self._state = ""  # the latest record's size, rate, loss and lr, as the bar shows them
+        self._rec = None  # the latest log record
+        self._state = ""  # its size, rate, loss and lr, as the bar shows them
 
     def rewind(self, last_step: int, evals: list[dict]) -> None:
         """Back to the checkpoint of last_step (a resume, a rollback): drop the log records of
@@ -87,19 +88,35 @@ class Progress:
 
     def update(self, spent: float, rec: dict) -> None:
         """spent: budget units used so far; rec: the latest log record."""
-        left = max(0.0, self.budget - spent)
-        left_txt = (fmt_duration(left) if self.unit == "seconds" else
-                    f"{left:.0f} step{'' if round(left) == 1 else 's'}")
-        if self.unit == "steps" and round(left) and rec["step"]:  # at the rate so far
-            left_txt += f" (~{fmt_duration(left * rec['train_time_s'] / rec['step'])})"
-        self._state = self.figures(rec)
-        text = f"{self._state} left {left_txt}"
+        self._rec, self._state = rec, self.figures(rec)
         if self.bar is not None:
-            self.bar.n = min(round(spent), self.bar.total)
-            self.bar.set_description_str(text, refresh=True)
+            self.draw(spent)
         elif self._next_line <= spent < self.budget:  # (the 100% line is finish()'s)
-            print(f"[{100 * spent / self.budget:5.1f}%] step {rec['step']} {text}", flush=True)
+            print(f"[{100 * spent / self.budget:5.1f}%] step {rec['step']} {self._state} left "
+                  f"{self.left(spent)}", flush=True)
             self._next_line = spent + 0.05 * self.budget
+
+    def tick(self, spent: float) -> None:
+        """Between log records (log_every can be 100 steps, minutes on a slow GPU): the bar
+        moves on with the budget spent, showing the latest record's figures."""
+        if self.bar is not None and min(round(spent), self.bar.total) != self.bar.n:
+            self.draw(spent)
+
+    def draw(self, spent: float) -> None:
+        self.bar.n = min(round(spent), self.bar.total)
+        self.bar.set_description_str(f"{self._state} left {self.left(spent)}".lstrip(),
+                                     refresh=True)
+
+    def left(self, spent: float) -> str:
+        """The budget left; for steps also the time, at the rate of the latest record."""
+        left = max(0.0, self.budget - spent)
+        if self.unit == "seconds":
+            return fmt_duration(left)
+        text = f"{left:.0f} step{'' if round(left) == 1 else 's'}"
+        rec = self._rec
+        if round(left) and rec and rec["step"]:
+            text += f" (~{fmt_duration(left * rec['train_time_s'] / rec['step'])})"
+        return text
 
     @staticmethod
     def figures(rec: dict) -> str:

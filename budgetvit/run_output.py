@@ -24,6 +24,10 @@ class RunOutput:
             self.progress.update(self.clock.spent_units(now), rec)
         self.window = empty_window(now, self.clock.steps)
 
+    def tick_progress(self, now: float) -> None:
+        if self.dist.main:
+            self.progress.tick(self.clock.spent_units(now))
+
     def window_record(self, now: float, lr: float) -> dict:
         """The log record of the steps since the last one (a collective: every rank calls it)."""
         window = self.window

@@ -349,6 +349,7 @@ class Trainer(WarmUp, TrainerState, RunOutput):
                 # the same steps as an uninterrupted one.
                 if self.clock.steps // t.log_every > self.window["step"] // t.log_every:
                     self.log_window(train_s, lr)
+                self.tick_progress(train_s)  # (the bar moves at every sync, not only at a log)
                 if stops or self.clock.progress(train_s) >= 1.0:
                     # The overrun past the budget is at most the last sync interval; the
                     # final checkpoint and evaluation follow.

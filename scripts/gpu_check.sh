@@ -60,6 +60,7 @@ for dir in "${BUDGETVIT_FMNIST_DIR:-}" "$PWD/.fmnist" /usr/share/datasets/fashio
   fi
 done
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  # (one Python start for the versions and the GPU: importing them takes seconds)
   $PY -c "import torch, torchvision, timm; print('torch', torch.__version__, 'cuda',
 torch.version.cuda, 'torchvision', torchvision.__version__, 'timm', timm.__version__, 'GPU',
 torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
@@ -68,9 +69,11 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
   date -u
   echo "fashion-mnist: ${BUDGETVIT_FMNIST_DIR:-MISSING: no training, CUDA tests skip}"
 } > "$LOG/check.txt" 2>&1
-if [ "${REQUIRE_CUDA:-1}" = 1 ] &&
-   ! $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
-  echo "no CUDA GPU visible to PyTorch: stopping before any work" | tee -a "$LOG/check.txt"
+GPU=$(sed -n 's/^torch .* GPU //p' "$LOG/check.txt")  # (empty where an import failed)
+if [ "${REQUIRE_CUDA:-1}" = 1 ] && [ "${GPU:-None}" = None ]; then
+  why=${GPU:+no CUDA GPU visible to PyTorch}
+  echo "${why:-torch, torchvision or timm does not import (check.txt)}: stopping before any" \
+    "work" | tee -a "$LOG/check.txt"
   exit 1
 fi
 DEV=${DEVICE:-cuda}

@@ -21,7 +21,8 @@ pytestmark = [needs_fmnist, pytest.mark.slow]
 TINY = ["train.device=cpu",  # also where there is a GPU: the CUDA tests ask for it
         "model.dim=32", "model.depth=2", "model.heads=2", "train.batch_size=64",
         "train.eval_batch_size=1000", "train.warmup_steps=1", "train.log_every=1",
-        "curriculum.stages=16:0.5,28:0.5", "aug.crop_scale_min=0.5"]
+        "curriculum.stages=16:0.5,28:0.5", "aug.crop_scale_min=0.5",
+        "data.holdout=0.02"]  # (the end evaluates 1,200 held-out images, not the 10,000 of test)
 
 
 def torchrun(nproc: int, out: Path, budget: str, *extra: str, env: dict | None = None,
@@ -59,7 +60,7 @@ def finish(proc, timeout: float) -> str:
 
 
 def test_two_ranks_stop_together_and_evaluate_every_image_once(tmp_path):
-    proc = torchrun(2, tmp_path / "ddp", "8s")
+    proc = torchrun(2, tmp_path / "ddp", "5s", "data.holdout=0")
     output = finish(proc, 300)
     assert proc.returncode == 0, output
     assert "Grad strides do not match" not in output  # the depthwise conv's weight layout
@@ -79,7 +80,7 @@ def test_two_ranks_stop_together_and_evaluate_every_image_once(tmp_path):
 def test_ranks_share_one_paper_plan(tmp_path):
     """The paper's rule plans from throughput measured in warm-up; each rank measures its own,
     so the plan must come from one of them (rank 0) or the ranks train at different sizes."""
-    proc = torchrun(2, tmp_path / "paper", "6s", "curriculum.mode=paper",
+    proc = torchrun(2, tmp_path / "paper", "4s", "curriculum.mode=paper",
                     "curriculum.start_size_px=16", "curriculum.step_px=4",
                     "curriculum.every_epochs=0.02", "train.warmup_steps=3")
     output = finish(proc, 300)
@@ -93,10 +94,10 @@ def test_ranks_share_one_paper_plan(tmp_path):
     path = checkpoint.list_checkpoints(tmp_path / "paper")[-1]
     state = checkpoint.load(path)
     state["world_size"], state["world_sizes"] = 1, [1]
-    # (1000x: even on a machine 10x faster than this VM, 6 s is then inside the first size)
+    # (1000x: even on a machine 10x faster than this VM, 5 s is then inside the first size)
     state["seconds_per_epoch"] = {k: v * 1000 for k, v in state["seconds_per_epoch"].items()}
     checkpoint.save(state, tmp_path / "paper", checkpoint.step_of(path), keep=3)
-    proc = torchrun(2, tmp_path / "paper", "8s", "curriculum.mode=paper",
+    proc = torchrun(2, tmp_path / "paper", "5s", "curriculum.mode=paper",
                     "curriculum.start_size_px=16", "curriculum.step_px=4",
                     "curriculum.every_epochs=0.02", "train.warmup_steps=3")
     output = finish(proc, 300)
@@ -115,17 +116,17 @@ def test_ranks_agree_on_checkpoints_faults_and_the_end(tmp_path):
     loss overflows at step 4 (a fault on every rank, though only its loss was infinite); SIGTERM
     reaches it after the last shared decision (the run finishes, as that decision said)."""
     out = tmp_path / "faults"
-    proc = torchrun(2, out, "150steps", "train.precision=fp16", "checkpoint.every_s=0.3",
+    proc = torchrun(2, out, "50steps", "train.precision=fp16", "checkpoint.every_s=0.3",
                     "checkpoint.every_steps=4",
                     env={"FAULT_CLOCK_SKEW_S": "0.5", "FAULT_OVERFLOW_STEP": "4",
                          "FAULT_LATE_SIGTERM": "1"})
     output = finish(proc, 240)
     assert proc.returncode == 0, output[-3000:]
     finished = dict(re.findall(r"rank (\d)/2: finished at step (\d+),", output))
-    assert finished == {"0": "150", "1": "150"}, output[-3000:]
+    assert finished == {"0": "50", "1": "50"}, output[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["faults"] == {"nonfinite_steps": 1, "rollbacks": 0, "checkpoint_failures": 0}
-    assert summary["images_seen"] == 149 * 64
+    assert summary["images_seen"] == 49 * 64
     assert "non-finite loss or gradient at step 4" in output
 
 
@@ -257,8 +258,8 @@ def test_unreadable_images_are_counted_over_every_rank(tmp_path):
     val = sorted((root / "val").rglob("*.jpg"))  # (the split's order: rank r has r, r + 2...)
     for path in val[:2]:
         path.write_bytes(b"")
-    data = ("data.dataset=imagefolder", f"data.path={root}", "data.num_workers=0",
-            "train.batch_size=12")
+    data = ("data.dataset=imagefolder", f"data.path={root}", "data.holdout=0",
+            "data.num_workers=0", "train.batch_size=12")
     for budget, bad in (("3steps", 6), ("6steps", 12)):  # the second resumes the first
         proc = torchrun(2, tmp_path / "run", budget, *data)
         output = finish(proc, 300)

@@ -140,6 +140,8 @@ def test_every_step_runs_with_the_checks_compile_setting(tmp_path, env, compile_
         f'"TRITON_LIBCUDA_PATH=$TRITON_LIBCUDA_PATH" --- >> {tmp_path}/commands; exit 0; fi\n'
         f'if [[ "$2" == *Python.h* ]]; then echo "$FAKE_PYTHON_H"; exit 0; fi\n'
         f'if [[ "$1" == *compile_probe.py ]]; then echo "$FAKE_PROBE"; exit 0; fi\n'
+        # (the versions line: importing torch, torchvision and timm takes 7 s a case here)
+        f'if [[ "$2" == *timm.__version__* ]]; then echo "torch (stand-in)"; exit 0; fi\n'
         f'exec {sys.executable} "$@"\n')
     fake.chmod(0o755)
     fmnist = tmp_path / "fmnist"
@@ -214,6 +216,19 @@ def test_check_stops_at_once_without_a_gpu(tmp_path):
     assert "torch " in (tmp_path / "logs" / "check.txt").read_text()
     assert not (tmp_path / "logs" / "speed.txt").exists()
     assert "== budgetvit GPU check:" in done.stdout  # the table is printed all the same
+
+
+def test_check_stops_at_once_where_torch_does_not_import(tmp_path):
+    fake = tmp_path / "python"  # a Python whose torch (or torchvision, timm) import fails
+    fake.write_text(f'#!/bin/bash\nif [[ "$2" == *timm.__version__* ]]; then\n'
+                    f'  echo "ModuleNotFoundError: No module named \'timm\'"; exit 1; fi\n'
+                    f'exec {sys.executable} "$@"\n')
+    fake.chmod(0o755)
+    done = run_check(tmp_path / "logs", PYTHON=str(fake))
+    assert done.returncode == 1
+    assert "torch, torchvision or timm does not import (check.txt): stopping before any " \
+        "work" in done.stdout
+    assert "No module named 'timm'" in (tmp_path / "logs" / "check.txt").read_text()
 
 
 def test_training_commands_need_no_plotting_library():

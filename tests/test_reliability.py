@@ -65,7 +65,7 @@ def test_sigkill_chaos_resumes_to_identical_weights(tmp_path):
     while not (out / "summary.json").exists():
         proc = subprocess.Popen(command(out, budget, *extra), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        if kills < 8:  # (each costs a process start, ~6 s: the suite's longest test)
+        if kills < 6:  # (each costs a process start, ~6 s: the suite's longest test)
             start = log_steps(out)
             deadline = time.time() + 60
             # Alternate: kill at a random moment once training has resumed, or the instant a
@@ -87,7 +87,7 @@ def test_sigkill_chaos_resumes_to_identical_weights(tmp_path):
         step = all_checkpoints_load(out)
         assert step >= newest  # a kill never takes away a checkpoint that was there
         newest = step
-    assert kills >= 6 and during_write >= 1
+    assert kills == 6 and during_write >= 1
     final = checkpoint.load(checkpoint.list_checkpoints(out)[-1])
     ref = checkpoint.load(checkpoint.list_checkpoints(reference)[-1])
     assert final["clock"]["steps"] == ref["clock"]["steps"] == 120
@@ -118,7 +118,7 @@ def test_a_closed_output_pipe_stops_the_run_with_a_checkpoint(tmp_path):
 
 def test_sigterm_writes_checkpoint_exits_0_and_resumes(tmp_path):
     out = tmp_path / "run"
-    cmd = command(out, "400steps")
+    cmd = command(out, "100steps")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 60
     while log_steps(out) < 3 and time.time() < deadline:
@@ -128,15 +128,15 @@ def test_sigterm_writes_checkpoint_exits_0_and_resumes(tmp_path):
     assert proc.returncode == 0, output
     assert "stopped by SIGTERM at step" in output
     # (`python` where that is this Python, else its path)
-    assert re.search(r"Resume with: \S*python\S* -m budgetvit train --budget 400steps", output)
+    assert re.search(r"Resume with: \S*python\S* -m budgetvit train --budget 100steps", output)
     stopped_at = checkpoint.load(checkpoint.list_checkpoints(out)[-1])["clock"]["steps"]
-    assert 3 <= stopped_at < 400
+    assert 3 <= stopped_at < 100
     assert not (out / "summary.json").exists()
 
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("resuming")
-    assert json.loads((out / "summary.json").read_text())["steps"] == 400
+    assert json.loads((out / "summary.json").read_text())["steps"] == 100
 
 
 def test_failed_checkpoint_write_keeps_previous_and_retries(tmp_path, monkeypatch, capsys):

@@ -160,7 +160,19 @@ def test_a_stopped_run_on_a_terminal_ends_with_its_stop_line(tmp_path, monkeypat
     assert trainer.run()["interrupted"]
     lines = [line for line in re.split(r"[\r\n]+", term.getvalue()) if line.strip()]
     assert lines[-1].startswith("stopped by SIGTERM at step 11 ")
-    assert lines[-2].startswith(" 20%|") and " left 32 steps" in lines[-2]  # (its step 8 line)
+    assert lines[-2].startswith(" 28%|") and " left 29 steps " in lines[-2]  # (its step 11)
+
+
+def test_the_bar_moves_between_log_lines(tmp_path, monkeypatch):
+    """log_every can be 100 steps (the imagenet presets): the bar still moves at every sync
+    point, with the budget left, and the figures of the latest log line once there is one."""
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    train(quick("train.budget=12steps", "train.log_every=8"), tmp_path)
+    bars = [line.rstrip() for line in re.split(r"[\r\n]+", term.getvalue()) if "%|" in line]
+    assert " 8%|" in bars[1] and bars[1].endswith("| left 11 steps")  # (no log line yet)
+    after = next(line for line in bars if line.startswith(" 75%|"))  # step 9: step 8's figures
+    assert re.search(r"\| 28px \d+ img/s loss \S+ lr \S+ left 3 steps \(~0m\d\ds\)$", after)
 
 
 def test_a_terminal_of_no_width_gets_the_lines_not_an_empty_bar(tmp_path, monkeypatch, capsys):
