@@ -3,6 +3,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -169,56 +170,54 @@ def newest_step(out: Path) -> int:
         return -1
 
 
-def test_killing_one_rank_stops_the_job_with_a_resumable_checkpoint(tmp_path):
-    out = tmp_path / "kill"
-    proc = torchrun(2, out, "600steps", "checkpoint.every_steps=5")
-    deadline = time.time() + 120
-    while newest_step(out) < 5 and time.time() < deadline:
-        time.sleep(0.2)
-    victim = _worker_pid(proc.pid, 1)
-    assert victim is not None
-    os.kill(victim, signal.SIGKILL)
-    output = finish(proc, 180)  # bounded: a hang fails the test here
-    assert proc.returncode != 0
-    assert "exitcode" in output.lower() or "lost contact" in output, output[-2000:]
-    state = checkpoint.load(checkpoint.list_checkpoints(out)[-1])  # resumable checkpoint
-    assert state["clock"]["steps"] >= 5 and state["world_size"] == 2
+RESUMABLE = ("checkpoint.every_steps=5", "train.deterministic=true", "model.drop_path=0.1",
+             "aug.mixup=0.2", "aug.random_erasing=0.25", "train.log_every=3")
 
 
-def test_resume_under_torchrun_continues_every_rank_exactly(tmp_path):
-    """Kill rank 1 after the first checkpoint, rerun: the final weights equal an uninterrupted
-    run's. Drop path, mixup and random erasing draw from each rank's own random state, so
-    rank 1's must be saved and restored too, not only rank 0's. So do the logged losses: a
-    log line's mean over the steps since the one before covers every rank's steps, also those
-    before the checkpoint (log lines every 3 steps, checkpoints every 5)."""
-    args = ("checkpoint.every_steps=5", "train.deterministic=true", "model.drop_path=0.1",
-            "aug.mixup=0.2", "aug.random_erasing=0.25", "train.log_every=3")
-    straight = torchrun(2, tmp_path / "straight", "100steps", *args)
-    output = finish(straight, 300)
-    assert straight.returncode == 0, output
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory) -> Path:
+    """A 100-step run of 2 ranks, uninterrupted, checkpoints every 5 steps."""
+    out = tmp_path_factory.mktemp("straight")
+    proc = torchrun(2, out, "100steps", *RESUMABLE)
+    output = finish(proc, 300)
+    assert proc.returncode == 0, output
+    return out
+
+
+def test_a_killed_rank_stops_the_job_and_a_rerun_continues_every_rank_exactly(tmp_path,
+                                                                            straight_run):
+    """Kill rank 1 after the first checkpoint: the job stops, with a resumable checkpoint.
+    Rerun: the final weights equal an uninterrupted run's. Drop path, mixup and random erasing
+    draw from each rank's own random state, so rank 1's must be saved and restored too, not
+    only rank 0's. So do the logged losses: a log line's mean over the steps since the one
+    before covers every rank's steps, also those before the checkpoint (log lines every 3
+    steps, checkpoints every 5)."""
     out = tmp_path / "resumed"
-    proc = torchrun(2, out, "100steps", *args)
+    proc = torchrun(2, out, "100steps", *RESUMABLE)
     deadline = time.time() + 120
     while newest_step(out) < 5 and time.time() < deadline:
         time.sleep(0.05)
     os.kill(_worker_pid(proc.pid, 1), signal.SIGKILL)
-    finish(proc, 180)
+    output = finish(proc, 180)  # bounded: a hang fails the test here
     assert proc.returncode != 0  # killed before the end
+    assert "exitcode" in output.lower() or "lost contact" in output, output[-2000:]
     resumed_from = newest_step(out)
-    proc = torchrun(2, out, "100steps", *args)
+    assert resumed_from >= 5
+    assert checkpoint.load(checkpoint.list_checkpoints(out)[-1])["world_size"] == 2
+    proc = torchrun(2, out, "100steps", *RESUMABLE)
     output = finish(proc, 300)
     assert proc.returncode == 0 and resumed_from < 100, output
-    a = checkpoint.load(checkpoint.list_checkpoints(tmp_path / "straight")[-1])["model"]
+    a = checkpoint.load(checkpoint.list_checkpoints(straight_run)[-1])["model"]
     b = checkpoint.load(checkpoint.list_checkpoints(out)[-1])["model"]
     assert all(torch.equal(a[k], b[k]) for k in a), f"resumed from step {resumed_from}"
     logs = [{r["step"]: r["loss"] for r in map(json.loads, (run / "log.jsonl").open())}
-            for run in (tmp_path / "straight", out)]
+            for run in (straight_run, out)]
     assert logs[1] == pytest.approx(logs[0], rel=1e-12), f"resumed from step {resumed_from}"
     # Killed after its final checkpoint, before summary.json: the rerun writes it. (Its log
     # window, steps 100 and after the line at 99, is rank 0's count alone after the load: the
     # ranks must still agree on whether it is reported, a collective.)
     (out / "summary.json").unlink()
-    proc = torchrun(2, out, "100steps", *args)
+    proc = torchrun(2, out, "100steps", *RESUMABLE)
     output = finish(proc, 120)
     assert proc.returncode == 0, output[-3000:]
     assert json.loads((out / "summary.json").read_text())["steps"] == 100
@@ -233,18 +232,16 @@ def test_a_fault_every_rank_finds_is_said_once(tmp_path):
     assert output.count("error: train.batch_size=63 is not divisible by the world size 2") == 1
 
 
-def test_a_rank_that_cannot_read_rank_0s_checkpoint_stops_the_job(tmp_path):
-    """Rank 1 fails to read the step-4 checkpoint rank 0 resumes from: the job stops naming
-    it, rather than rank 1 going on from step 2 with other weights than rank 0's."""
-    args = ("checkpoint.every_steps=2", "checkpoint.keep=3")
-    proc = torchrun(2, tmp_path / "run", "4steps", *args)
-    output = finish(proc, 300)
-    assert proc.returncode == 0, output
-    proc = torchrun(2, tmp_path / "run", "6steps", *args,
-                    env={"FAULT_UNREADABLE": "step_00000004.pt"})
+def test_a_rank_that_cannot_read_rank_0s_checkpoint_stops_the_job(tmp_path, straight_run):
+    """Rank 1 fails to read the step-100 checkpoint rank 0 resumes from (for a larger budget):
+    the job stops naming it, rather than rank 1 going on from step 95 with other weights than
+    rank 0's."""
+    shutil.copytree(straight_run, tmp_path / "run")
+    proc = torchrun(2, tmp_path / "run", "110steps", *RESUMABLE,
+                    env={"FAULT_UNREADABLE": "step_00000100.pt"})
     output = finish(proc, 300)
     assert proc.returncode != 0, output
-    assert f"cannot read checkpoint {tmp_path / 'run' / 'checkpoints' / 'step_00000004.pt'}" \
+    assert f"cannot read checkpoint {tmp_path / 'run' / 'checkpoints' / 'step_00000100.pt'}" \
         in output, output[-3000:]
 
 
