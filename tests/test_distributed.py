@@ -184,8 +184,7 @@ def straight_run(tmp_path_factory) -> Path:
     return out
 
 
-def test_a_killed_rank_stops_the_job_and_a_rerun_continues_every_rank_exactly(tmp_path,
-                                                                            straight_run):
+def test_a_killed_rank_stops_the_job_and_a_rerun_resumes_exactly(tmp_path, straight_run):
     """Kill rank 1 after the first checkpoint: the job stops, with a resumable checkpoint.
     Rerun: the final weights equal an uninterrupted run's. Drop path, mixup and random erasing
     draw from each rank's own random state, so rank 1's must be saved and restored too, not
