@@ -40,9 +40,7 @@ def cmd_eval(args) -> int:
             raise ConfigError(f"{cfg.data.path or cfg.data.dataset} has other classes than the "
                               f"checkpoint was trained on ({len(theirs)} vs {len(ours)}; "
                               f"differing: {first_names(differ)})")
-    what = (f"exported weights {ld.path} ({ld.weights} weights of step {ld.step})"
-            if ld.weights else f"checkpoint {ld.path} (step {ld.step})")
-    print(f"{what}, {cfg.data.dataset} {data.eval_split}")
+    print(f"{ld.describe()}, {cfg.data.dataset} {data.eval_split}")
     for note in getattr(data, "notes", ()):  # (a cache's: left-out files, upsampled images)
         print(note)
     print(f"{'size':>6} {'top1':>8} {'top5':>8} {'top1_ema':>9} {'top5_ema':>9}")
@@ -75,11 +73,13 @@ def cmd_predict(args) -> int:
     from .data.tree import open_rgb
     from .evaluate import normalize
     ld = inference.load(args.checkpoint)
-    model, _ = ld.chosen(args.no_ema)
+    model, which = ld.chosen(args.no_ema)
     size = args.img_size or ld.cfg.curriculum.final_size_px
     if size % model.cfg.patch_size:
         raise ConfigError(f"--img-size {size} is not a multiple of the patch size "
                           f"{model.cfg.patch_size}")
+    # (on stderr: stdout holds the predictions alone, a line an image, for scripts to read)
+    print(f"predicting with {ld.describe(which)} at {size}px", file=sys.stderr)
     view = eval_view(ld.cfg.data.dataset, size)
     unreadable = 0
     for path in args.images:

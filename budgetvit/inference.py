@@ -34,6 +34,13 @@ class Loaded:
             return self.model, "model"
         return self.ema, "ema"
 
+    def describe(self, which: str = "") -> str:
+        """What was read: "checkpoint PATH (step N)", or with `which` weights ("ema" or
+        "model") "... (ema weights of step N)"; exported weights always say which they are."""
+        which = which or self.weights
+        kind = "exported weights" if self.weights else "checkpoint"
+        return f"{kind} {self.path} ({f'{which} weights of ' if which else ''}step {self.step})"
+
 
 def load(path: str | Path, device="cpu") -> Loaded:
     """The model (and EMA) of a checkpoint file, or of a run directory's newest checkpoint

@@ -178,7 +178,7 @@ def test_predict_goes_on_past_an_unreadable_image(bad_files, tmp_path, capsys):
     assert run_cli(["predict", "--checkpoint", bad_files["EMAEXPORT"], bad_files["AFILE"],
                     str(image)]) == 2
     said = capsys.readouterr()
-    assert said.err.startswith(f"error: cannot read image {bad_files['AFILE']}: ")
+    assert said.err.splitlines()[1].startswith(f"error: cannot read image {bad_files['AFILE']}: ")
     assert said.out.startswith(f"{image}: ") and "%" in said.out
 
 
@@ -190,6 +190,8 @@ def test_predict_goes_on_past_a_missing_image_and_a_folder(bad_files, tmp_path, 
                     str(tmp_path), str(image)]) == 2
     said = capsys.readouterr()
     assert said.err.splitlines() == [
+        f"predicting with exported weights {bad_files['EMAEXPORT']} (ema weights of step 3) at "
+        f"28px",
         f"error: cannot read image {missing}: No such file or directory",
         f"error: cannot read image {tmp_path}: Is a directory"]
     assert said.out.startswith(f"{image}: ") and "%" in said.out

@@ -385,7 +385,11 @@ def test_eval_predict_and_export_on_a_checkpoint(timed_run, tmp_path, capsys):
         paths.append(tmp_path / f"img{i}.png")
         Image.fromarray(img).save(paths[-1])
     assert main(["predict", "--checkpoint", str(out), *map(str, paths)]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    said = capsys.readouterr()
+    newest = checkpoint.list_checkpoints(out)[-1]
+    assert said.err == (f"predicting with checkpoint {newest} (ema weights of step "
+                        f"{s['steps']}) at 28px\n")
+    lines = said.out.strip().splitlines()
     assert len(lines) == 3
     # The EMA model's probabilities on the images as evaluation sees them: at 28 px the whole
     # 28 x 28 image (an ImageNet-style resize-and-centre-crop would cut its border off).
