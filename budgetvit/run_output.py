@@ -17,12 +17,15 @@ class RunOutput:
         if self.dist.main:
             (self.progress.message if getattr(self, "progress", None) else print)(text)
 
-    def log_window(self, now: float, lr: float) -> None:
+    def log_window(self, now: float, lr: float, bar: bool = True) -> dict:
+        """Log the steps since the last log line (and show them, unless not `bar`)."""
         rec = self.window_record(now, lr)
         if self.dist.main:
             self.progress.log(rec)
-            self.progress.update(self.clock.spent_units(now), rec)
+            if bar:
+                self.progress.update(self.clock.spent_units(now), rec)
         self.window = empty_window(now, self.clock.steps)
+        return rec
 
     def tick_progress(self, now: float) -> None:
         if self.dist.main:

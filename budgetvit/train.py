@@ -403,11 +403,12 @@ class Trainer(WarmUp, TrainerState, RunOutput):
                      f"({fmt_duration(train_s)} of training); {saved}. "
                      f"Resume with: {self.command or 'the same command'}")
             return {"interrupted": True, "step": self.clock.steps}
-        # The figures of the steps since the last log line (all ranks: a collective), then the
+        # The steps since the last log line are logged too (all ranks: a collective), then the
         # 100% line, before the final evaluation: its figures are this step's, not stale ones.
         # (Decided on images, which every rank counts alike: its loss count is rank 0's alone
-        # after a resume, and window_record is a collective.)
-        rec = self.window_record(train_s, lr) if self.window["images"] else None
+        # after a resume. The window is emptied before the final checkpoint: a run killed
+        # after it does not log these steps twice.)
+        rec = self.log_window(train_s, lr, bar=False) if self.window["images"] else None
         if self.dist.main:
             self.progress.finish(self.clock.steps, rec)
         last = self.evals[-1] if self.evals else {}

@@ -212,14 +212,15 @@ def test_a_killed_rank_stops_the_job_and_a_rerun_resumes_exactly(tmp_path, strai
     logs = [{r["step"]: r["loss"] for r in map(json.loads, (run / "log.jsonl").open())}
             for run in (straight_run, out)]
     assert logs[1] == pytest.approx(logs[0], rel=1e-12), f"resumed from step {resumed_from}"
-    # Killed after its final checkpoint, before summary.json: the rerun writes it. (Its log
-    # window, steps 100 and after the line at 99, is rank 0's count alone after the load: the
-    # ranks must still agree on whether it is reported, a collective.)
+    # Killed after its final checkpoint, before summary.json: the rerun writes it, and logs
+    # no step twice. (The ranks agree on whether a log line is due: a collective.)
     (out / "summary.json").unlink()
     proc = torchrun(2, out, "100steps", *RESUMABLE)
     output = finish(proc, 120)
     assert proc.returncode == 0, output[-3000:]
     assert json.loads((out / "summary.json").read_text())["steps"] == 100
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").open()]
+    assert steps == sorted(set(steps)) and steps[-1] == 100
 
 
 def test_a_fault_every_rank_finds_is_said_once(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 from budgetvit import checkpoint
 from budgetvit.train import Trainer, train
 
-from .conftest import needs_fmnist, quick, records, tiny_config
+from .conftest import crash_at_step, needs_fmnist, quick, records, tiny_config
 
 pytestmark = needs_fmnist
 
@@ -47,13 +47,15 @@ def test_step_budget_off_the_sync_grid_ends_and_logs_at_the_budget(tmp_path, mon
 
 
 def test_a_line_logged_before_a_resumes_first_step_has_the_lr_of_the_step_before(tmp_path):
-    """A larger budget with a shorter train.log_every: the first sync, before any step, logs
-    the steps before the checkpoint (step 7 crosses 5); its lr is that of step 7, not 0."""
-    first = train(quick("train.budget=7steps", "train.log_every=20"), tmp_path)
-    train(quick("train.budget=12steps", "train.log_every=5"), tmp_path)
-    logged = records(tmp_path / "log.jsonl")
-    assert [r["step"] for r in logged] == [7, 10]
-    assert logged[0]["lr"] == first["final_lr"] > 0
+    """Resumed with a shorter train.log_every: the first sync, before any step, logs the
+    steps before the checkpoint (step 7 crosses 5); its lr is that of step 7, not 0."""
+    args = ("train.budget=12steps", "checkpoint.every_steps=7")
+    crash_at_step(quick(*args, "train.log_every=20"), tmp_path / "run", 9)
+    train(quick(*args, "train.log_every=5"), tmp_path / "run")
+    logged = records(tmp_path / "run" / "log.jsonl")
+    assert [r["step"] for r in logged] == [7, 10, 12]  # (12: the steps after the last line)
+    train(quick(*args, "train.log_every=7"), tmp_path / "straight")
+    assert logged[0]["lr"] == records(tmp_path / "straight" / "log.jsonl")[0]["lr"] > 0
 
 
 def test_rerunning_a_finished_run_returns_its_summary_without_training(tmp_path, capsys):
@@ -120,10 +122,10 @@ def test_a_run_killed_after_its_final_evaluation_is_evaluated_once(tmp_path, mon
     """Killed after the final evaluation, before the checkpoint that holds it (the rerun
     evaluates again, and eval.jsonl must not keep the lost one too) or after it, before
     summary.json (the rerun must not evaluate again): one final evaluation either way, with
-    its EMA figure."""
+    its EMA figure. Likewise one log line of the steps after the last log_every multiple."""
     from budgetvit import train as train_module
     from budgetvit.trainer_state import TrainerState
-    cfg = ("data.holdout=0.005", "train.budget=4steps")
+    cfg = ("data.holdout=0.005", "train.budget=4steps", "train.log_every=3")
     kill = {"at": killed}
     real_save, real_summary = TrainerState.save_checkpoint, train_module.write_summary
 
@@ -149,6 +151,7 @@ def test_a_run_killed_after_its_final_evaluation_is_evaluated_once(tmp_path, mon
     assert len(evaluations) == (0 if killed == "before summary.json" else 2)  # model + EMA
     assert [e["step"] for e in records(tmp_path / "eval.jsonl")] == [4]
     assert [e["step"] for e in summary["evals"]] == [4] and "top1_ema" in summary["evals"][0]
+    assert [r["step"] for r in records(tmp_path / "log.jsonl")] == [3, 4]
 
 
 def test_a_run_killed_in_its_final_evaluation_keeps_its_last_interval(tmp_path):
