@@ -1,11 +1,13 @@
 """What a run tells the user and other tools while it trains: a progress bar (or periodic
 lines when the output is not a terminal), RUN_DIR/log.jsonl, RUN_DIR/eval.jsonl and, when
-tensorboard is installed, TensorBoard event files. Only rank 0 creates one."""
+tensorboard is installed, TensorBoard event files. Only rank 0 creates one. Also prepare's
+progress lines in a log file."""
 from __future__ import annotations
 
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -48,6 +50,23 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
     replace_lines(path, kept)
+
+
+class ProgressLines:
+    """Progress through a count of images (`prepare`'s) on stderr where that is no terminal:
+    a line at each 5%, with the time left at the rate of this run so far."""
+
+    def __init__(self, total: int, reused: int):
+        self.total, self.reused, self.start = total, reused, time.monotonic()
+        self.next = reused + total / 20
+
+    def update(self, done: int) -> None:
+        if done < self.next or not self.total:
+            return
+        rate = (done - self.reused) / max(time.monotonic() - self.start, 1e-9)
+        print(f"prepare: {done:,} of {self.total:,} images ({100 * done / self.total:.0f}%), "
+              f"{fmt_duration((self.total - done) / rate)} left", file=sys.stderr, flush=True)
+        self.next = done + self.total / 20
 
 
 class Progress:

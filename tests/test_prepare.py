@@ -209,3 +209,28 @@ def test_a_dead_worker_stops_prepare_with_one_line(trees, tmp_path, monkeypatch,
     assert main(["prepare", "--src", str(trees[0]), "--dst", str(tmp_path / "c"), "--quiet",
                  "--workers", "1"]) == 1
     assert "rerun the same command to resume" in capsys.readouterr().err
+
+
+def test_prepare_writes_lines_not_a_bar_where_stderr_is_no_terminal(trees, tmp_path, capsys):
+    """A log file gets a line at each 5% of the images with the time left, not a bar redrawn
+    with carriage returns."""
+    meta = prepare(trees[0], tmp_path / "c", max_size=32, shard_size=8, workers=1)
+    total = sum(s["images"] + s.get("bad", 0) for s in meta["splits"].values())
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.endswith(f"prepare: {total:,} of {total:,} images (100%), "
+                                            f"0m00s left\n")
+
+
+def test_progress_lines_come_every_5_percent_with_the_time_left(monkeypatch, capsys):
+    from budgetvit import progress
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    lines = progress.ProgressLines(total=2000, reused=400)  # 400 done by an earlier run
+    for done, t in [(450, 101.0), (500, 110.0), (540, 111.0), (600, 115.0)]:
+        now[0] = t
+        lines.update(done)
+    # 500 at 10 s: 100 images in 10 s, 1500 left; the next line 100 images on (5%): 600 at
+    # 15 s, 200 images in 15 s, 1400 left
+    assert capsys.readouterr().err.splitlines() == [
+        "prepare: 500 of 2,000 images (25%), 2m30s left",
+        "prepare: 600 of 2,000 images (30%), 1m45s left"]

@@ -42,6 +42,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..config import ConfigError
 from ..out_folder import check_folder
+from ..progress import ProgressLines, terminal_columns
 from . import cache
 from .tree import default_workers, scan, to_rgb
 
@@ -423,9 +424,13 @@ def _run_jobs(todo: list[dict], common: dict, workers: int, total: int, reused: 
                                               initializer=_init_worker,
                                               initargs=(counter,)) as ex:
         pending = {ex.submit(convert_shard, {**common, **job}) for job in todo}
-        # The bar (and its monitor thread) only after the workers are forked.
+        # The bar (and its monitor thread) only after the workers are forked. Output that is
+        # no terminal (a log file) gets a line every 5% instead of a bar redrawn 10 times a
+        # second for hours.
+        on_terminal = terminal_columns(sys.stderr) > 0
         bar = tqdm(total=total, initial=reused, unit="img", desc="prepare",
-                   disable=not progress, smoothing=0.1)
+                   disable=not (progress and on_terminal), smoothing=0.1)
+        lines = ProgressLines(total, reused) if progress and not on_terminal else None
         try:
             while pending:
                 _stop_if_asked()
@@ -435,6 +440,8 @@ def _run_jobs(todo: list[dict], common: dict, workers: int, total: int, reused: 
                 if finished:
                     on_shard_done()
                 bar.update(reused + counter.value - bar.n)
+                if lines:
+                    lines.update(reused + counter.value)
         except BrokenProcessPool:
             raise WorkerDied("a prepare worker died (out of memory?); finished shards are "
                                "kept, rerun the same command to resume") from None
