@@ -61,7 +61,7 @@ def finish(proc, timeout: float) -> str:
 
 
 def test_two_ranks_stop_together_and_evaluate_every_image_once(tmp_path):
-    proc = torchrun(2, tmp_path / "ddp", "5s", "data.holdout=0")
+    proc = torchrun(2, tmp_path / "ddp", "3s", "data.holdout=0")
     output = finish(proc, 300)
     assert proc.returncode == 0, output
     assert "Grad strides do not match" not in output  # the depthwise conv's weight layout
