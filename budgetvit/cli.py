@@ -122,8 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--model", default="vit_s16_local",
                        help="a model name (see Models; default: vit_s16_local)")
     which.add_argument("--preset", help="a preset's model, with its overrides")
+    which.add_argument("--checkpoint", help="the model of a checkpoint file, run directory or "
+                                            "exported .safetensors")
     i.add_argument("--sizes", type=_sizes,
-                   help="image sizes (default: 32-224 px; a preset's curriculum sizes)")
+                   help="image sizes (default: 32-224 px; a preset's or run's curriculum sizes)")
     i.add_argument("--num-classes", type=positive_int,
                    help="default 1000 (10 for the fmnist preset)")
     i.add_argument("--in-chans", type=positive_int, help="default 3 (1 for the fmnist preset)")

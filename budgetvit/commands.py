@@ -133,17 +133,27 @@ def cmd_info(args) -> int:
     from .models import count_params, create_model, forward_flops, model_config
     from .models.registry import LOCAL, PLAIN
     from .presets import get_preset
-    preset = get_preset(args.preset) if args.preset else None
-    grey = preset is not None and preset.data.dataset == "fashion_mnist"
-    classes = args.num_classes or (10 if grey else 1000)
-    chans = args.in_chans or (1 if grey else 3)
-    try:  # a preset's model as it trains (its overrides: the fmnist FFN is 1x wide)
-        cfg = (model_shape(preset, classes, chans) if preset else
-               model_config(args.model, num_classes=classes, in_chans=chans))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    name = preset.model.name if preset else args.model
-    sizes = args.sizes or (planned_sizes(preset) if preset else [32, 64, 96, 128, 160, 192, 224])
+    if args.checkpoint:  # the model a run trained (or exported), at its curriculum's sizes
+        from . import inference
+        if args.num_classes or args.in_chans:
+            raise ConfigError("--num-classes and --in-chans are the checkpoint's own")
+        ld = inference.load(args.checkpoint)
+        cfg, name, source = ld.model.cfg, ld.cfg.model.name, f" ({ld.describe()})"
+        default_sizes = planned_sizes(ld.cfg)
+    else:
+        preset = get_preset(args.preset) if args.preset else None
+        grey = preset is not None and preset.data.dataset == "fashion_mnist"
+        classes = args.num_classes or (10 if grey else 1000)
+        chans = args.in_chans or (1 if grey else 3)
+        try:  # a preset's model as it trains (its overrides: the fmnist FFN is 1x wide)
+            cfg = (model_shape(preset, classes, chans) if preset else
+                   model_config(args.model, num_classes=classes, in_chans=chans))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        name = preset.model.name if preset else args.model
+        source = f" (preset {args.preset})" if preset else ""
+        default_sizes = planned_sizes(preset) if preset else [32, 64, 96, 128, 160, 192, 224]
+    sizes = args.sizes or default_sizes
     for s in sizes:
         if s % cfg.patch_size:
             raise ConfigError(f"--sizes: {s} is not a multiple of the patch size {cfg.patch_size}")
@@ -151,10 +161,9 @@ def cmd_info(args) -> int:
         with torch.device("meta"):
             return count_params(create_model(c))
     plain, local = (params(replace(cfg, **kind)) for kind in (PLAIN, LOCAL))
-    print(f"{name}{f' (preset {args.preset})' if preset else ''}: dim {cfg.dim}, depth "
-          f"{cfg.depth}, heads {cfg.heads}, patch {cfg.patch_size}, ffn {cfg.ffn} x"
-          f"{cfg.mlp_ratio:g} ({cfg.act}), {classes} classes, {chans} channel"
-          f"{'s' if chans > 1 else ''}")
+    print(f"{name}{source}: dim {cfg.dim}, depth {cfg.depth}, heads {cfg.heads}, patch "
+          f"{cfg.patch_size}, ffn {cfg.ffn} x{cfg.mlp_ratio:g} ({cfg.act}), {cfg.num_classes} "
+          f"classes, {cfg.in_chans} channel{'s' if cfg.in_chans > 1 else ''}")
     print(f"params: {params(cfg):,}  (the same shape plain: {plain:,}; "
           f"with the locality FFN: {local:,}; difference {local - plain:+,})")
     print(f"{'size':>6} {'tokens':>7} {'fwd GFLOPs':>11}")

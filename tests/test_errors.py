@@ -83,6 +83,8 @@ CASES = [
     (["eval", "--checkpoint", "x", "--img-size", "big"], "expected sizes like 64,128,224"),
     (["info", "--model", "vit_s16", "--sizes", "100"], "100 is not a multiple of the patch size 16"),
     (["info", "--model", "resnet50"], "unknown model 'resnet50'"),
+    (["info", "--checkpoint", "EMAEXPORT", "--in-chans", "3"], "--in-chans are the checkpoint's own"),
+    (["info", "--checkpoint", "EMPTYDIR"], "no checkpoints in"),
     (["speed", "--batch-size", "0"], "must be >= 1, got 0"),
     (["bench", "--nproc-per-node", "0"], "--nproc-per-node: must be >= 1, got 0"),
     (["bench", "--arm", "results.json: optim.lr=1e-3"], "--arm results.json: names ending in"),

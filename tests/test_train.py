@@ -361,6 +361,18 @@ def test_rerun_with_another_model_shape_is_refused_in_one_line(tmp_path, capsys)
     assert "(the model's shape differs; changed: model.mlp_ratio);" in err
 
 
+def test_info_on_a_run_counts_the_model_it_trained_at_its_sizes(timed_run, capsys):
+    out, _, s = timed_run
+    assert main(["info", "--checkpoint", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    newest = checkpoint.list_checkpoints(out)[-1]
+    assert lines[0] == (f"vit_micro4_local (checkpoint {newest} (step {s['steps']})): dim 32, "
+                        f"depth 2, heads 2, patch 4, ffn local x1 (hswish), 10 classes, 1 channel")
+    trained = sum(p.numel() for p in inference.load(out).model.parameters())
+    assert lines[1].startswith(f"params: {trained:,}  ")
+    assert [int(line.split()[0]) for line in lines[3:]] == [16, 28]
+
+
 def test_eval_predict_and_export_on_a_checkpoint(timed_run, tmp_path, capsys):
     out, _, s = timed_run
     assert main(["eval", "--checkpoint", str(out), "--img-size", "28", "16"]) == 0
