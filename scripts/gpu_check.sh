@@ -71,9 +71,9 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
 } > "$LOG/check.txt" 2>&1
 GPU=$(sed -n 's/^torch .* GPU //p' "$LOG/check.txt")  # (empty where an import failed)
 if [ "${REQUIRE_CUDA:-1}" = 1 ] && [ "${GPU:-None}" = None ]; then
-  why=${GPU:+no CUDA GPU visible to PyTorch}
-  echo "${why:-torch, torchvision or timm does not import (check.txt)}: stopping before any" \
-    "work" | tee -a "$LOG/check.txt"
+  if [ -n "$GPU" ]; then why="no CUDA GPU visible to PyTorch"
+  else why="torch, torchvision or timm does not import (check.txt)"; fi
+  echo "$why: stopping before any work" | tee -a "$LOG/check.txt"
   exit 1
 fi
 DEV=${DEVICE:-cuda}
