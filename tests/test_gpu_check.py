@@ -116,6 +116,17 @@ def test_summary_keeps_the_variants_when_the_speed_table_failed(tmp_path):
     assert row(lines, "  64 px, blocks, reduce-overhead").endswith("(no default row)")
 
 
+def stand_in_python(path: Path, *rules: str, versions: str = "torch (stand-in)") -> str:
+    """A python for the script that answers its versions line with `versions` (importing
+    torch, torchvision and timm takes 7 s here) and does what `rules` (bash lines) say,
+    running everything else with this Python."""
+    path.write_text("#!/bin/bash\n" + "".join(rule + "\n" for rule in rules) +
+                    f'if [[ "$2" == *timm.__version__* ]]; then echo "{versions}"; exit 0; fi\n'
+                    f'exec {sys.executable} "$@"\n')
+    path.chmod(0o755)
+    return str(path)
+
+
 def run_check(log: Path, cwd=None, **env) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(ROOT / "scripts/gpu_check.sh"), str(log)],
                           env={**os.environ, "PYTHON": sys.executable, **env}, cwd=cwd,
@@ -134,20 +145,18 @@ def test_every_step_runs_with_the_checks_compile_setting(tmp_path, env, compile_
     """Each step's command, recorded by a stand-in python: all of them with one compile
     setting (off where torch.compile could not build, its probe failed, or COMPILE=off), and
     without compile no compile variants; TRITON_LIBCUDA_PATH where the probe needed it."""
-    fake = tmp_path / "python"  # records `python -m ...` commands instead of running them,
-    fake.write_text(  # an argument a line, and answers the Python.h probe with $FAKE_PYTHON_H
-        f'#!/bin/bash\nif [ "$1" = -m ]; then printf "%s\\n" "$@" '
-        f'"TRITON_LIBCUDA_PATH=$TRITON_LIBCUDA_PATH" --- >> {tmp_path}/commands; exit 0; fi\n'
-        f'if [[ "$2" == *Python.h* ]]; then echo "$FAKE_PYTHON_H"; exit 0; fi\n'
-        f'if [[ "$1" == *compile_probe.py ]]; then echo "$FAKE_PROBE"; exit 0; fi\n'
-        # (the versions line: importing torch, torchvision and timm takes 7 s a case here)
-        f'if [[ "$2" == *timm.__version__* ]]; then echo "torch (stand-in)"; exit 0; fi\n'
-        f'exec {sys.executable} "$@"\n')
-    fake.chmod(0o755)
+    # Records `python -m ...` commands instead of running them, an argument a line; answers
+    # the Python.h probe with $FAKE_PYTHON_H and the compile probe with $FAKE_PROBE.
+    fake = stand_in_python(
+        tmp_path / "python",
+        f'if [ "$1" = -m ]; then printf "%s\\n" "$@" '
+        f'"TRITON_LIBCUDA_PATH=$TRITON_LIBCUDA_PATH" --- >> {tmp_path}/commands; exit 0; fi',
+        'if [[ "$2" == *Python.h* ]]; then echo "$FAKE_PYTHON_H"; exit 0; fi',
+        'if [[ "$1" == *compile_probe.py ]]; then echo "$FAKE_PROBE"; exit 0; fi')
     fmnist = tmp_path / "fmnist"
     fmnist.mkdir()
     (fmnist / "train-images-idx3-ubyte.gz").touch()
-    run_check(tmp_path / "log", **{"PYTHON": str(fake), "REQUIRE_CUDA": "0", "DEVICE": "cpu",
+    run_check(tmp_path / "log", **{"PYTHON": fake, "REQUIRE_CUDA": "0", "DEVICE": "cpu",
                                    "BUDGETVIT_FMNIST_DIR": str(fmnist), "CC": "/bin/true",
                                    "FAKE_PYTHON_H": "/usr/include/Python.h",
                                    "FAKE_PROBE": "compile works", "TRITON_LIBCUDA_PATH": "",
@@ -195,7 +204,8 @@ def test_check_skips_the_steps_past_its_deadline_and_still_prints_the_table(tmp_
     fmnist.mkdir()
     (fmnist / "train-images-idx3-ubyte").touch()
     done = run_check(tmp_path, REQUIRE_CUDA="0", DEVICE="cpu", DEADLINE_S="0", TRAIN_S="20s",
-                     BUDGETVIT_FMNIST_DIR=str(fmnist))
+                     BUDGETVIT_FMNIST_DIR=str(fmnist),
+                     PYTHON=stand_in_python(tmp_path / "python"))
     assert "TRAIN_S=20s: give whole seconds" in done.stderr
     check = (tmp_path / "check.txt").read_text()
     for name in ("0/5 compile probe", "1/5 imagenet-1gpu-24h warm-up", "2/5 speed table",
@@ -219,12 +229,8 @@ def test_check_stops_at_once_without_a_gpu(tmp_path):
 
 
 def test_check_stops_at_once_where_torch_does_not_import(tmp_path):
-    fake = tmp_path / "python"  # a Python whose torch (or torchvision, timm) import fails
-    fake.write_text(f'#!/bin/bash\nif [[ "$2" == *timm.__version__* ]]; then\n'
-                    f'  echo "ModuleNotFoundError: No module named \'timm\'"; exit 1; fi\n'
-                    f'exec {sys.executable} "$@"\n')
-    fake.chmod(0o755)
-    done = run_check(tmp_path / "logs", PYTHON=str(fake))
+    done = run_check(tmp_path / "logs", PYTHON=stand_in_python(
+        tmp_path / "python", versions="ModuleNotFoundError: No module named 'timm'"))
     assert done.returncode == 1
     assert "torch, torchvision or timm does not import (check.txt): stopping before any " \
         "work" in done.stdout
