@@ -27,7 +27,12 @@ class RunOutput:
         self.window = empty_window(now, self.clock.steps)
         return rec
 
-    def tick_progress(self, now: float) -> None:
+    def show_progress(self, now: float, lr: float) -> None:
+        """At a sync point: a log line at the first sync past each multiple of log_every (a
+        resumed run logs the same steps as an uninterrupted one); the bar moves at every one."""
+        every = self.cfg.train.log_every
+        if self.clock.steps // every > self.window["step"] // every:
+            self.log_window(now, lr)
         if self.dist.main:
             self.progress.tick(self.clock.spent_units(now))
 

@@ -345,11 +345,7 @@ class Trainer(WarmUp, TrainerState, RunOutput):
                 self.drain(pending)
                 if self.stages:
                     self.stages[-1]["end_s"] = train_s
-                # At the first sync past each multiple of log_every: a resumed run logs
-                # the same steps as an uninterrupted one.
-                if self.clock.steps // t.log_every > self.window["step"] // t.log_every:
-                    self.log_window(train_s, lr)
-                self.tick_progress(train_s)  # (the bar moves at every sync, not only at a log)
+                self.show_progress(train_s, lr)  # (log.jsonl at log_every steps, the bar)
                 if stops or self.clock.progress(train_s) >= 1.0:
                     # The overrun past the budget is at most the last sync interval; the
                     # final checkpoint and evaluation follow.
